@@ -191,6 +191,65 @@ def _query(args: argparse.Namespace) -> None:
         print(f"exported      {report.path}")
 
 
+def _finetune_config(args: argparse.Namespace):
+    import dataclasses
+
+    from nasbert.finetune import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return FinetuneConfig(**given)
+
+
+def _models(args: argparse.Namespace) -> list[str] | None:
+    if args.subnet and args.all:
+        raise ConfigError("give --subnet or --all, not both", source="finetune")
+    return args.subnet or None
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from nasbert.data import task_spec
+    from nasbert.finetune import finetune
+
+    spec = task_spec(args.task)
+    results = finetune(args.run_dir, args.task, data_dir=args.data_dir, models=_models(args),
+                       config=_finetune_config(args), progress=not args.quiet)
+    print(f"{'model':<24} {'parameters':>10}  " + "  ".join(
+        f"{split} {m}" for split in spec.dev_splits for m in spec.metrics))
+    for model_id, r in results.items():
+        print(f"{model_id:<24} {r['params'] / 1e6:>9.2f}M  " + "  ".join(
+            f"{r[split][m]:.4f}".rjust(len(split) + len(m) + 1)
+            for split in spec.dev_splits for m in spec.metrics))
+    print(f"wrote         {args.run_dir}/finetune/{spec.name}/")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from nasbert.finetune import SweepConfig, sweep
+
+    config = SweepConfig(trials=args.trials, cpus_per_trial=args.cpus_per_trial,
+                         address=args.address, seed=args.seed or 0)
+    records = sweep(args.run_dir, args.task, data_dir=args.data_dir, models=_models(args),
+                    base=_finetune_config(args), config=config, progress=not args.quiet)
+    for model_id, r in records.items():
+        stopped = sum(t["stopped_early"] for t in r["trials"])
+        print(f"{model_id:<24} {len(r['trials'])} trials ({stopped} stopped early by ASHA); "
+              f"best {r['metric']} {r['best']['score']:.4f}")
+    print(f"wrote         {args.run_dir}/finetune/<task>/<model>/sweep.json")
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from nasbert.data import task_spec
+    from nasbert.pipeline import QuickstartConfig, quickstart, render
+
+    config = QuickstartConfig(task=args.task, data_dir=args.data_dir)
+    spec = task_spec(args.task)
+    rows = quickstart(args.run, config, progress=not args.quiet)
+    print()
+    print(render(rows, spec.name, spec.metric))
+    print(f"\nwrote         {args.run}/results.md; models in {args.run}/subnets/ and "
+          f"{args.run}/finetune/{spec.name}/")
+
+
 def _add_protocol(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
@@ -198,6 +257,23 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="profile: measurements per subnet")
     p.add_argument("--gpu", action="store_true", help="measure on CUDA (events)")
+
+
+def _add_finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, "
+                   "wnli, or tweets (the embedded default)")
+    p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
+    p.add_argument("--subnet", action="append", help="a model under RUN_DIR/subnets/ "
+                   "(repeatable; default: all of them)")
+    p.add_argument("--all", action="store_true", help="every model under RUN_DIR/subnets/")
+    for flag, kind in (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
+                       ("temperature", float), ("hidden-epochs", float),
+                       ("teacher-epochs", float), ("teacher-lr", float), ("teacher-batch-size", int),
+                       ("max-seq-len", int), ("max-train-examples", int),
+                       ("max-dev-examples", int), ("seed", int)):
+        p.add_argument(f"--{flag}", type=kind)
+    p.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-m", type=float)
     p.add_argument("--export", help="also extract it to this folder")
     p.set_defaults(func=_query)
+
+    p = sub.add_parser("finetune", help="fine-tune the teacher, then subnets with distillation")
+    _add_finetune(p)
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("sweep", help="hyper-parameter sweep per subnet (Ray Tune, Optuna, ASHA)")
+    _add_finetune(p)
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--address", help="an existing Ray cluster to join (e.g. 'auto')")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("quickstart", help="every stage on the embedded default, in minutes")
+    p.add_argument("--run", default="runs/quickstart", help="run directory (resumed if present)")
+    p.add_argument("--task", default="tweets")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("export", help="export a model folder to ONNX and check it")
     p.add_argument("model_dir")

@@ -146,30 +146,39 @@ def measure_ms(model: nn.Module, protocol: Protocol, *, vocab_size: int | None =
 
 
 def _measure_saved(path: str, protocol: Protocol, repeats: int, queue) -> None:
-    from nasbert.model import load_model
+    from transformers import AutoModel
 
-    model = load_model(path)
+    import nasbert  # noqa: F401 - registers the nasbert model type
+
+    model = AutoModel.from_pretrained(path)  # the encoder: a task head costs ~nothing
     queue.put([measure_ms(model, protocol) for _ in range(repeats)])
 
 
-def measure_ms_isolated(model: nn.Module, protocol: Protocol, *, rounds: int = 3) -> float:
-    """:func:`measure_ms` in a fresh process (median of ``rounds``). A process that has
-    just run heavy work (a teacher, an approximator) measures the same model up to ~20 %
-    slower for a while; a clean process measures what a deployment sees."""
+def measure_saved_ms(path: str | Path, protocol: Protocol, *, rounds: int = 3) -> float:
+    """:func:`measure_ms` of a saved model folder (any encoder ``AutoModel`` loads) in a
+    fresh process, median of ``rounds``. A process that has just run heavy work (a
+    teacher, an approximator, training) measures the same model up to ~20 % slower for
+    a while; a clean process measures what a deployment sees."""
     import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_measure_saved, args=(str(path), protocol, rounds, queue))
+    child.start()
+    try:
+        times = queue.get(timeout=600)
+    finally:
+        child.join()
+    return statistics.median(times)
+
+
+def measure_ms_isolated(model: nn.Module, protocol: Protocol, *, rounds: int = 3) -> float:
+    """:func:`measure_saved_ms` of an in-memory model."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_measure_saved, args=(tmp, protocol, rounds, queue))
-        child.start()
-        try:
-            times = queue.get(timeout=600)
-        finally:
-            child.join()
-    return statistics.median(times)
+        return measure_saved_ms(tmp, protocol, rounds=rounds)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -50,7 +50,10 @@ def _write_tiny_teacher(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # transformers 5 takes the vocabulary itself (a vocab_file keyword is ignored)
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tokenizer("good model")["input_ids"] == [2, vocab.index("good"), vocab.index("model"), 3]
+    tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128,
@@ -111,3 +114,65 @@ def tiny_recipe(tiny_teacher, tiny_corpus, tmp_path) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus))
     return path
+
+
+# ----------------------------------------------------------------------------- GLUE fixtures
+
+_LAYOUTS = {  # task -> (folder, header or None, row(text_a, text_b, label index or score))
+    "cola": ("CoLA", None, lambda a, b, y: ["src", str(y), "*" if not y else "", a]),
+    "sst2": ("SST-2", ["sentence", "label"], lambda a, b, y: [a, str(y)]),
+    "mrpc": ("MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+             lambda a, b, y: [str(y), "1", "2", a, b]),
+    "stsb": ("STS-B", ["index", "genre", "filename", "year", "old_index", "source1", "source2",
+                       "sentence1", "sentence2", "score"],
+             lambda a, b, y: ["0", "main-news", "f", "2012", "0", "s", "s", a, b, f"{y:.3f}"]),
+    "qqp": ("QQP", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            lambda a, b, y: ["0", "1", "2", a, b, str(y)]),
+    "mnli": ("MNLI", ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+                      "sentence2_binary_parse", "sentence1_parse", "sentence2_parse",
+                      "sentence1", "sentence2", "label1", "gold_label"],
+             lambda a, b, y: ["0", "1", "2", "fiction", "(", "(", "(", "(", a, b,
+                              ("entailment", "neutral", "contradiction")[y],
+                              ("entailment", "neutral", "contradiction")[y]]),
+    "qnli": ("QNLI", ["index", "question", "sentence", "label"],
+             lambda a, b, y: ["0", a, b, ("entailment", "not_entailment")[y]]),
+    "rte": ("RTE", ["index", "sentence1", "sentence2", "label"],
+            lambda a, b, y: ["0", a, b, ("entailment", "not_entailment")[y]]),
+    "wnli": ("WNLI", ["index", "sentence1", "sentence2", "label"],
+             lambda a, b, y: ["0", a, b, str(y)]),
+}
+GLUE_TASKS = tuple(_LAYOUTS)
+
+
+def glue_example(rng, task: str):
+    """Texts from the tiny vocabulary with a learnable rule: 'good' in the first text
+    means class 1 (MNLI: the count of 'good' and 'bad', STS-B: a score from it)."""
+    words = [w for w in WORDS if w not in ("good", "bad")]
+    y = rng.randrange(3 if task == "mnli" else 2)
+    a = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10)))
+    a = ("good " if y == 1 else "bad " if y == 2 else "") + a
+    b = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10)))
+    label = 5.0 * y / 2 + rng.random() * 0.5 if task == "stsb" else y
+    return a, b, label
+
+
+def write_glue_task(root: Path, task: str, *, train: int = 64, dev: int = 32,
+                    seed: int = 0) -> Path:
+    """A small folder in the GLUE distribution's layout of ``task`` (MRPC: with the
+    byte-order mark GLUE's script writes)."""
+    import random
+
+    rng = random.Random(seed)
+    folder_name, header, row = _LAYOUTS[task]
+    folder = root / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = ({"train": train, "dev_matched": dev, "dev_mismatched": dev} if task == "mnli"
+              else {"train": train, "dev": dev})
+    for split, n in splits.items():
+        lines = ["\t".join(header)] if header else []
+        lines += ["\t".join(row(*glue_example(rng, task))) for _ in range(n)]
+        text = "\n".join(lines) + "\n"
+        if task == "mrpc":
+            text = "\ufeff" + text
+        (folder / f"{split}.tsv").write_text(text, encoding="utf-8")
+    return folder

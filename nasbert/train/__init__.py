@@ -14,13 +14,12 @@ the same run directory resumes from the last checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from nasbert.data import Corpus, build_corpus, corpus_key
+from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.provenance import provenance
@@ -109,33 +108,13 @@ def train_supernet(recipe: Recipe, run_dir: str | Path, *, progress: bool = True
     return json.loads(summary_path.read_text())
 
 
-def _ray_temp_dir(run_dir: Path) -> str:
-    # Ray puts unix sockets under its temp dir, and socket paths are limited to 107
-    # bytes: use the run folder when its path is short, else a short one in /tmp.
-    wanted = (run_dir / "ray_tmp").resolve()
-    if len(str(wanted)) <= 40:
-        wanted.mkdir(parents=True, exist_ok=True)
-        return str(wanted)
-    return tempfile.mkdtemp(prefix="nasbert-ray-")
-
-
 def _train_on_ray(scaling: ScalingConfig, config: dict, run_dir: Path) -> None:
-    import ray
     from ray.train import FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = False
-    if not ray.is_initialized():
-        if scaling.address is None:
-            ray.init(num_cpus=scaling.workers * scaling.cpus_per_worker + 1,
-                     _temp_dir=_ray_temp_dir(run_dir), include_dashboard=False,
-                     log_to_driver=True, configure_logging=False)
-        else:
-            ray.init(address=scaling.address)
-        started = True
-    try:
+    with ray_session(run_dir, num_cpus=scaling.workers * scaling.cpus_per_worker + 1,
+                     address=scaling.address):
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={**config, "ray": True, "progress": False},
@@ -146,9 +125,6 @@ def _train_on_ray(scaling: ScalingConfig, config: dict, run_dir: Path) -> None:
                                  failure_config=FailureConfig(max_failures=scaling.max_failures)),
         )
         trainer.fit()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_space(run_dir: str | Path) -> SearchSpace:

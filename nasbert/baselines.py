@@ -1,0 +1,176 @@
+"""Hand-designed students, so that the value of the search is measured, not assumed.
+
+Two families, each matched to a target latency measured on this device:
+
+* **uniform**: BERT-shaped stacks, ``L x [M, F]`` at one hidden size (embedding of the
+  same size), spread as evenly as the space allows over its blocks. They lie in the
+  search space, so they are extracted from the same trained supernet as the searched
+  subnets and fine-tuned by exactly the same procedure: the only difference is the
+  architecture;
+* **teacher-first-k**: the teacher's embeddings and first ``k`` layers.
+
+Each is written under ``subnets/<id>/`` like a searched subnet, with its measured
+latency, so that ``nasbert finetune`` treats all of them alike.
+
+>>> chosen = build_baselines("runs/qs", {"latency-6ms": 5.8})  # doctest: +SKIP
+>>> chosen["latency-6ms"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from nasbert.errors import ConfigError
+from nasbert.io import atomic_dir, atomic_write_text
+from nasbert.latency import Protocol, device_id, fingerprint, measure_saved_ms
+from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace
+
+SUBNETS = "subnets"
+
+
+def uniform_archs(space: SearchSpace) -> dict[str, Arch]:
+    """Every ``L x [M, F]`` stack the space holds: one hidden size in every block (and
+    the embedding, or the largest embedding below it), the ``L`` layers spread as evenly
+    as possible with earlier blocks taking the remainder. Keyed ``uniform-L<L>-H<h>``."""
+    if not {"M", "F"} <= set(space.ops):
+        return {}
+    hiddens = set(space.blocks[0].hidden_sizes)
+    for b in space.blocks[1:]:
+        hiddens &= set(b.hidden_sizes)
+    capacity = [b.layers // 2 for b in space.blocks]
+    out = {}
+    for h in sorted(hiddens):
+        smaller = [e for e in space.embed_sizes if e <= h]
+        embed = max(smaller) if smaller else min(space.embed_sizes)
+        for total in range(1, sum(capacity) + 1):
+            n = len(capacity)  # spread evenly, earlier blocks take the remainder
+            pairs = [total // n + (i < total % n) for i in range(n)]
+            if any(p > c for p, c in zip(pairs, capacity)):
+                continue
+            blocks = tuple(BlockArch(h, ("M", "F") * n + (IDENTITY,) * (b.layers - 2 * n))
+                           for n, b in zip(pairs, space.blocks))
+            arch = Arch(embed, blocks)
+            try:
+                space.validate(arch)
+            except ConfigError:  # e.g. an empty block where min_layers forbids one
+                continue
+            out[f"uniform-L{total}-H{h}"] = arch
+    return out
+
+
+def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
+    """The teacher's embeddings and first ``k`` layers, saved as an ordinary model."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(teacher)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if layers is None or not 0 < k <= len(layers):
+        raise ConfigError(f"has no encoder.layer list with at least {k} layers; a first-k "
+                          "baseline needs a BERT-like encoder", source=f"teacher {teacher!r}")
+    model.encoder.layer = layers[:k]
+    model.config.num_hidden_layers = k
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        (tmp / "nasbert.json").write_text(json.dumps(
+            {"path": str(out_dir), "arch": f"{teacher} first {k} layers", "params": params}))
+        (tmp / "README.md").write_text(
+            f"# Baseline: the teacher's first {k} layers\n\nTeacher `{teacher}`; "
+            f"{params:,} parameters.\n")
+    return Path(out_dir)
+
+
+def measured_ms(model_dir: str | Path, protocol: Protocol, *, cache: Path | None = None,
+                refresh: bool = False, rounds: int = 3) -> float:
+    """The latency of a saved model on this device, measured in a clean process and
+    cached by device id in ``cache`` (default ``<model_dir>/latency.json``); ``refresh``
+    measures again."""
+    model_dir = Path(model_dir)
+    cache = cache or model_dir / "latency.json"
+    key = device_id(fingerprint(protocol))
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if refresh or key not in stored:
+        stored[key] = {"ms": measure_saved_ms(model_dir, protocol, rounds=rounds),
+                       "fingerprint": fingerprint(protocol),
+                       "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(cache, json.dumps(stored, indent=1))
+    return stored[key]["ms"]
+
+
+def _nearest(options: Mapping[str, float], target: float) -> str:
+    return min(options, key=lambda k: abs(math.log(options[k] / target)))
+
+
+def build_baselines(run_dir: str | Path, targets: Mapping[str, float], *,
+                    protocol: Protocol | None = None, shortlist: int = 3,
+                    progress: bool = True) -> dict[str, dict[str, str]]:
+    """For each target (name -> measured ms), the uniform stack and the teacher prefix
+    whose measured latency is nearest to it (in ratio), written under ``subnets/``.
+    Uniform stacks are short-listed by the run's latency predictor, then measured."""
+    from nasbert.latency import latency_dir, load_predictor
+    from nasbert.subnet import save_subnet
+    from nasbert.supernet import Supernet
+    from nasbert.teacher import resolve
+    from nasbert.train import load_run_recipe
+    from nasbert.train.loop import FINAL
+
+    run_dir = Path(run_dir)
+    protocol = protocol or Protocol()
+    supernet = Supernet.load(run_dir / FINAL)
+    uniform = uniform_archs(supernet.space)
+    if not uniform:
+        raise ConfigError("has no uniform M,F stacks (needs operations M and F and a hidden "
+                          "size common to all blocks)", source=f"space {supernet.space.name}")
+    predicted = dict(zip(uniform, load_predictor(latency_dir(run_dir, protocol)).predict(
+        list(uniform.values()))))
+    teacher = resolve(load_run_recipe(run_dir).teacher)
+    n_layers = _num_layers(teacher)
+    measured: dict[str, float] = {}
+
+    def materialise(model_id: str) -> float:
+        folder = run_dir / SUBNETS / model_id
+        if not (folder / "config.json").is_file():
+            if model_id.startswith("uniform-"):
+                save_subnet(supernet, uniform[model_id], folder,
+                            info={"baseline": "uniform L x [M, F] stack, same supernet weights"})
+            else:
+                save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
+        if model_id not in measured:
+            measured[model_id] = measured_ms(folder, protocol)
+            if progress:
+                print(f"measured      {model_id:<20} {measured[model_id]:.2f} ms", flush=True)
+        return measured[model_id]
+
+    chosen: dict[str, dict[str, str]] = {}
+    prefixes = [f"teacher-first-{k}" for k in range(1, n_layers)]
+    for name, target in targets.items():
+        near = sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))[:shortlist]
+        for model_id in near:
+            materialise(model_id)
+        # teacher prefixes: latency is close to linear in k; measure the two around target
+        for model_id in prefixes:
+            if model_id not in measured:
+                materialise(model_id)
+            if measured[model_id] > target:
+                break
+        chosen[name] = {
+            "uniform": _nearest({k: measured[k] for k in near}, target),
+            "teacher-first-k": _nearest({k: measured[k] for k in prefixes if k in measured},
+                                        target)}
+    return chosen
+
+
+def _num_layers(teacher: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(teacher).num_hidden_layers)

@@ -1,0 +1,212 @@
+"""Every stage end to end, and the table that compares what came out.
+
+:func:`quickstart` trains the supernet (with shrinking), profiles latency on this
+device, searches subnets at fixed speedups over the teacher, builds the
+hand-designed baselines at the same measured latencies, fine-tunes everything on a
+task with distillation and prints the comparison. Each stage skips what a previous
+call finished, so a stopped quickstart resumes.
+
+>>> rows = quickstart("runs/quickstart")                      # doctest: +SKIP
+>>> print(render(rows, "tweets", "accuracy"))                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from nasbert.errors import ConfigError
+from nasbert.finetune import TEACHER, FinetuneConfig, finetune
+from nasbert.io import atomic_write_text
+from nasbert.latency import Protocol
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART_RECIPE = REPO / "supernet" / "quickstart.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """Sized to finish in under 15 minutes on 2 CPU cores."""
+
+    recipe: str = str(QUICKSTART_RECIPE)
+    task: str = "tweets"
+    data_dir: str | None = None
+    speedups: tuple[float, ...] = (2.0, 4.0, 8.0)
+    latency_samples: int = 40
+    search_trials: int = 150
+    top_k: int = 5
+    baselines: bool = True
+    finetune: FinetuneConfig = FinetuneConfig(
+        epochs=2, lr=2e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=2,
+        teacher_lr=5e-5, max_seq_len=64, max_train_examples=2000, max_dev_examples=1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the comparison table."""
+
+    model: str  # what a person reads: "searched 4x", "uniform-L3-H192 (4x)"
+    model_id: str
+    kind: str  # teacher | searched | uniform | teacher-first-k
+    target: str  # the speedup group, "" for the teacher
+    params: int
+    latency_ms: float
+    speedup: float
+    metric: float
+    share: float  # of the teacher's metric
+
+
+def teacher_ms(run_dir: str | Path, protocol: Protocol, *, refresh: bool = False) -> float:
+    """The teacher's measured latency on this device (cached beside the run's table)."""
+    from nasbert.baselines import measured_ms
+    from nasbert.latency import latency_dir
+    from nasbert.teacher import resolve
+    from nasbert.train import load_run_recipe
+
+    teacher = resolve(load_run_recipe(run_dir).teacher)
+    cache = latency_dir(Path(run_dir), protocol) / "teacher.json"
+    return measured_ms(teacher, protocol, cache=cache, refresh=refresh)
+
+
+def speedup_name(speedup: float) -> str:
+    return f"{speedup:g}x"
+
+
+def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protocol, *,
+                trials: int = 150, top_k: int = 5, baselines: bool = True,
+                progress: bool = True) -> dict[str, dict[str, str]]:
+    """Search at each speedup (budget: teacher latency / speedup) and match baselines to
+    each chosen subnet's measured latency. Returns speedup name -> {kind: model id}."""
+    from nasbert.baselines import build_baselines, measured_ms
+    from nasbert.search import SEARCH, Budget, search
+
+    run_dir = Path(run_dir)
+    base = teacher_ms(run_dir, protocol)
+    budgets = {speedup_name(s): Budget(latency_ms=round(base / s, 3)) for s in speedups}
+    chosen_path = run_dir / SEARCH / "chosen.json"
+    done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
+    todo = [b for b in budgets.values()
+            if b.name not in done or not (run_dir / "subnets" / b.name / "config.json").is_file()]
+    if todo:
+        if progress:
+            print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
+                  flush=True)
+        search(run_dir, todo, trials=trials, top_k=top_k, protocol=protocol, progress=progress)
+    plan = {name: {"searched": b.name} for name, b in budgets.items()}
+    if baselines:
+        targets = {name: measured_ms(run_dir / "subnets" / ids["searched"], protocol)
+                   for name, ids in plan.items()}
+        for name, ids in build_baselines(run_dir, targets, protocol=protocol,
+                                         progress=progress).items():
+            plan[name].update(ids)
+    return plan
+
+
+def compare(run_dir: str | Path, task: str, plan: Mapping[str, Mapping[str, str]], *,
+            data_dir: str | Path | None = None, config: FinetuneConfig | None = None,
+            protocol: Protocol | None = None, refresh_latency: bool = False,
+            progress: bool = True) -> list[Row]:
+    """Fine-tune the teacher and every planned model on ``task`` and tabulate them, with
+    latencies measured on this device (``refresh_latency``: measured afresh now, side by
+    side, rather than read from each model's cache)."""
+    from nasbert.baselines import measured_ms
+    from nasbert.data import task_spec
+
+    run_dir = Path(run_dir)
+    protocol = protocol or Protocol()
+    config = config or FinetuneConfig()
+    spec = task_spec(task)
+    ids = list(dict.fromkeys(i for group in plan.values() for i in group.values()))
+    results = finetune(run_dir, task, data_dir=data_dir, models=ids, config=config,
+                       progress=progress)
+    base_ms = teacher_ms(run_dir, protocol, refresh=refresh_latency)
+    dev, metric = spec.dev_splits[0], spec.metric
+    teacher_metric = results[TEACHER][dev][metric]
+    rows = [Row("teacher", TEACHER, "teacher", "", results[TEACHER]["params"], base_ms, 1.0,
+                teacher_metric, 1.0)]
+    latency = {i: measured_ms(run_dir / "subnets" / i, protocol, refresh=refresh_latency)
+               for i in ids}
+    for name, group in plan.items():
+        for kind, model_id in group.items():
+            r = results[model_id]
+            label = f"searched {name}" if kind == "searched" else f"{model_id} ({name})"
+            rows.append(Row(label, model_id, kind, name, r["params"], latency[model_id],
+                            base_ms / latency[model_id], r[dev][metric],
+                            r[dev][metric] / teacher_metric if teacher_metric else float("nan")))
+    return rows
+
+
+def render(rows: Sequence[Row], task: str, metric: str) -> str:
+    """The comparison as a Markdown table."""
+    lines = [f"| model ({task}) | parameters | latency ms | speedup | dev {metric} | "
+             "of teacher |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.params / 1e6:.2f}M | {r.latency_ms:.2f} | "
+                     f"{r.speedup:.2f}x | {r.metric:.4f} | {r.share:.1%} |")
+    return "\n".join(lines)
+
+
+def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig | None = None,
+               *, protocol: Protocol | None = None, progress: bool = True) -> list[Row]:
+    """Supernet, latency, search, baselines and fine-tuning on the embedded default;
+    writes ``<run_dir>/results.md`` and returns the table's rows."""
+    from nasbert.data import task_spec
+    from nasbert.latency import fit, latency_dir, profile
+    from nasbert.search import sample_candidates
+    from nasbert.supernet import Supernet
+    from nasbert.train import load_recipe, run_space, train_supernet
+    from nasbert.train.loop import FINAL
+    from nasbert.train.shrink import load_survivors
+
+    run_dir = Path(run_dir)
+    protocol = protocol or Protocol()
+    config = config or QuickstartConfig()
+    if not Path(config.recipe).is_file():
+        raise ConfigError("is missing; give a supernet recipe (see supernet/)",
+                          source=config.recipe)
+    spec = task_spec(config.task)
+    start = time.time()
+    stages: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        stages[name] = round(time.time() - t0, 1)
+        if progress:
+            print(f"[{time.time() - start:6.0f} s] {name} done ({stages[name]:.0f} s)", flush=True)
+
+    t0 = time.time()
+    train_supernet(load_recipe(config.recipe), run_dir, progress=progress)
+    stage("supernet", t0)
+
+    t0 = time.time()
+    space = run_space(run_dir)
+    folder = latency_dir(run_dir, protocol)
+    pool = sample_candidates(space.embed_sizes, [sorted(t) for t in
+                                                 load_survivors(run_dir / "shrink")],
+                             config.latency_samples, seed=0)
+    profile(space, folder, protocol, samples=config.latency_samples, pool=pool,
+            supernet=Supernet.load(run_dir / FINAL), progress=progress)
+    fit(space, folder)
+    stage("latency", t0)
+
+    t0 = time.time()
+    plan = plan_models(run_dir, config.speedups, protocol, trials=config.search_trials,
+                       top_k=config.top_k, baselines=config.baselines, progress=progress)
+    stage("search and baselines", t0)
+
+    t0 = time.time()
+    rows = compare(run_dir, config.task, plan, data_dir=config.data_dir,
+                   config=config.finetune, protocol=protocol, progress=progress)
+    stage("fine-tuning", t0)
+
+    table = render(rows, spec.name, spec.metric)
+    stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+    atomic_write_text(run_dir / "results.md", (
+        f"# Quickstart results\n\n- run: `{run_dir}`\n- task: {spec.name} (dev split; "
+        f"{config.finetune.max_train_examples or 'all'} training examples)\n"
+        f"- latency: batch {protocol.batch}, sequence {protocol.seq}, this machine, "
+        "measured in a clean process\n"
+        f"- wall time: {time.time() - start:.0f} s ({stage_line})\n\n{table}\n"))
+    return rows
