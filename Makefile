@@ -1,5 +1,5 @@
 # Two commands, on a fresh clone, with nothing installed by hand:
-#   make demo   set up .venv/ and run the main job
+#   make demo   set up .venv/ and run the quickstart (every stage, under 15 minutes)
 #   make test   set up .venv/ and run the tests
 # Both create .venv/ in the repository root, or reuse it when setup.cfg is unchanged.
 
@@ -22,9 +22,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/install_torch.sh
 	touch $(STAMP)
 
 demo: venv
-	$(VENV)/bin/nasbert space show search_spaces/minilm_l6.yaml
-	$(VENV)/bin/nasbert extract search_spaces/minilm_l6.yaml --seed 0 --out runs/demo/subnet
-	$(VENV)/bin/nasbert export runs/demo/subnet --onnx runs/demo/subnet/model.onnx
+	$(VENV)/bin/nasbert quickstart --run runs/quickstart
 
 test: venv
 	$(PY) -m pytest -q

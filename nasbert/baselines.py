@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_dir, atomic_write_text
-from nasbert.latency import Protocol, device_id, fingerprint, measure_saved_ms
+from nasbert.latency import Protocol, device_id, fingerprint, measure_saved, measure_saved_ms
 from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace
 
 SUBNETS = "subnets"
@@ -116,7 +116,8 @@ def build_baselines(run_dir: str | Path, targets: Mapping[str, float], *,
                     progress: bool = True) -> dict[str, dict[str, str]]:
     """For each target (name -> measured ms), the uniform stack and the teacher prefix
     whose measured latency is nearest to it (in ratio), written under ``subnets/``.
-    Uniform stacks are short-listed by the run's latency predictor, then measured."""
+    Uniform stacks are short-listed by the run's latency predictor; the short-lists and
+    every teacher prefix are then measured side by side in one clean process."""
     from nasbert.latency import latency_dir, load_predictor
     from nasbert.subnet import save_subnet
     from nasbert.supernet import Supernet
@@ -132,42 +133,27 @@ def build_baselines(run_dir: str | Path, targets: Mapping[str, float], *,
         raise ConfigError("has no uniform M,F stacks (needs operations M and F and a hidden "
                           "size common to all blocks)", source=f"space {supernet.space.name}")
     predicted = dict(zip(uniform, load_predictor(latency_dir(run_dir, protocol)).predict(
-        list(uniform.values()))))
+        list(uniform.values()))))  # to short-list the uniform stacks worth measuring
     teacher = resolve(load_run_recipe(run_dir).teacher)
-    n_layers = _num_layers(teacher)
-    measured: dict[str, float] = {}
-
-    def materialise(model_id: str) -> float:
+    prefixes = [f"teacher-first-{k}" for k in range(1, _num_layers(teacher))]
+    shortlists = {name: sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))
+                  [:shortlist] for name, target in targets.items()}
+    ids = list(dict.fromkeys([*prefixes, *(i for s in shortlists.values() for i in s)]))
+    for model_id in ids:
         folder = run_dir / SUBNETS / model_id
-        if not (folder / "config.json").is_file():
-            if model_id.startswith("uniform-"):
-                save_subnet(supernet, uniform[model_id], folder,
-                            info={"baseline": "uniform L x [M, F] stack, same supernet weights"})
-            else:
-                save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
-        if model_id not in measured:
-            measured[model_id] = measured_ms(folder, protocol)
-            if progress:
-                print(f"measured      {model_id:<20} {measured[model_id]:.2f} ms", flush=True)
-        return measured[model_id]
-
-    chosen: dict[str, dict[str, str]] = {}
-    prefixes = [f"teacher-first-{k}" for k in range(1, n_layers)]
-    for name, target in targets.items():
-        near = sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))[:shortlist]
-        for model_id in near:
-            materialise(model_id)
-        # teacher prefixes: latency is close to linear in k; measure the two around target
-        for model_id in prefixes:
-            if model_id not in measured:
-                materialise(model_id)
-            if measured[model_id] > target:
-                break
-        chosen[name] = {
-            "uniform": _nearest({k: measured[k] for k in near}, target),
-            "teacher-first-k": _nearest({k: measured[k] for k in prefixes if k in measured},
-                                        target)}
-    return chosen
+        if (folder / "config.json").is_file():
+            continue
+        if model_id.startswith("uniform-"):
+            save_subnet(supernet, uniform[model_id], folder,
+                        info={"baseline": "uniform L x [M, F] stack, same supernet weights"})
+        else:
+            save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
+    measured = dict(zip(ids, measure_saved([run_dir / SUBNETS / i for i in ids], protocol)))
+    if progress:
+        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in ids), flush=True)
+    return {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]}, target),
+                   "teacher-first-k": _nearest({k: measured[k] for k in prefixes}, target)}
+            for name, target in targets.items()}
 
 
 def _num_layers(teacher: str) -> int:

@@ -269,7 +269,8 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every model under RUN_DIR/subnets/")
     for flag, kind in (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
                        ("temperature", float), ("hidden-epochs", float),
-                       ("teacher-epochs", float), ("teacher-lr", float), ("teacher-batch-size", int),
+                       ("teacher-epochs", float), ("teacher-lr", float),
+                       ("teacher-batch-size", int),
                        ("max-seq-len", int), ("max-train-examples", int),
                        ("max-dev-examples", int), ("seed", int)):
         p.add_argument(f"--{flag}", type=kind)

@@ -198,8 +198,7 @@ def _decide(spec: TaskSpec, logits: Tensor) -> list:
 
 
 def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *,
-          lr: float, epochs: float, batch_size: int, alpha: float = 1.0,
-          train_set: Encoded | None = None,
+          train_set: Encoded, lr: float, epochs: float, batch_size: int, alpha: float = 1.0,
           teacher: nn.Module | None = None, hidden_epochs: float = 0.0,
           on_epoch: Callable[[dict], None] | None = None, workdir: Path,
           progress: bool = True) -> list[dict]:
@@ -245,8 +244,9 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
         if hidden_epochs > 0:
             if teacher is None:
                 raise ValueError("hidden-state distillation needs the teacher model")
-            t = DistillTrainer(args=arguments("hidden", hidden_epochs, lr), mode="hidden",
-                               teacher=teacher.eval(), **common)
+            args = arguments("hidden", hidden_epochs, lr)
+            t = DistillTrainer(args=args, mode="hidden", teacher=teacher.eval().to(args.device),
+                               **common)
             _quiet(t, progress)
             t.train()
             history += [{"stage": "hidden", **h} for h in t.state.log_history]
@@ -377,9 +377,6 @@ def finetune_teacher(run_dir: str | Path, data: TaskData, config: FinetuneConfig
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len)
     model = _load_classifier(name, data.spec, config.seed)
     start = time.time()
-    if progress:
-        print(f"fine-tuning the teacher on {data.spec.name} ({len(train_set)} examples, "
-              f"{config.teacher_epochs:g} epochs)", flush=True)
     with _workdir(folder) as work:
         history = train(model, tokenizer, data, config, lr=config.teacher_lr,
                         epochs=config.teacher_epochs, batch_size=config.teacher_batch_size,
@@ -469,7 +466,8 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
     start = time.time()
     with _workdir(folder) as work:
         history = train(model, tokenizer, data, config, lr=config.lr, epochs=config.epochs,
-                        batch_size=config.batch_size, alpha=config.alpha, train_set=train_set, teacher=teacher,
+                        batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
+                        teacher=teacher,
                         hidden_epochs=config.hidden_epochs, on_epoch=on_epoch, workdir=work,
                         progress=progress)
     metrics, preds = evaluate(model, tokenizer, data, config)
@@ -487,10 +485,11 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
 
 def finetune(run_dir: str | Path, task: str, *, data_dir: str | Path | None = None,
              models: Sequence[str] | None = None, config: FinetuneConfig | None = None,
-             progress: bool = True) -> dict[str, dict]:
+             progress: bool = True, trainer_progress: bool | None = None) -> dict[str, dict]:
     """Fine-tune the teacher (cached) and then each of ``models`` (default: every model
     under ``subnets/``) with distillation; returns each one's record, the teacher's
-    under ``"teacher"``. Re-running skips what is done."""
+    under ``"teacher"``. Re-running skips what is done. ``progress``: a line per model;
+    ``trainer_progress`` (default: the same): the Trainer's bars and logs."""
     run_dir = Path(run_dir)
     config = config or FinetuneConfig()
     data = load_task(task, data_dir, seed=config.seed)
@@ -503,10 +502,20 @@ def finetune(run_dir: str | Path, task: str, *, data_dir: str | Path | None = No
             raise ConfigError(f"is not a model folder (subnets here: "
                               f"{', '.join(available_models(run_dir)) or 'none'})",
                               source=str(run_dir / SUBNETS / model_id))
-    teacher_dir = finetune_teacher(run_dir, data, config, progress=progress)
+    bars = progress if trainer_progress is None else trainer_progress
+    if progress and not _cached(run_dir / FINETUNE / data.spec.name / TEACHER,
+                                config.teacher_key(data)):
+        n = len(data.split("train").subset(config.max_train_examples))
+        print(f"fine-tuning the teacher on {data.spec.name} ({n} examples, "
+              f"{config.teacher_epochs:g} epochs)", flush=True)
+    teacher_dir = finetune_teacher(run_dir, data, config, progress=bars)
     results = {TEACHER: json.loads((teacher_dir / "metrics.json").read_text())}
+    if progress:
+        main = data.spec.dev_splits[0]
+        print(f"{TEACHER:<24} {data.spec.metric} {results[TEACHER][main][data.spec.metric]:.4f}",
+              flush=True)
     for model_id in ids:
-        record = finetune_student(run_dir, model_id, data, config, progress=progress)
+        record = finetune_student(run_dir, model_id, data, config, progress=bars)
         results[model_id] = record
         if progress:
             main = data.spec.dev_splits[0]

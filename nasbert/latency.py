@@ -145,31 +145,43 @@ def measure_ms(model: nn.Module, protocol: Protocol, *, vocab_size: int | None =
     return time_ms(lambda: model(ids, attention_mask=mask), p)
 
 
-def _measure_saved(path: str, protocol: Protocol, repeats: int, queue) -> None:
+def _measure_saved(paths: list[str], protocol: Protocol, rounds: int, queue) -> None:
     from transformers import AutoModel
 
     import nasbert  # noqa: F401 - registers the nasbert model type
 
-    model = AutoModel.from_pretrained(path)  # the encoder: a task head costs ~nothing
-    queue.put([measure_ms(model, protocol) for _ in range(repeats)])
+    models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~nothing
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):  # interleaved, so that a slow spell hits every model alike
+        for i, model in enumerate(models):
+            times[i].append(measure_ms(model, protocol))
+    queue.put(times)
 
 
-def measure_saved_ms(path: str | Path, protocol: Protocol, *, rounds: int = 3) -> float:
-    """:func:`measure_ms` of a saved model folder (any encoder ``AutoModel`` loads) in a
-    fresh process, median of ``rounds``. A process that has just run heavy work (a
-    teacher, an approximator, training) measures the same model up to ~20 % slower for
-    a while; a clean process measures what a deployment sees."""
+def measure_saved(paths: Sequence[str | Path], protocol: Protocol, *,
+                  rounds: int = 3) -> list[float]:
+    """:func:`measure_ms` of saved model folders (any encoder ``AutoModel`` loads), side
+    by side in one fresh process, in ``rounds`` interleaved rounds; the median of each.
+    A process that has just run heavy work (a teacher, an approximator, training)
+    measures the same model up to ~20 % slower for a while; a clean process measures
+    what a deployment sees."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_measure_saved, args=(str(path), protocol, rounds, queue))
+    child = ctx.Process(target=_measure_saved,
+                        args=([str(p) for p in paths], protocol, rounds, queue))
     child.start()
     try:
-        times = queue.get(timeout=600)
+        times = queue.get(timeout=1800)
     finally:
         child.join()
-    return statistics.median(times)
+    return [statistics.median(t) for t in times]
+
+
+def measure_saved_ms(path: str | Path, protocol: Protocol, *, rounds: int = 3) -> float:
+    """:func:`measure_saved` of one folder."""
+    return measure_saved([path], protocol, rounds=rounds)[0]
 
 
 def measure_ms_isolated(model: nn.Module, protocol: Protocol, *, rounds: int = 3) -> float:

@@ -40,8 +40,8 @@ class QuickstartConfig:
     top_k: int = 5
     baselines: bool = True
     finetune: FinetuneConfig = FinetuneConfig(
-        epochs=2, lr=2e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=2,
-        teacher_lr=5e-5, max_seq_len=64, max_train_examples=2000, max_dev_examples=1000)
+        epochs=2, lr=3e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=2,
+        teacher_lr=5e-5, max_seq_len=64, max_train_examples=1500, max_dev_examples=600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,20 @@ def teacher_ms(run_dir: str | Path, protocol: Protocol, *, refresh: bool = False
 
     teacher = resolve(load_run_recipe(run_dir).teacher)
     cache = latency_dir(Path(run_dir), protocol) / "teacher.json"
-    return measured_ms(teacher, protocol, cache=cache, refresh=refresh)
+    return measured_ms(teacher, protocol, cache=cache, refresh=refresh, rounds=5)
+
+
+def measure_side_by_side(run_dir: str | Path, ids: Sequence[str],
+                         protocol: Protocol) -> dict[str, float]:
+    """The teacher's and each model's latency, measured now, side by side in one clean
+    process (interleaved rounds): the ratios a table shows."""
+    from nasbert.latency import measure_saved
+    from nasbert.teacher import resolve
+    from nasbert.train import load_run_recipe
+
+    run_dir = Path(run_dir)
+    paths = [resolve(load_run_recipe(run_dir).teacher), *(run_dir / "subnets" / i for i in ids)]
+    return dict(zip([TEACHER, *ids], measure_saved(paths, protocol, rounds=5)))
 
 
 def speedup_name(speedup: float) -> str:
@@ -94,8 +107,18 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
         if progress:
             print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
                   flush=True)
-        search(run_dir, todo, trials=trials, top_k=top_k, protocol=protocol, progress=progress)
-    plan = {name: {"searched": b.name} for name, b in budgets.items()}
+        try:
+            search(run_dir, todo, trials=trials, top_k=top_k, protocol=protocol,
+                   progress=progress)
+        except ConfigError as e:  # some budget had no candidate: go on with the others
+            if progress:
+                print(f"skipped       {e}", flush=True)
+    plan = {name: {"searched": b.name} for name, b in budgets.items()
+            if (run_dir / "subnets" / b.name / "config.json").is_file()}
+    if not plan:
+        raise ConfigError(f"no subnet was found for any of the speedups {list(budgets)}; "
+                          "lower them or train the supernet with more bins (shrink.spacing: "
+                          "log keeps small paths)", source=str(run_dir))
     if baselines:
         targets = {name: measured_ms(run_dir / "subnets" / ids["searched"], protocol)
                    for name, ids in plan.items()}
@@ -107,12 +130,11 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
 
 def compare(run_dir: str | Path, task: str, plan: Mapping[str, Mapping[str, str]], *,
             data_dir: str | Path | None = None, config: FinetuneConfig | None = None,
-            protocol: Protocol | None = None, refresh_latency: bool = False,
-            progress: bool = True) -> list[Row]:
-    """Fine-tune the teacher and every planned model on ``task`` and tabulate them, with
-    latencies measured on this device (``refresh_latency``: measured afresh now, side by
-    side, rather than read from each model's cache)."""
-    from nasbert.baselines import measured_ms
+            protocol: Protocol | None = None, latencies: Mapping[str, float] | None = None,
+            progress: bool = True, trainer_progress: bool | None = None) -> list[Row]:
+    """Fine-tune the teacher and every planned model on ``task`` and tabulate them with
+    their latencies on this device: ``latencies`` (model id -> ms, the teacher's under
+    ``"teacher"``) or, by default, measured side by side after the fine-tuning."""
     from nasbert.data import task_spec
 
     run_dir = Path(run_dir)
@@ -121,14 +143,13 @@ def compare(run_dir: str | Path, task: str, plan: Mapping[str, Mapping[str, str]
     spec = task_spec(task)
     ids = list(dict.fromkeys(i for group in plan.values() for i in group.values()))
     results = finetune(run_dir, task, data_dir=data_dir, models=ids, config=config,
-                       progress=progress)
-    base_ms = teacher_ms(run_dir, protocol, refresh=refresh_latency)
+                       progress=progress, trainer_progress=trainer_progress)
+    latency = dict(latencies) if latencies else measure_side_by_side(run_dir, ids, protocol)
+    base_ms = latency[TEACHER]
     dev, metric = spec.dev_splits[0], spec.metric
     teacher_metric = results[TEACHER][dev][metric]
     rows = [Row("teacher", TEACHER, "teacher", "", results[TEACHER]["params"], base_ms, 1.0,
                 teacher_metric, 1.0)]
-    latency = {i: measured_ms(run_dir / "subnets" / i, protocol, refresh=refresh_latency)
-               for i in ids}
     for name, group in plan.items():
         for kind, model_id in group.items():
             r = results[model_id]
@@ -198,7 +219,8 @@ def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig
 
     t0 = time.time()
     rows = compare(run_dir, config.task, plan, data_dir=config.data_dir,
-                   config=config.finetune, protocol=protocol, progress=progress)
+                   config=config.finetune, protocol=protocol, progress=progress,
+                   trainer_progress=False)
     stage("fine-tuning", t0)
 
     table = render(rows, spec.name, spec.metric)
@@ -206,7 +228,7 @@ def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig
     atomic_write_text(run_dir / "results.md", (
         f"# Quickstart results\n\n- run: `{run_dir}`\n- task: {spec.name} (dev split; "
         f"{config.finetune.max_train_examples or 'all'} training examples)\n"
-        f"- latency: batch {protocol.batch}, sequence {protocol.seq}, this machine, "
-        "measured in a clean process\n"
+        f"- latency: batch {protocol.batch}, sequence {protocol.seq}, this machine; all "
+        "models measured side by side in one clean process (5 interleaved rounds, median)\n"
         f"- wall time: {time.time() - start:.0f} s ({stage_line})\n\n{table}\n"))
     return rows

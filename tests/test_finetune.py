@@ -183,7 +183,8 @@ def test_baselines_are_matched_by_measured_latency_and_compared(run, glue):
 def test_finetune_cli(run, glue, capsys):
     assert main(["finetune", str(run), "--task", "sst2", "--data-dir", str(glue / "SST-2"),
                  "--subnet", "small", "--epochs", "8", "--lr", "3e-3", "--batch-size", "16",
-                 "--teacher-epochs", "8", "--teacher-lr", "1e-3", "--teacher-batch-size", "16", "--max-seq-len", "24",
+                 "--teacher-epochs", "8", "--teacher-lr", "1e-3", "--teacher-batch-size", "16",
+                 "--max-seq-len", "24",
                  "--alpha", "0", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "teacher" in out and "small" in out and "dev accuracy" in out

@@ -253,3 +253,28 @@ def test_candidate_pool_keeps_the_largest_smallest_and_teacher_paths(minilm_spac
         assert minilm_space.min_arch().blocks[i] in paths
         assert str(teacher_path(minilm_space, i)) == "H384:M,F,M,F"
         assert teacher_path(minilm_space, i) in paths
+
+
+def test_log_spaced_bins_give_small_paths_a_bin_of_their_own(minilm_space):
+    from nasbert.train.config import ShrinkConfig
+    from nasbert.train.shrink import Shrinker, block_params
+
+    def size(i, p):
+        return float(block_params(p, minilm_space.dims))
+
+    smallest = minilm_space.min_arch().blocks[0]
+    first = {}
+    for spacing in ("linear", "log"):
+        config = ShrinkConfig(candidates=64, bins=5, keep_per_bin=2, spacing=spacing)
+        block = Shrinker(minilm_space, config, size).blocks[0]
+        assert smallest in block.bins[0]
+        assert sum(map(len, block.bins)) == 64
+        first[spacing] = max(size(0, p) for p in block.bins[0])
+        # every path lies below its bin's upper edge and above the one before
+        for b, paths in enumerate(block.bins):
+            for p in paths:
+                assert size(0, p) <= block.edges[b] * (1 + 1e-9)
+                assert b == 0 or size(0, p) > block.edges[b - 1] * (1 - 1e-9)
+    top = max(size(0, p) for p in minilm_space.block_paths(0))
+    assert first["linear"] > top / 5 * 0.5  # a fifth of the range: paths of 4 layers
+    assert first["log"] < top / 20  # the smallest sizes only

@@ -52,6 +52,7 @@ class ShrinkConfig:
 
     enabled: bool = True
     bins: int = 10  # B: bins per block, by size
+    spacing: Literal["linear", "log"] = "linear"  # equal-width bins (paper) or equal-ratio
     by: Literal["params", "latency", "auto"] = "auto"  # auto: latency once a table exists
     warmup_epochs: int = 3  # W: epochs before the first shrink
     epoch_steps: int | None = None  # steps per epoch (default: one pass over the data)

@@ -2,7 +2,11 @@
 
 Each block's paths are binned into ``B`` bins by size (parameters, or predicted latency
 once the run has a latency table): bin ``b`` holds the paths whose size lies in
-``((b-1)/B, b/B] x`` the largest path's. After ``W`` warm-up epochs, at the end of each
+``((b-1)/B, b/B] x`` the largest path's (the paper's equal-width bins), or, with
+``spacing: log``, between ``r^(b-1)`` and ``r^b`` times the smallest path's, for ``r``
+the ``B``-th root of the size range (equal-ratio bins: with few bins the first,
+equal-width bin spans a decade of sizes and shrinking keeps only its largest paths,
+so no small budget finds a candidate). After ``W`` warm-up epochs, at the end of each
 epoch, every bin that still holds more than ``m`` paths samples ``E`` of them, scores
 each on a few dev batches (the block's distillation loss) and drops the worst half of
 those sampled, never going below ``m``. The survivors and their losses are what the
@@ -89,10 +93,21 @@ class Shrinker:
         sizes = {p: self.size(index, p) for p in paths}
         top = max(sizes.values())
         n = self.config.bins
-        edges = [top * (b + 1) / n for b in range(n)]
+        positive = [v for v in sizes.values() if v > 0]
+        lo = min(positive) if positive else top
+        if self.config.spacing == "log" and 0 < lo < top:
+            # bins of equal ratio from the smallest path to the largest: small paths get
+            # bins of their own instead of losing to the best of a wide first bin
+            def position(v: float) -> float:
+                return math.log(max(v, lo) / lo) / math.log(top / lo)
+            edges = [lo * (top / lo) ** ((b + 1) / n) for b in range(n)]
+        else:
+            def position(v: float) -> float:
+                return v / top
+            edges = [top * (b + 1) / n for b in range(n)]
         bins: list[list[BlockArch]] = [[] for _ in range(n)]
         for p in paths:
-            b = min(n - 1, max(0, math.ceil(sizes[p] / top * n) - 1))
+            b = min(n - 1, max(0, math.ceil(position(sizes[p]) * n - 1e-9) - 1))
             bins[b].append(p)
         return BlockBins(edges, bins)
 

@@ -1,0 +1,177 @@
+"""GLUE results: the teacher, searched subnets at about 2x, 4x and 8x measured CPU
+speedup, and hand-designed baselines at the same latencies, fine-tuned with
+distillation on SST-2, MRPC and CoLA from a local GLUE folder.
+
+It needs a run with a trained supernet and a latency predictor on this machine: the
+quickstart's (`nasbert quickstart` makes `runs/quickstart`). The searched subnets and
+the baselines are the quickstart's (or found now if missing); every model's latency is
+measured afresh, side by side, in clean processes before any training starts.
+
+    python scripts/results_glue.py --run runs/quickstart --data-dir ../shared/data/glue
+
+Writes results/glue.md and results/glue.png. Goals checked and reported: at 4x, at
+least 97 % of the teacher's SST-2 dev accuracy; a searched subnet never below a
+baseline of equal latency, and at least 1 point above it at the smallest budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nasbert.data import task_spec
+from nasbert.finetune import FinetuneConfig
+from nasbert.io import atomic_write_bytes, atomic_write_text
+from nasbert.latency import Protocol
+from nasbert.pipeline import Row, compare, measure_side_by_side, plan_models, render
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_inference import cpu_name  # noqa: E402
+
+# Sized for 2 CPU cores (about an hour for the three tasks): seeded subsets of SST-2's
+# and CoLA's training sets, all of MRPC; dev sets whole. Every student, searched or
+# baseline, gets the same two-stage schedule: an epoch of hidden-state distillation,
+# then logits distillation mixed with the task loss.
+SETTINGS = {
+    "sst2": FinetuneConfig(max_train_examples=5000, max_seq_len=64, hidden_epochs=1, epochs=3,
+                           lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
+                           temperature=2.0),
+    "mrpc": FinetuneConfig(max_seq_len=128, hidden_epochs=1, epochs=4, lr=2e-4,
+                           teacher_epochs=4, teacher_lr=5e-5, alpha=0.5, temperature=2.0,
+                           batch_size=16, teacher_batch_size=16),
+    "cola": FinetuneConfig(max_train_examples=5000, max_seq_len=64, hidden_epochs=1, epochs=3,
+                           lr=2e-4, teacher_epochs=3, teacher_lr=5e-5, alpha=0.5,
+                           temperature=2.0),
+}
+
+
+def goals(rows_by_task: dict[str, list[Row]], smallest: str) -> list[str]:
+    lines = []
+    sst2 = rows_by_task.get("sst2")
+    if sst2:
+        four = next((r for r in sst2 if r.kind == "searched" and r.target == "4x"), None)
+        if four:
+            ok = four.share >= 0.97
+            lines.append(f"- SST-2 at 4x ({four.speedup:.2f}x measured): {four.share:.1%} of the "
+                         f"teacher's accuracy; goal >= 97 %: **{'met' if ok else 'missed'}**")
+    below, margins = [], []
+    for task, rows in rows_by_task.items():
+        for r in rows:
+            if r.kind in ("uniform", "teacher-first-k"):
+                s = next(x for x in rows if x.kind == "searched" and x.target == r.target)
+                diff = (s.metric - r.metric) * 100
+                if diff < 0:
+                    below.append(f"{task} {r.target} vs {r.model_id} ({diff:+.1f} points)")
+                if r.target == smallest:
+                    margins.append((task, r.model_id, diff))
+    lines.append(f"- searched never below a baseline of equal latency: **"
+                 f"{'met' if not below else 'missed'}**"
+                 + (f" (below: {'; '.join(below)})" if below else ""))
+    if margins:
+        ok = all(d >= 1 for _, _, d in margins)
+        lines.append(f"- at the smallest budget ({smallest}), at least 1 point above each "
+                     f"baseline: **{'met' if ok else 'missed'}** ("
+                     + "; ".join(f"{t} vs {m}: {d:+.1f}" for t, m, d in margins) + ")")
+    return lines
+
+
+def plot(path: Path, rows_by_task: dict[str, list[Row]]) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows_by_task), figsize=(4.5 * len(rows_by_task), 3.8))
+    axes = [axes] if len(rows_by_task) == 1 else list(axes)
+    styles = {"searched": ("o-", "C3"), "uniform": ("s--", "C0"),
+              "teacher-first-k": ("^:", "C2")}
+    for ax, (task, rows) in zip(axes, rows_by_task.items()):
+        teacher = rows[0]
+        for kind, (style, color) in styles.items():
+            pts = sorted((r.speedup, r.metric) for r in rows if r.kind == kind)
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, label=kind)
+        ax.axhline(teacher.metric, color="gray", ls=":", label="teacher")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("measured CPU speedup over the teacher")
+        ax.set_ylabel(f"dev {task_spec(task).metric}")
+        ax.set_title(task)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=str(ROOT / "runs" / "quickstart"))
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    parser.add_argument("--tasks", default="sst2,mrpc,cola")
+    parser.add_argument("--speedups", default="2,4,8")
+    parser.add_argument("--out", default=str(ROOT / "results" / "glue.md"))
+    args = parser.parse_args()
+    run, protocol = Path(args.run), Protocol()
+    speedups = [float(s) for s in args.speedups.split(",")]
+    start = time.time()
+    plan = plan_models(run, speedups, protocol)
+    # every latency afresh, side by side in one process, before training heats the machine
+    ids = list(dict.fromkeys(i for g in plan.values() for i in g.values()))
+    latencies = measure_side_by_side(run, ids, protocol)
+    base = latencies["teacher"]
+    print(", ".join(f"{i} {ms:.2f} ms" for i, ms in latencies.items()), flush=True)
+    rows_by_task: dict[str, list[Row]] = {}
+    sections = []
+    for task in args.tasks.split(","):
+        spec = task_spec(task)
+        config = SETTINGS.get(spec.name, FinetuneConfig())
+        t0 = time.time()
+        rows = compare(run, task, plan, data_dir=args.data_dir, config=config,
+                       protocol=protocol, latencies=latencies, trainer_progress=False)
+        rows_by_task[spec.name] = rows
+        n_train = json.loads((run / "finetune" / spec.name / "teacher" / "metrics.json")
+                             .read_text())["train_examples"]
+        sections.append(
+            f"## {spec.folder}\n\n{n_train} training examples, whole dev set; fine-tuning: "
+            + ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config).items()
+                        if v is not None) + f"; {time.time() - t0:.0f} s.\n\n"
+            + render(rows, spec.name, spec.metric) + "\n")
+        print(render(rows, spec.name, spec.metric), flush=True)
+    archs = {i: json.loads((run / "subnets" / i / "nasbert.json").read_text()).get("arch", "")
+             for i in ids}
+    smallest = f"{max(speedups):g}x"
+    plot(Path(args.out).with_suffix(".png"), rows_by_task)
+    text = "\n".join([
+        "# GLUE: searched subnets vs the teacher and hand-designed baselines", "",
+        f"- command: `python scripts/results_glue.py --run {args.run} --data-dir "
+        f"{args.data_dir} --tasks {args.tasks}`",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch "
+        f"{torch.__version__}, Python {platform.python_version()}",
+        f"- run: `{args.run}`; latency: batch {protocol.batch}, sequence {protocol.seq}, "
+        "all models measured side by side in one clean process (5 interleaved rounds, "
+        f"median) before any training; teacher {base:.2f} ms",
+        f"- wall time: {time.time() - start:.0f} s", "",
+        "## Goals", "", *goals(rows_by_task, smallest), "",
+        *sections,
+        "## Models", "", "| id | architecture |", "| --- | --- |",
+        *[f"| {i} | `{a}` |" for i, a in archs.items()], "",
+        f"![dev metric vs measured speedup]({Path(args.out).with_suffix('.png').name})", ""])
+    atomic_write_text(args.out, text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
