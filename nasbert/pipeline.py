@@ -90,15 +90,18 @@ def speedup_name(speedup: float) -> str:
 
 def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protocol, *,
                 trials: int = 150, top_k: int = 5, baselines: bool = True,
-                progress: bool = True) -> dict[str, dict[str, str]]:
-    """Search at each speedup (budget: teacher latency / speedup) and match baselines to
-    each chosen subnet's measured latency. Returns speedup name -> {kind: model id}."""
+                tolerance: float = 0.05, progress: bool = True) -> dict[str, dict[str, str]]:
+    """Search at about each speedup (budget: teacher latency / speedup, plus
+    ``tolerance``, the slack within which a budget counts as honoured) and match
+    baselines to each chosen subnet's measured latency. Returns speedup name -> {kind:
+    model id}; a speedup no candidate reaches is left out, with a note."""
     from nasbert.baselines import build_baselines, measured_ms
     from nasbert.search import SEARCH, Budget, search
 
     run_dir = Path(run_dir)
     base = teacher_ms(run_dir, protocol)
-    budgets = {speedup_name(s): Budget(latency_ms=round(base / s, 3)) for s in speedups}
+    budgets = {speedup_name(s): Budget(latency_ms=round(base / s * (1 + tolerance), 3))
+               for s in speedups}
     chosen_path = run_dir / SEARCH / "chosen.json"
     done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
     todo = [b for b in budgets.values()
