@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -116,6 +117,7 @@ def plot(path: Path, rows_by_task: dict[str, list[Row]]) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "quickstart"))
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))

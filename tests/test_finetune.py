@@ -209,3 +209,30 @@ def test_student_needs_its_teacher_first(run, glue, tmp_path):
     with pytest.raises(ConfigError, match="no teacher fine-tuned with this data"):
         finetune_student(run, "small", data, dataclasses.replace(QUICK, teacher_epochs=1),
                          progress=False)
+
+
+def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue, tmp_path,
+                                                 capsys):
+    from nasbert.pipeline import QuickstartConfig, quickstart
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=20))
+    config = QuickstartConfig(recipe=str(recipe), task="sst2", data_dir=str(glue),
+                              speedups=(1.0, 1e4), latency_samples=12, search_trials=20,
+                              top_k=2, finetune=QUICK)
+    run_dir = tmp_path / "run"
+    rows = quickstart(run_dir, config, protocol=PROTOCOL, progress=True)
+    out = capsys.readouterr().out
+    assert "skipped" in out and "10000x" in out  # none is 1e4 x faster: left out, said so
+    kinds = [r.kind for r in rows]
+    assert kinds[0] == "teacher" and kinds.count("searched") == 1
+    assert {"uniform", "teacher-first-k"} <= set(kinds)
+    searched = next(r for r in rows if r.kind == "searched")
+    assert searched.target == "1x" and (run_dir / "subnets" / searched.model_id).is_dir()
+    text = (run_dir / "results.md").read_text()
+    assert "searched 1x" in text and "wall time" in text
+    # a second call resumes: nothing is trained again
+    again = quickstart(run_dir, config, protocol=PROTOCOL, progress=True)
+    out = capsys.readouterr().out
+    assert "already trained" in out and "fine-tuning the teacher" not in out
+    assert [(r.model_id, r.metric) for r in again] == [(r.model_id, r.metric) for r in rows]
