@@ -94,18 +94,32 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
     """Search at about each speedup (budget: teacher latency / speedup, plus
     ``tolerance``, the slack within which a budget counts as honoured) and match
     baselines to each chosen subnet's measured latency. Returns speedup name -> {kind:
-    model id}; a speedup no candidate reaches is left out, with a note."""
+    model id}; a speedup no candidate reaches is left out, with a note. The plan is
+    stored in ``search/plan.json`` and reused while the request is the same, so that a
+    resumed run (or a later script) compares the same models, not a fresh match made
+    with noisier or quieter latency measurements."""
     from nasbert.baselines import build_baselines, measured_ms
+    from nasbert.latency import device_id, fingerprint
     from nasbert.search import SEARCH, Budget, search
 
     run_dir = Path(run_dir)
+    stored = run_dir / SEARCH / "plan.json"
+    request = {"speedups": list(speedups), "tolerance": tolerance, "baselines": baselines,
+               "device": device_id(fingerprint(protocol))}
+    if stored.is_file():  # matched once: a resumed run compares the same models
+        previous = json.loads(stored.read_text())
+        if previous["request"] == request and all(
+                (run_dir / "subnets" / i / "config.json").is_file()
+                for group in previous["plan"].values() for i in group.values()):
+            return previous["plan"]
     base = teacher_ms(run_dir, protocol)
-    budgets = {speedup_name(s): Budget(latency_ms=round(base / s * (1 + tolerance), 3))
+    budgets = {speedup_name(s): Budget(latency_ms=float(f"{base / s * (1 + tolerance):.4g}"))
                for s in speedups}
     chosen_path = run_dir / SEARCH / "chosen.json"
     done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
     todo = [b for b in budgets.values()
             if b.name not in done or not (run_dir / "subnets" / b.name / "config.json").is_file()]
+    why = ""
     if todo:
         if progress:
             print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
@@ -114,10 +128,12 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
             search(run_dir, todo, trials=trials, top_k=top_k, protocol=protocol,
                    progress=progress)
         except ConfigError as e:  # some budget had no candidate: go on with the others
-            if progress:
-                print(f"skipped       {e}", flush=True)
+            why = str(e)
     plan = {name: {"searched": b.name} for name, b in budgets.items()
             if (run_dir / "subnets" / b.name / "config.json").is_file()}
+    if progress and len(plan) < len(budgets):
+        print(f"skipped       {', '.join(n for n in budgets if n not in plan)}: {why}",
+              flush=True)
     if not plan:
         raise ConfigError(f"no subnet was found for any of the speedups {list(budgets)}; "
                           "lower them or train the supernet with more bins (shrink.spacing: "
@@ -128,6 +144,8 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
         for name, ids in build_baselines(run_dir, targets, protocol=protocol,
                                          progress=progress).items():
             plan[name].update(ids)
+    atomic_write_text(stored, json.dumps({"request": request, "teacher_ms": base,
+                                          "plan": plan}, indent=1))
     return plan
 
 

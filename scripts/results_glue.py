@@ -46,10 +46,10 @@ SETTINGS = {
     "sst2": FinetuneConfig(max_train_examples=4000, max_seq_len=64, hidden_epochs=1, epochs=2,
                            lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
                            temperature=2.0),
-    "mrpc": FinetuneConfig(max_train_examples=2000, max_seq_len=96, hidden_epochs=1, epochs=3,
+    "mrpc": FinetuneConfig(max_train_examples=1500, max_seq_len=96, hidden_epochs=1, epochs=3,
                            lr=2e-4, teacher_epochs=3, teacher_lr=5e-5, alpha=0.5,
                            temperature=2.0, batch_size=16, teacher_batch_size=16),
-    "cola": FinetuneConfig(max_train_examples=4000, max_seq_len=64, hidden_epochs=1, epochs=2,
+    "cola": FinetuneConfig(max_train_examples=2500, max_seq_len=64, hidden_epochs=1, epochs=2,
                            lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
                            temperature=2.0),
 }
