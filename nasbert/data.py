@@ -398,11 +398,12 @@ def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -
         splits[split] = read_tsv(spec, path)
         files.append((filename, path.stat().st_size))
     return TaskData(spec, splits, {"path": str(folder), "files": files,
-                                   "digest": _digest(files)})
+                                   "digest": digest(files)})
 
 
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+def digest(obj: object) -> str:
+    """A short, stable digest of a JSON-able record (what a cached artefact depends on)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float:
@@ -523,7 +524,7 @@ def _load_tweets(spec: TaskSpec, data_dir: str | Path | None, seed: int,
         part.labels[:] = [part.labels[i] for i in order]
     return TaskData(spec, {"train": train, "dev": dev},
                     {"path": str(path), "split": f"stratified {1 - dev_share:.0%}/{dev_share:.0%}, "
-                     f"seed {seed}", "digest": _digest([path.name, path.stat().st_size])})
+                     f"seed {seed}", "digest": digest([path.name, path.stat().st_size])})
 
 
 def compute_metrics(spec: TaskSpec, predictions, labels) -> dict[str, float]:

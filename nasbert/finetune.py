@@ -23,7 +23,6 @@ Run folder layout::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from nasbert.config import check
-from nasbert.data import Examples, TaskData, TaskSpec, compute_metrics, load_task
+from nasbert.data import Examples, TaskData, TaskSpec, compute_metrics, digest, load_task
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text
 from nasbert.provenance import provenance
@@ -79,11 +78,7 @@ class FinetuneConfig:
         """What the fine-tuned teacher and its cached logits depend on."""
         fields = ("teacher_epochs", "teacher_lr", "teacher_batch_size", "max_seq_len",
                   "max_train_examples", "weight_decay", "warmup_ratio", "seed")
-        return _digest([data.source, {f: getattr(self, f) for f in fields}])
-
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest([data.source, {f: getattr(self, f) for f in fields}])
 
 
 # ----------------------------------------------------------------------------- data
@@ -430,8 +425,24 @@ def available_models(run_dir: str | Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file())
 
 
+def _model_ids(run_dir: Path, models: Sequence[str] | None) -> list[str]:
+    """``models`` (default: every model under ``subnets/``), each checked to be a model
+    folder before any training starts."""
+    have = available_models(run_dir)
+    ids = list(models) if models else have
+    if not ids:
+        raise ConfigError("holds no subnets; run `nasbert search RUN_DIR --latency-ms ...` "
+                          "first, or give --subnet", source=str(run_dir / SUBNETS))
+    for model_id in ids:
+        if not (run_dir / SUBNETS / model_id / "config.json").is_file():
+            raise ConfigError(f"is not a model folder (subnets here: "
+                              f"{', '.join(have) or 'none; run `nasbert search` first'})",
+                              source=str(run_dir / SUBNETS / model_id))
+    return ids
+
+
 def student_key(config: FinetuneConfig, teacher_key: str, model_id: str) -> str:
-    return _digest([teacher_key, model_id, dataclasses.asdict(config)])
+    return digest([teacher_key, model_id, dataclasses.asdict(config)])
 
 
 def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
@@ -442,10 +453,7 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
     must exist); writes ``finetune/<task>/<model_id>/`` and returns its record. A no-op
     returning the stored record when it was done with the same configuration."""
     run_dir = Path(run_dir)
-    source = run_dir / SUBNETS / model_id
-    if not (source / "config.json").is_file():
-        have = ", ".join(available_models(run_dir)) or "none; run `nasbert search` first"
-        raise ConfigError(f"is not a model folder (subnets here: {have})", source=str(source))
+    source = run_dir / SUBNETS / _model_ids(run_dir, [model_id])[0]
     teacher_dir = run_dir / FINETUNE / data.spec.name / TEACHER
     tkey = config.teacher_key(data)
     if not _cached(teacher_dir, tkey):
@@ -493,15 +501,7 @@ def finetune(run_dir: str | Path, task: str, *, data_dir: str | Path | None = No
     run_dir = Path(run_dir)
     config = config or FinetuneConfig()
     data = load_task(task, data_dir, seed=config.seed)
-    ids = list(models) if models else available_models(run_dir)
-    if not ids:
-        raise ConfigError("holds no subnets; run `nasbert search RUN_DIR --latency-ms ...` "
-                          "first, or give --subnet", source=str(run_dir / SUBNETS))
-    for model_id in ids:  # fail before any training
-        if not (run_dir / SUBNETS / model_id / "config.json").is_file():
-            raise ConfigError(f"is not a model folder (subnets here: "
-                              f"{', '.join(available_models(run_dir)) or 'none'})",
-                              source=str(run_dir / SUBNETS / model_id))
+    ids = _model_ids(run_dir, models)
     bars = progress if trainer_progress is None else trainer_progress
     if progress and not _cached(run_dir / FINETUNE / data.spec.name / TEACHER,
                                 config.teacher_key(data)):
@@ -596,15 +596,7 @@ def sweep(run_dir: str | Path, task: str, *, data_dir: str | Path | None = None,
     base = base or FinetuneConfig()
     config = config or SweepConfig()
     data = load_task(task, data_dir, seed=base.seed)
-    ids = list(models) if models else available_models(run_dir)
-    if not ids:
-        raise ConfigError("holds no subnets; run `nasbert search` first, or give --subnet",
-                          source=str(run_dir / SUBNETS))
-    for model_id in ids:
-        if not (run_dir / SUBNETS / model_id / "config.json").is_file():
-            raise ConfigError(f"is not a model folder (subnets here: "
-                              f"{', '.join(available_models(run_dir)) or 'none'})",
-                              source=str(run_dir / SUBNETS / model_id))
+    ids = _model_ids(run_dir, models)
     finetune_teacher(run_dir, data, base, progress=progress)  # once, before the trials
     space = {"lr": tune.loguniform(*config.lr), "epochs": tune.choice(list(config.epochs)),
              "batch_size": tune.choice(list(config.batch_size)),
