@@ -65,14 +65,11 @@ def uniform_archs(space: SearchSpace) -> dict[str, Arch]:
 def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
     """The teacher's embeddings and first ``k`` layers, saved as an ordinary model."""
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    from nasbert.teacher import quiet_transformers
+
+    with quiet_transformers():
         model = AutoModel.from_pretrained(teacher)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if layers is None or not 0 < k <= len(layers):
         raise ConfigError(f"has no encoder.layer list with at least {k} layers; a first-k "

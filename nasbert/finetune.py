@@ -203,7 +203,8 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
     ``hidden_epochs``, a stage of hidden-state distillation from ``teacher`` comes
     first. Returns the log history."""
     from transformers import TrainerCallback, TrainingArguments
-    from transformers.utils import logging as hf_logging
+
+    from nasbert.teacher import quiet_transformers
 
     spec = data.spec
     dev_name = spec.dev_splits[0]
@@ -230,10 +231,8 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
             label_names=["labels"])
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     history: list[dict] = []
-    try:
+    with quiet_transformers():
         common = {"model": model, "train_dataset": train_set, "data_collator": _collator(tokenizer),
                   "regression": spec.is_regression}
         if hidden_epochs > 0:
@@ -251,8 +250,6 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
         _quiet(t, progress)
         t.train()
         history += [{"stage": "logits", **h} for h in t.state.log_history]
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return history
 
 
@@ -313,22 +310,20 @@ def load_tokenizer(run_dir: Path):
 def _load_classifier(path: str | Path, spec: TaskSpec, seed: int):
     """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head."""
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.teacher import quiet_transformers
 
     torch.manual_seed(seed)  # the new head's initialisation
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialised head" is what we want
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=spec.num_labels,
-            problem_type="regression" if spec.is_regression else "single_label_classification")
+        with quiet_transformers():  # "newly initialised head" is what we want
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), num_labels=spec.num_labels,
+                problem_type="regression" if spec.is_regression
+                else "single_label_classification")
     except (OSError, ValueError) as e:
         raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:160]}); give a model "
                           "folder (config.json + weights)", source=str(path)) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if not spec.is_regression:
         model.config.id2label = dict(enumerate(spec.classes))
         model.config.label2id = {c: i for i, c in enumerate(spec.classes)}

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +27,18 @@ from nasbert.space import SearchSpace
 log = logging.getLogger(__name__)
 
 DEFAULT_TEACHER = "minilm-l6"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off for the block: what it reports while loading (a pooler
+    a checkpoint lacks, a task head newly initialised) is expected where this is used."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def resolve(name: str) -> str:
@@ -53,12 +67,8 @@ class Teacher:
     def load(cls, name: str, space: SearchSpace, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> Teacher:
         path = load_config(name, space)[0]
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # e.g. a pooler the checkpoint lacks: never used here
-        try:
+        with quiet_transformers():  # e.g. a pooler the checkpoint lacks: never used here
             model = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=dtype)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         model = model.to(device).eval().requires_grad_(False)
         bounds = [0]
         for b in space.blocks:
