@@ -80,7 +80,8 @@ def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
         (tmp / "nasbert.json").write_text(json.dumps(
-            {"path": str(out_dir), "arch": f"{teacher} first {k} layers", "params": params}))
+            {"path": str(out_dir), "arch": f"teacher's first {k} of {len(layers)} layers",
+             "teacher": teacher, "params": params}))
         (tmp / "README.md").write_text(
             f"# Baseline: the teacher's first {k} layers\n\nTeacher `{teacher}`; "
             f"{params:,} parameters.\n")

@@ -272,7 +272,7 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
                        ("teacher-epochs", float), ("teacher-lr", float),
                        ("teacher-batch-size", int),
                        ("max-seq-len", int), ("max-train-examples", int),
-                       ("max-dev-examples", int), ("seed", int)):
+                       ("max-dev-examples", int), ("seed", int), ("student-seed", int)):
         p.add_argument(f"--{flag}", type=kind)
     p.add_argument("--quiet", action="store_true")
 

@@ -63,7 +63,10 @@ class FinetuneConfig:
     max_dev_examples: int | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    seed: int = 0
+    seed: int = 0  # the training and dev subsets, the teacher's and (by default) the students'
+    # a student's own seed (its head's initialisation, its data order), to repeat students
+    # over seeds against the same teacher; such a student lands in <id>-seed<n>/
+    student_seed: int | None = None
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "must be positive", field="finetune.epochs")
@@ -196,12 +199,13 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
           train_set: Encoded, lr: float, epochs: float, batch_size: int, alpha: float = 1.0,
           teacher: nn.Module | None = None, hidden_epochs: float = 0.0,
           on_epoch: Callable[[dict], None] | None = None, workdir: Path,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, seed: int | None = None) -> list[dict]:
     """The one training loop: ``Trainer`` on the task's training set (with cached teacher
     logits in ``train_set`` for distillation), evaluated on the first dev split after
     every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
     ``hidden_epochs``, a stage of hidden-state distillation from ``teacher`` comes
-    first. Returns the log history."""
+    first. ``seed`` (default ``config.seed``) seeds the data order. Returns the log
+    history."""
     from transformers import TrainerCallback, TrainingArguments
 
     from nasbert.teacher import quiet_transformers
@@ -226,7 +230,8 @@ def train(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *
             weight_decay=config.weight_decay, warmup_steps=int(config.warmup_ratio * steps
                                                                 * stage_epochs),
             eval_strategy="epoch" if stage == "logits" else "no", save_strategy="no",
-            logging_steps=max(1, steps // 4), report_to="none", seed=config.seed,
+            logging_steps=max(1, steps // 4), report_to="none",
+            seed=config.seed if seed is None else seed,
             disable_tqdm=not progress, remove_unused_columns=False,
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
             label_names=["labels"])
@@ -338,10 +343,13 @@ def _save(folder: Path, model, tokenizer, metrics: dict, preds: dict[str, list],
           extra: dict | None = None) -> None:
     """model/ (unless ``model`` is None), metrics.json and predictions, all at once (a
     folder swap)."""
+    from nasbert.teacher import quiet_transformers
+
     with atomic_dir(folder) as tmp:
         if model is not None:
-            model.save_pretrained(tmp / "model")
-            tokenizer.save_pretrained(tmp / "model")
+            with quiet_transformers():
+                model.save_pretrained(tmp / "model")
+                tokenizer.save_pretrained(tmp / "model")
         for split, pred in preds.items():
             (tmp / f"predictions_{split}.tsv").write_text(
                 "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(pred)))
@@ -437,7 +445,10 @@ def _model_ids(run_dir: Path, models: Sequence[str] | None) -> list[str]:
 
 
 def student_key(config: FinetuneConfig, teacher_key: str, model_id: str) -> str:
-    return digest([teacher_key, model_id, dataclasses.asdict(config)])
+    fields = dataclasses.asdict(config)
+    if fields["student_seed"] is None:  # keys made before the field existed stay valid
+        del fields["student_seed"]
+    return digest([teacher_key, model_id, fields])
 
 
 def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
@@ -454,7 +465,9 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
     if not _cached(teacher_dir, tkey):
         raise ConfigError("holds no teacher fine-tuned with this data and schedule; run "
                           "finetune_teacher first", source=str(teacher_dir))
-    folder = out_dir or run_dir / FINETUNE / data.spec.name / model_id
+    seed = config.seed if config.student_seed is None else config.student_seed
+    folder = out_dir or run_dir / FINETUNE / data.spec.name / (
+        model_id if config.student_seed is None else f"{model_id}-seed{seed}")
     key = student_key(config, tkey, model_id)
     cached = _cached(folder, key)
     if cached:
@@ -463,8 +476,8 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
     tokenizer = load_tokenizer(run_dir)
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len, teacher=stored["logits"])
-    model = _load_classifier(source, data.spec, config.seed)
-    teacher = (_load_classifier(teacher_dir / "model", data.spec, config.seed)
+    model = _load_classifier(source, data.spec, seed)
+    teacher = (_load_classifier(teacher_dir / "model", data.spec, seed)
                if config.hidden_epochs > 0 else None)
     start = time.time()
     with _workdir(folder) as work:
@@ -472,7 +485,7 @@ def finetune_student(run_dir: str | Path, model_id: str, data: TaskData,
                         batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
                         teacher=teacher,
                         hidden_epochs=config.hidden_epochs, on_epoch=on_epoch, workdir=work,
-                        progress=progress)
+                        progress=progress, seed=seed)
     metrics, preds = evaluate(model, tokenizer, data, config)
     card = {}
     if (source / "nasbert.json").is_file():

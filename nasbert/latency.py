@@ -149,8 +149,10 @@ def _measure_saved(paths: list[str], protocol: Protocol, rounds: int, queue) -> 
     from transformers import AutoModel
 
     import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.teacher import quiet_transformers
 
-    models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~nothing
+    with quiet_transformers():
+        models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~0
     times: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):  # interleaved, so that a slow spell hits every model alike
         for i, model in enumerate(models):
@@ -188,8 +190,11 @@ def measure_ms_isolated(model: nn.Module, protocol: Protocol, *, rounds: int = 3
     """:func:`measure_saved_ms` of an in-memory model."""
     import tempfile
 
+    from nasbert.teacher import quiet_transformers
+
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
         return measure_saved_ms(tmp, protocol, rounds=rounds)
 
 

@@ -18,10 +18,13 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from nasbert.errors import ConfigError
 from nasbert.finetune import TEACHER, FinetuneConfig, finetune
 from nasbert.io import atomic_write_text
 from nasbert.latency import Protocol
+from nasbert.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_RECIPE = REPO / "supernet" / "quickstart.yaml"
@@ -57,6 +60,7 @@ class Row:
     speedup: float
     metric: float
     share: float  # of the teacher's metric
+    others: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's other metrics
 
 
 def teacher_ms(run_dir: str | Path, protocol: Protocol, *, refresh: bool = False) -> float:
@@ -169,25 +173,33 @@ def compare(run_dir: str | Path, task: str, plan: Mapping[str, Mapping[str, str]
     base_ms = latency[TEACHER]
     dev, metric = spec.dev_splits[0], spec.metric
     teacher_metric = results[TEACHER][dev][metric]
+
+    def others(model_id: str) -> dict[str, float]:
+        return {m: results[model_id][dev][m] for m in spec.metrics if m != metric}
+
     rows = [Row("teacher", TEACHER, "teacher", "", results[TEACHER]["params"], base_ms, 1.0,
-                teacher_metric, 1.0)]
+                teacher_metric, 1.0, others(TEACHER))]
     for name, group in plan.items():
         for kind, model_id in group.items():
             r = results[model_id]
             label = f"searched {name}" if kind == "searched" else f"{model_id} ({name})"
             rows.append(Row(label, model_id, kind, name, r["params"], latency[model_id],
                             base_ms / latency[model_id], r[dev][metric],
-                            r[dev][metric] / teacher_metric if teacher_metric else float("nan")))
+                            r[dev][metric] / teacher_metric if teacher_metric else float("nan"),
+                            others(model_id)))
     return rows
 
 
 def render(rows: Sequence[Row], task: str, metric: str) -> str:
-    """The comparison as a Markdown table."""
+    """The comparison as a Markdown table (the task's other metrics in the last columns)."""
+    extra = list(rows[0].others) if rows else []
     lines = [f"| model ({task}) | parameters | latency ms | speedup | dev {metric} | "
-             "of teacher |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "of teacher |" + "".join(f" dev {m} |" for m in extra),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(extra)]
     for r in rows:
         lines.append(f"| {r.model} | {r.params / 1e6:.2f}M | {r.latency_ms:.2f} | "
-                     f"{r.speedup:.2f}x | {r.metric:.4f} | {r.share:.1%} |")
+                     f"{r.speedup:.2f}x | {r.metric:.4f} | {r.share:.1%} |"
+                     + "".join(f" {r.others.get(m, float('nan')):.4f} |" for m in extra))
     return "\n".join(lines)
 
 
@@ -246,8 +258,12 @@ def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig
 
     table = render(rows, spec.name, spec.metric)
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+    made = provenance()
     atomic_write_text(run_dir / "results.md", (
-        f"# Quickstart results\n\n- run: `{run_dir}`\n- task: {spec.name} (dev split; "
+        f"# Quickstart results\n\n- made by: `nasbert quickstart` ({made['created']}; nasbert "
+        f"{made['nasbert']}, torch {made['torch']}, transformers {made['transformers']}, "
+        f"Python {made['python']}; {made['platform']}, {torch.get_num_threads()} threads)\n"
+        f"- run: `{run_dir}`\n- task: {spec.name} (dev split; "
         f"{config.finetune.max_train_examples or 'all'} training examples)\n"
         f"- latency: batch {protocol.batch}, sequence {protocol.seq}, this machine; all "
         "models measured side by side in one clean process (5 interleaved rounds, median)\n"

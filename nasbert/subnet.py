@@ -17,6 +17,7 @@ from nasbert.io import atomic_dir
 from nasbert.provenance import provenance
 from nasbert.space import Arch
 from nasbert.supernet import Supernet
+from nasbert.teacher import quiet_transformers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ def save_subnet(supernet: Supernet, arch: Arch | str, out_dir: str | Path, *,
     supernet.eval()
     try:
         ids, mask = check_batch(supernet.dims.vocab_size)
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir) as tmp, quiet_transformers():
             model.save_pretrained(tmp)
             (tmp / "README.md").write_text(model_card(arch, supernet, info), encoding="utf-8")
             reloaded = AutoModel.from_pretrained(tmp).eval()

@@ -4,6 +4,7 @@ tiny run (2-layer teacher, tiny space) and generated GLUE-format tasks."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from nasbert.finetune import (
     sweep,
 )
 from nasbert.latency import Protocol, fit, latency_dir, profile
-from nasbert.pipeline import compare, render
+from nasbert.pipeline import Row, compare, render
 from nasbert.subnet import save_subnet
 from nasbert.supernet import Supernet
 from nasbert.train import load_recipe, run_space, train_supernet
@@ -92,6 +93,29 @@ def test_distillation_lowers_the_students_gap_to_the_teacher(run, glue):
     # the same call again is a no-op returning the stored record
     again = finetune_student(run, "small", data, QUICK, progress=False)
     assert again["key"] == record["key"] and again["created"] == record["created"]
+
+
+def test_a_student_repeats_over_seeds_against_the_same_teacher(run, glue):
+    import dataclasses
+
+    data = load_task("sst2", glue)
+    teacher = json.loads((finetune_teacher(run, data, QUICK, progress=False) / "metrics.json")
+                         .read_text())
+    first = finetune_student(run, "small", data, QUICK, progress=False)
+    other = finetune_student(run, "small", data, dataclasses.replace(QUICK, student_seed=1),
+                             progress=False)
+    assert other["teacher_key"] == teacher["key"] and other["key"] != first["key"]
+    assert other["config"]["student_seed"] == 1
+    assert (run / "finetune/sst2/small-seed1/model").is_dir()
+    # another seed is another student: its own head, its own data order
+    kept = json.loads((run / "finetune/sst2/small/metrics.json").read_text())
+    def losses(record):
+        return [h["loss"] for h in record["history"] if "loss" in h]
+
+    assert kept["key"] == first["key"] and losses(other) != losses(first)
+    # the teacher was not fine-tuned again
+    assert json.loads((run / "finetune/sst2/teacher/metrics.json").read_text())["created"] \
+        == teacher["created"]
 
 
 def _reload(path):
@@ -169,6 +193,8 @@ def test_baselines_are_matched_by_measured_latency_and_compared(run, glue):
     assert ids["teacher-first-k"] == "teacher-first-1"  # the only prefix of 2 layers
     prefix = AutoModel.from_pretrained(run / "subnets/teacher-first-1")
     assert prefix.config.num_hidden_layers == 1
+    card = json.loads((run / "subnets/teacher-first-1/nasbert.json").read_text())
+    assert card["arch"] == "teacher's first 1 of 2 layers" and card["teacher"]
     rows = compare(run, "sst2", {"1x": {"searched": "small", **ids}}, data_dir=glue,
                    config=QUICK, protocol=PROTOCOL, progress=False)
     assert [r.kind for r in rows] == ["teacher", "searched", "uniform", "teacher-first-k"]
@@ -211,6 +237,17 @@ def test_student_needs_its_teacher_first(run, glue, tmp_path):
                          progress=False)
 
 
+def test_table_shows_the_tasks_other_metrics():
+    rows = [Row("teacher", "teacher", "teacher", "", 2_000_000, 10.0, 1.0, 0.84, 1.0,
+                {"accuracy": 0.75}),
+            Row("searched 2x", "a", "searched", "2x", 1_000_000, 5.0, 2.0, 0.81, 0.81 / 0.84,
+                {"accuracy": 0.70})]
+    header, rule, *lines = render(rows, "mrpc", "f1").splitlines()
+    assert header.endswith("| dev f1 | of teacher | dev accuracy |")
+    assert rule.count("|") == header.count("|")
+    assert lines[1] == "| searched 2x | 1.00M | 5.00 | 2.00x | 0.8100 | 96.4% | 0.7000 |"
+
+
 def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue, tmp_path,
                                                  capsys):
     from nasbert.pipeline import QuickstartConfig, quickstart
@@ -231,6 +268,7 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
     assert searched.target == "1x" and (run_dir / "subnets" / searched.model_id).is_dir()
     text = (run_dir / "results.md").read_text()
     assert "searched 1x" in text and "wall time" in text
+    assert re.search(r"made by: `nasbert quickstart` \(\d{4}-\d\d-\d\dT.*nasbert \d", text)
     # a second call resumes: nothing is trained again
     again = quickstart(run_dir, config, protocol=PROTOCOL, progress=True)
     out = capsys.readouterr().out
