@@ -396,7 +396,7 @@ def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -
             raise ConfigError(f"is missing; the GLUE {spec.folder} folder holds "
                               + ", ".join(f for _, f, _ in spec.splits), source=str(path))
         splits[split] = read_tsv(spec, path)
-        files.append((filename, path.stat().st_size))
+        files.append((filename, path.stat().st_size, file_digest(path)))
     return TaskData(spec, splits, {"path": str(folder), "files": files,
                                    "digest": digest(files)})
 
@@ -404,6 +404,16 @@ def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -
 def digest(obj: object) -> str:
     """A short, stable digest of a JSON-able record (what a cached artefact depends on)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """A short digest of a file's bytes: the same data wherever it lies, and a changed
+    file even where its size is not."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float:
@@ -524,7 +534,7 @@ def _load_tweets(spec: TaskSpec, data_dir: str | Path | None, seed: int,
         part.labels[:] = [part.labels[i] for i in order]
     return TaskData(spec, {"train": train, "dev": dev},
                     {"path": str(path), "split": f"stratified {1 - dev_share:.0%}/{dev_share:.0%}, "
-                     f"seed {seed}", "digest": digest([path.name, path.stat().st_size])})
+                     f"seed {seed}", "digest": file_digest(path)})
 
 
 def compute_metrics(spec: TaskSpec, predictions, labels) -> dict[str, float]:

@@ -78,10 +78,12 @@ class FinetuneConfig:
         check(8 <= self.max_seq_len <= 512, "must be in [8, 512]", field="finetune.max_seq_len")
 
     def teacher_key(self, data: TaskData) -> str:
-        """What the fine-tuned teacher and its cached logits depend on."""
+        """What the fine-tuned teacher and its cached logits depend on: the data's
+        contents (not where they lie, nor how the path was spelt) and the schedule."""
         fields = ("teacher_epochs", "teacher_lr", "teacher_batch_size", "max_seq_len",
                   "max_train_examples", "weight_decay", "warmup_ratio", "seed")
-        return digest([data.source, {f: getattr(self, f) for f in fields}])
+        identity = {k: v for k, v in data.source.items() if k != "path"}
+        return digest([identity, {f: getattr(self, f) for f in fields}])
 
 
 # ----------------------------------------------------------------------------- data

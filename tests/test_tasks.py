@@ -76,6 +76,21 @@ def test_tweets_split_is_seeded_and_stratified():
     assert other.split("dev").texts != dev.texts
 
 
+def test_a_cached_teacher_depends_on_the_datas_contents_not_its_path(tmp_path, monkeypatch):
+    from nasbert.finetune import FinetuneConfig
+
+    folder = write_glue_task(tmp_path, "sst2", train=40, dev=20)
+    config = FinetuneConfig()
+    key = config.teacher_key(load_task("sst2", folder))
+    monkeypatch.chdir(tmp_path)
+    assert config.teacher_key(load_task("sst2", "SST-2")) == key  # spelt another way
+    train = folder / "train.tsv"
+    text = train.read_text()
+    train.write_text(text.replace("good", "goad", 1))  # same size, other contents
+    assert train.stat().st_size == len(text.encode())
+    assert config.teacher_key(load_task("sst2", folder)) != key
+
+
 def test_all_glue_tasks_are_known():
     assert set(GLUE_TASKS) | {"tweets"} == set(TASKS)
     assert task_spec("SST-2").name == "sst2" and task_spec("sts-b").is_regression
