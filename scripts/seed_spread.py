@@ -58,7 +58,7 @@ def main() -> None:
     finetune_teacher(run, data, config, progress=False)  # cached by results_glue.py
     dev, metric = spec.dev_splits[0], spec.metric
     start = time.time()
-    rows, verdicts = [], []
+    rows, verdicts, trained_s = [], [], 0.0
     for group, ids in plan.items():
         if "uniform" not in ids:
             continue
@@ -71,6 +71,7 @@ def main() -> None:
                                           else seed)
                 record = finetune_student(run, model_id, data, cfg, progress=False)
                 scores[model_id].append(record[dev][metric])
+                trained_s += record["seconds"]
                 print(f"{group} {model_id:<20} seed {seed}: {metric} {record[dev][metric]:.4f}"
                       f" ({record['seconds']:.0f} s)", flush=True)
             rows.append(f"| {group} | {kind} | {model_id} | "
@@ -87,15 +88,16 @@ def main() -> None:
                         f"{len(seeds)} seed-paired runs")
         atomic_write_text(args.out, "\n".join([
             f"# Seed spread: searched subnets against uniform baselines ({spec.folder})", "",
-            f"- command: `python scripts/seed_spread.py --run {args.run} --task {args.task} "
-            f"--seeds {args.seeds}`",
+            f"- command: `python scripts/seed_spread.py --run {args.run} --data-dir "
+            f"{args.data_dir} --task {args.task} --seeds {args.seeds}`",
             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
             f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch "
             f"{torch.__version__}, Python {platform.python_version()}",
             f"- schedule: `results_glue.py`'s for {spec.name} ({config.max_train_examples or 'all'}"
             " training examples, whole dev set); the teacher and the training subset are "
             "fixed, the student seed (head initialisation and data order) varies",
-            f"- wall time: {time.time() - start:,.0f} s", "",
+            f"- training time, all runs: {trained_s:,.0f} s, whichever invocation trained "
+            f"them (this invocation: {time.time() - start:,.0f} s)", "",
             "| group | kind | model | " + " | ".join(f"seed {s}" for s in seeds)
             + f" | dev {metric}, mean ± sd |",
             "| --- | --- | --- |" + " ---: |" * (len(seeds) + 1), *rows, "", *verdicts, ""]))
