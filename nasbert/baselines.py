@@ -76,7 +76,7 @@ def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
                           "baseline needs a BERT-like encoder", source=f"teacher {teacher!r}")
     model.encoder.layer = layers[:k]
     model.config.num_hidden_layers = k
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
         (tmp / "nasbert.json").write_text(json.dumps(
@@ -119,8 +119,7 @@ def build_baselines(run_dir: str | Path, targets: Mapping[str, float], *,
     from nasbert.latency import latency_dir, load_predictor
     from nasbert.subnet import save_subnet
     from nasbert.supernet import Supernet
-    from nasbert.teacher import resolve
-    from nasbert.train import load_run_recipe
+    from nasbert.teacher import run_teacher
     from nasbert.train.loop import FINAL
 
     run_dir = Path(run_dir)
@@ -132,7 +131,7 @@ def build_baselines(run_dir: str | Path, targets: Mapping[str, float], *,
                           "size common to all blocks)", source=f"space {supernet.space.name}")
     predicted = dict(zip(uniform, load_predictor(latency_dir(run_dir, protocol)).predict(
         list(uniform.values()))))  # to short-list the uniform stacks worth measuring
-    teacher = resolve(load_run_recipe(run_dir).teacher)
+    teacher = run_teacher(run_dir)
     prefixes = [f"teacher-first-{k}" for k in range(1, _num_layers(teacher))]
     shortlists = {name: sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))
                   [:shortlist] for name, target in targets.items()}

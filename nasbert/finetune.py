@@ -301,17 +301,12 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
 # ----------------------------------------------------------------------------- a run's models
 
 
-def run_teacher_name(run_dir: Path) -> str:
-    from nasbert.teacher import resolve
-    from nasbert.train import load_run_recipe
-
-    return resolve(load_run_recipe(run_dir).teacher)
-
-
 def load_tokenizer(run_dir: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(run_teacher_name(run_dir))
+    from nasbert.teacher import run_teacher
+
+    return AutoTokenizer.from_pretrained(run_teacher(run_dir))
 
 
 def _load_classifier(path: str | Path, spec: TaskSpec, seed: int):
@@ -364,6 +359,7 @@ def finetune_teacher(run_dir: str | Path, data: TaskData, config: FinetuneConfig
                      progress: bool = True) -> Path:
     """Fine-tune the run's teacher on the task and cache its training-set logits; a no-op
     when ``finetune/<task>/teacher`` already holds them for the same data and schedule."""
+    from nasbert.teacher import run_teacher
     from nasbert.train import load_run_recipe
 
     run_dir = Path(run_dir)
@@ -371,7 +367,7 @@ def finetune_teacher(run_dir: str | Path, data: TaskData, config: FinetuneConfig
     key = config.teacher_key(data)
     if _cached(folder, key):
         return folder
-    name = run_teacher_name(run_dir)
+    name = run_teacher(run_dir)
     tokenizer = load_tokenizer(run_dir)
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len)

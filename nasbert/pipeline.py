@@ -67,12 +67,10 @@ def teacher_ms(run_dir: str | Path, protocol: Protocol, *, refresh: bool = False
     """The teacher's measured latency on this device (cached beside the run's table)."""
     from nasbert.baselines import measured_ms
     from nasbert.latency import latency_dir
-    from nasbert.teacher import resolve
-    from nasbert.train import load_run_recipe
+    from nasbert.teacher import run_teacher
 
-    teacher = resolve(load_run_recipe(run_dir).teacher)
     cache = latency_dir(Path(run_dir), protocol) / "teacher.json"
-    return measured_ms(teacher, protocol, cache=cache, refresh=refresh, rounds=5)
+    return measured_ms(run_teacher(run_dir), protocol, cache=cache, refresh=refresh, rounds=5)
 
 
 def measure_side_by_side(run_dir: str | Path, ids: Sequence[str],
@@ -80,11 +78,10 @@ def measure_side_by_side(run_dir: str | Path, ids: Sequence[str],
     """The teacher's and each model's latency, measured now, side by side in one clean
     process (interleaved rounds): the ratios a table shows."""
     from nasbert.latency import measure_saved
-    from nasbert.teacher import resolve
-    from nasbert.train import load_run_recipe
+    from nasbert.teacher import run_teacher
 
     run_dir = Path(run_dir)
-    paths = [resolve(load_run_recipe(run_dir).teacher), *(run_dir / "subnets" / i for i in ids)]
+    paths = [run_teacher(run_dir), *(run_dir / "subnets" / i for i in ids)]
     return dict(zip([TEACHER, *ids], measure_saved(paths, protocol, rounds=5)))
 
 

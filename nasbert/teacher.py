@@ -57,6 +57,13 @@ def resolve(name: str) -> str:
     return name
 
 
+def run_teacher(run_dir: str | Path) -> str:
+    """The teacher a run was trained from, as :func:`resolve` gives it."""
+    from nasbert.train import load_run_recipe
+
+    return resolve(load_run_recipe(Path(run_dir)).teacher)
+
+
 class Teacher:
     """A frozen encoder whose hidden states at the block boundaries are the targets of
     block-wise distillation: block ``b`` maps ``Y[b]`` to ``Y[b + 1]``; ``Y[0]`` is the
