@@ -3,43 +3,41 @@
 Importing the package is cheap; the heavy parts (torch, transformers) load when first
 used. It registers the ``nasbert`` model type with transformers' Auto classes, so saved
 subnets load with ``AutoModel.from_pretrained`` after ``import nasbert``.
+
+The pipeline, one subpackage per stage, each reading its inputs through a
+:class:`RunDir`: :mod:`nasbert.train` (block-wise supernet distillation and shrinking),
+:mod:`nasbert.latency`, :mod:`nasbert.search`, :mod:`nasbert.finetune`, and
+:mod:`nasbert.pipeline` for all of them in order.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from nasbert import _register
+from nasbert import _lazy, _register
 from nasbert.errors import ConfigError
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Arch": "nasbert.space", "BlockArch": "nasbert.space", "Dims": "nasbert.space",
-    "SearchSpace": "nasbert.space", "Supernet": "nasbert.supernet",
-    "NasBertConfig": "nasbert.configuration", "NasBertModel": "nasbert.model",
-    "NasBertForSequenceClassification": "nasbert.model", "load_model": "nasbert.model",
-}
-
-__all__ = [
-    "Arch", "BlockArch", "ConfigError", "Dims", "NasBertConfig",
-    "NasBertForSequenceClassification", "NasBertModel", "SearchSpace", "Supernet", "load_model",
-]
-
 if TYPE_CHECKING:
-    from nasbert.configuration import NasBertConfig
-    from nasbert.model import NasBertForSequenceClassification, NasBertModel, load_model
+    from nasbert.model import (
+        NasBertConfig,
+        NasBertForSequenceClassification,
+        NasBertModel,
+        load_model,
+    )
+    from nasbert.run import RunDir
     from nasbert.space import Arch, BlockArch, Dims, SearchSpace
     from nasbert.supernet import Supernet
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nasbert' has no attribute {name!r}")
-
+__getattr__, __dir__, _ = _lazy.attach(__name__, {
+    "Arch": "nasbert.space", "BlockArch": "nasbert.space", "Dims": "nasbert.space",
+    "SearchSpace": "nasbert.space", "Supernet": "nasbert.supernet", "RunDir": "nasbert.run",
+    "NasBertConfig": "nasbert.model", "NasBertModel": "nasbert.model",
+    "NasBertForSequenceClassification": "nasbert.model", "load_model": "nasbert.model",
+})
+__all__ = ["Arch", "BlockArch", "ConfigError", "Dims", "NasBertConfig",
+           "NasBertForSequenceClassification", "NasBertModel", "RunDir", "SearchSpace",
+           "Supernet", "load_model"]
 
 _register.install()

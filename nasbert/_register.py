@@ -14,7 +14,7 @@ import importlib.util
 import sys
 
 # transformers' auto module -> ours that registers with it when imported
-_HOOKS = {"transformers.models.auto.configuration_auto": "nasbert.configuration",
+_HOOKS = {"transformers.models.auto.configuration_auto": "nasbert.configuration_nasbert",
           "transformers.models.auto.modeling_auto": "nasbert.model"}
 
 

@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from nasbert.errors import ConfigError
 
@@ -54,98 +53,82 @@ def _space_sample(args: argparse.Namespace) -> None:
 def _extract(args: argparse.Namespace) -> None:
     import torch
 
+    from nasbert.extract import save_subnet
     from nasbert.space import SearchSpace
-    from nasbert.subnet import save_subnet
     from nasbert.supernet import Supernet
 
     space = SearchSpace.from_yaml(args.space)
     arch = space.parse(args.arch) if args.arch else space.sample(args.seed)
     torch.manual_seed(args.seed)
-    supernet = Supernet(space)
-    report = save_subnet(supernet, arch, args.out,
+    report = save_subnet(Supernet(space), arch, args.out,
                          info={"weights": f"random initialisation, seed {args.seed}"})
     print(f"architecture  {report.arch}")
     print(f"parameters    {report.params:,}")
     print(f"FLOPs         {report.flops:.3e} (sequence 128)")
-    print(f"saved         {report.path}  (config.json, model.safetensors, README.md)")
     print(f"check         supernet vs reloaded model: max |diff| {report.max_abs_diff:.2e} "
           "(with padding)")
+    print(f"wrote         {report.path}/ (config.json, model.safetensors, README.md, "
+          "nasbert.json)")
 
 
 def _export(args: argparse.Namespace) -> None:
     from nasbert.export import export_onnx
 
     report = export_onnx(args.model_dir, args.onnx, opset=args.opset, atol=args.atol)
-    print(f"wrote         {report.path}  (opset {report.opset}, dynamic batch and sequence)")
     for b, t, d in report.checks:
         print(f"check         batch {b}, sequence {t}: max |onnx - torch| {d:.2e}")
+    print(f"wrote         {report.path}  (opset {report.opset}, dynamic batch and sequence)")
 
 
 def _train_supernet(args: argparse.Namespace) -> None:
-    from nasbert.train import load_recipe, train_supernet
+    from nasbert.recipe import load_recipe, updated
+    from nasbert.run import RunDir
+    from nasbert.train import train_supernet
 
-    overrides = list(args.set)
-    for flag, key in (("workers", "scaling.workers"), ("address", "scaling.address"),
-                      ("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"),
-                      ("lr", "train.lr"), ("seed", "train.seed")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if args.gpu:
-        overrides.append("scaling.use_gpu=true")
-    recipe = load_recipe(args.recipe, overrides)
-    summary = train_supernet(recipe, args.run, progress=not args.quiet)
+    recipe = updated(load_recipe(args.recipe, args.set), {
+        "scaling.workers": args.workers, "scaling.address": args.address,
+        "scaling.use_gpu": args.gpu or None, "train.max_steps": args.max_steps,
+        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed})
+    run = RunDir(args.run)
+    summary = train_supernet(recipe, run, progress=not args.quiet)
     start, end = summary["dev_loss_start"], summary["dev_loss_end"]
     print(f"trained       {summary['steps']} steps on {summary['workers']} worker(s)")
     for key in sorted(end):
         print(f"{key:<13} dev loss {start.get(key, float('nan')):.4f} -> {end[key]:.4f} "
               "(mean over reference paths)")
-    print(f"supernet      {args.run}/supernet/final   shrink tables  {args.run}/shrink/")
+    print(f"wrote         {run.final}/ (supernet), {run.shrink}/ (shrink tables), "
+          f"{run.summary}")
 
 
 def _protocol(args: argparse.Namespace):
-    from nasbert.latency import Protocol
+    from nasbert.latency.measure import Protocol
 
     return Protocol(batch=args.batch, seq=args.seq, threads=args.threads,
                     repeats=args.repeats, rounds=args.rounds, device="cuda" if args.gpu else "cpu")
 
 
 def _latency_profile(args: argparse.Namespace) -> None:
-    from nasbert.latency import latency_dir, profile
-    from nasbert.search import sample_candidates
-    from nasbert.supernet import Supernet
-    from nasbert.train import run_space
-    from nasbert.train.loop import FINAL
-    from nasbert.train.shrink import load_survivors
+    from nasbert.latency.stage import profile
 
-    space = run_space(args.run_dir)
-    survivors = load_survivors(Path(args.run_dir) / "shrink")  # after training: what
-    pool = (sample_candidates(space.embed_sizes, [sorted(t) for t in survivors],  # search weighs
-                              args.samples, seed=args.seed) if survivors else [])
-    final = Path(args.run_dir) / FINAL
-    supernet = Supernet.load(final) if (final / "model.safetensors").is_file() else None
-    folder = profile(space, latency_dir(args.run_dir, _protocol(args)), _protocol(args),
-                     samples=args.samples, pool=pool, supernet=supernet, seed=args.seed,
+    folder = profile(args.run_dir, _protocol(args), samples=args.samples, seed=args.seed,
                      progress=not args.quiet)
-    print(f"measured      {folder}/table_raw.json and samples.jsonl")
+    print(f"wrote         {folder}/table_raw.json, {folder}/samples.jsonl")
 
 
 def _latency_fit(args: argparse.Namespace) -> None:
-    from nasbert.latency import fit, latency_dir
-    from nasbert.train import run_space
+    from nasbert.latency.stage import fit
+    from nasbert.run import RunDir
 
-    folder = latency_dir(args.run_dir, _protocol(args))
-    if not folder.is_dir():
-        raise ConfigError(f"has no measurements for this device; run `nasbert latency profile "
-                          f"{args.run_dir}` first", source=str(folder))
-    for kind, predictor in fit(run_space(args.run_dir), folder, seed=args.seed).items():
+    for kind, predictor in fit(args.run_dir, _protocol(args), seed=args.seed).items():
         e = predictor.error
         print(f"{kind:<8} held-out MAPE {e['mape']:.2f} %, RMSE {e['rmse']:.3f} ms, "
               f"Kendall tau {e['tau']:.3f} (n={e['n']})")
+    folder = RunDir(args.run_dir).latency_dir(_protocol(args))
+    print(f"wrote         {folder}/table.json, {folder}/learned.json, {folder}/best.json")
 
 
 def _budgets(args: argparse.Namespace):
-    from nasbert.search import Budget
+    from nasbert.search.searchers import Budget
 
     def floats(text: str | None, flag: str) -> list[float]:
         if not text:
@@ -161,20 +144,27 @@ def _budgets(args: argparse.Namespace):
 
 
 def _search(args: argparse.Namespace) -> None:
-    from nasbert.search import search
+    from nasbert.run import RunDir
+    from nasbert.search.stage import search
 
-    search(args.run_dir, _budgets(args), backend=args.backend, trials=args.trials,
-           top_k=args.top_k, protocol=_protocol(args), allow_foreign=args.any_device,
-           export=not args.no_export)
-    print(f"wrote         {args.run_dir}/search/ (pareto.json, pareto.png, chosen.json) and "
-          f"{args.run_dir}/subnets/")
+    run = RunDir(args.run_dir)
+    chosen = search(run, _budgets(args), backend=args.backend, trials=args.trials,
+                    top_k=args.top_k, protocol=_protocol(args), allow_foreign=args.any_device,
+                    export=not args.no_export)
+    print(f"wrote         {run.search}/ (candidates.json, pareto.json, pareto.png, chosen.json)")
+    if not args.no_export:
+        for name in chosen:
+            print(f"wrote         {run.subnet_dir(name)}/")
 
 
 def _query(args: argparse.Namespace) -> None:
-    from nasbert.search import Budget, query
+    from nasbert.run import RunDir
+    from nasbert.search.searchers import Budget
+    from nasbert.search.stage import query
 
+    run = RunDir(args.run_dir)
     budget = Budget(latency_ms=args.latency_ms, params_m=args.params_m)
-    c = query(args.run_dir, budget)
+    c = query(run, budget)
     print(f"architecture  {c.arch}")
     print(f"parameters    {c.params / 1e6:.2f}M")
     print(f"latency       predicted {c.latency_ms:.2f} ms"
@@ -182,37 +172,42 @@ def _query(args: argparse.Namespace) -> None:
     print(f"score         {c.score:.4f} (approximated)"
           + (f", end-to-end dev loss {c.full_loss:.4f}" if c.full_loss is not None else ""))
     if args.export:
-        from nasbert.subnet import save_subnet
-        from nasbert.supernet import Supernet
-        from nasbert.train.loop import FINAL
+        from nasbert.extract import save_subnet
 
-        supernet = Supernet.load(Path(args.run_dir) / FINAL)
-        report = save_subnet(supernet, c.arch, args.export, info={"budget": budget.name})
-        print(f"exported      {report.path}")
+        report = save_subnet(run.supernet(), c.arch, args.export, info={"budget": budget.name})
+        print(f"wrote         {report.path}/")
+
+
+_FINETUNE_FLAGS = (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
+                   ("temperature", float), ("hidden-epochs", float), ("teacher-epochs", float),
+                   ("teacher-lr", float), ("teacher-batch-size", int), ("max-seq-len", int),
+                   ("max-train-examples", int), ("max-dev-examples", int), ("seed", int),
+                   ("student-seed", int))
 
 
 def _finetune_config(args: argparse.Namespace):
-    import dataclasses
+    from nasbert.finetune.config import FinetuneConfig
+    from nasbert.schema import parse
 
-    from nasbert.finetune import FinetuneConfig
-
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return FinetuneConfig(**given)
+    given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
+             for flag, _ in _FINETUNE_FLAGS}
+    return parse(FinetuneConfig, {k: v for k, v in given.items() if v is not None},
+                 source=f"nasbert {args.command}")
 
 
 def _models(args: argparse.Namespace) -> list[str] | None:
     if args.subnet and args.all:
-        raise ConfigError("give --subnet or --all, not both", source="finetune")
+        raise ConfigError("give --subnet or --all, not both", source=f"nasbert {args.command}")
     return args.subnet or None
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from nasbert.data import task_spec
-    from nasbert.finetune import finetune
+    from nasbert.data.tasks import task_spec
+    from nasbert.finetune.stage import finetune
+    from nasbert.run import RunDir
 
-    spec = task_spec(args.task)
-    results = finetune(args.run_dir, args.task, data_dir=args.data_dir, models=_models(args),
+    spec, run = task_spec(args.task), RunDir(args.run_dir)
+    results = finetune(run, args.task, data_dir=args.data_dir, models=_models(args),
                        config=_finetune_config(args), progress=not args.quiet)
     print(f"{'model':<24} {'parameters':>10}  " + "  ".join(
         f"{split} {m}" for split in spec.dev_splits for m in spec.metrics))
@@ -220,11 +215,13 @@ def _finetune(args: argparse.Namespace) -> None:
         print(f"{model_id:<24} {r['params'] / 1e6:>9.2f}M  " + "  ".join(
             f"{r[split][m]:.4f}".rjust(len(split) + len(m) + 1)
             for split in spec.dev_splits for m in spec.metrics))
-    print(f"wrote         {args.run_dir}/finetune/{spec.name}/")
+    for model_id in results:
+        print(f"wrote         {run.finetune_dir(spec.name, model_id)}/")
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from nasbert.finetune import SweepConfig, sweep
+    from nasbert.finetune.config import SweepConfig
+    from nasbert.finetune.sweep import sweep
 
     config = SweepConfig(trials=args.trials, cpus_per_trial=args.cpus_per_trial,
                          address=args.address, seed=args.seed or 0)
@@ -234,20 +231,23 @@ def _sweep(args: argparse.Namespace) -> None:
         stopped = sum(t["stopped_early"] for t in r["trials"])
         print(f"{model_id:<24} {len(r['trials'])} trials ({stopped} stopped early by ASHA); "
               f"best {r['metric']} {r['best']['score']:.4f}")
-    print(f"wrote         {args.run_dir}/finetune/<task>/<model>/sweep.json")
+    for r in records.values():
+        print(f"wrote         {r['path']}")
 
 
 def _quickstart(args: argparse.Namespace) -> None:
-    from nasbert.data import task_spec
+    from nasbert.data.tasks import task_spec
     from nasbert.pipeline import QuickstartConfig, quickstart, render
+    from nasbert.run import RunDir
 
-    config = QuickstartConfig(task=args.task, data_dir=args.data_dir)
+    run = RunDir(args.run)
     spec = task_spec(args.task)
-    rows = quickstart(args.run, config, progress=not args.quiet)
+    rows = quickstart(run, QuickstartConfig(task=args.task, data_dir=args.data_dir),
+                      progress=not args.quiet)
     print()
     print(render(rows, spec.name, spec.metric))
-    print(f"\nwrote         {args.run}/results.md; models in {args.run}/subnets/ and "
-          f"{args.run}/finetune/{spec.name}/")
+    print(f"\nwrote         {run.results}; models in {run.subnets}/, fine-tuned in "
+          f"{run.finetune_dir(spec.name)}/")
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
@@ -267,12 +267,7 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subnet", action="append", help="a model under RUN_DIR/subnets/ "
                    "(repeatable; default: all of them)")
     p.add_argument("--all", action="store_true", help="every model under RUN_DIR/subnets/")
-    for flag, kind in (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
-                       ("temperature", float), ("hidden-epochs", float),
-                       ("teacher-epochs", float), ("teacher-lr", float),
-                       ("teacher-batch-size", int),
-                       ("max-seq-len", int), ("max-train-examples", int),
-                       ("max-dev-examples", int), ("seed", int), ("student-seed", int)):
+    for flag, kind in _FINETUNE_FLAGS:
         p.add_argument(f"--{flag}", type=kind)
     p.add_argument("--quiet", action="store_true")
 
@@ -285,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     space = sub.add_parser("space", help="inspect a search space").add_subparsers(
         dest="space_command", required=True, metavar="ACTION")
     p = space.add_parser("show", help="size, parameter range and example architectures")
-    p.add_argument("space", help="search-space YAML (see search_spaces/)")
+    p.add_argument("space", help="a shipped search space (minilm_l6, nasbert_base, tiny) or a "
+                   "YAML path")
     p.add_argument("--examples", type=int, default=3, help="example architectures to print")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_space_show)
@@ -297,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_space_sample)
 
     p = sub.add_parser("extract", help="extract a subnet to a model folder and check it")
-    p.add_argument("space", help="search-space YAML")
+    p.add_argument("space", help="a shipped search space or a YAML path")
     p.add_argument("--arch", help="architecture string (default: a random one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the weights")
     p.add_argument("--out", required=True, help="model folder to write")
@@ -305,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-supernet", help="block-wise distillation of the supernet "
                        "with progressive shrinking (resumes when re-run)")
-    p.add_argument("recipe", help="recipe YAML (see supernet/)")
+    p.add_argument("recipe", help="a shipped recipe (quickstart, minilm_wiki, bert_base_paper) "
+                   "or a YAML path")
     p.add_argument("--run", required=True, help="run directory (created, or resumed)")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
     p.add_argument("--address", help="an existing Ray cluster to join (e.g. 'auto')")

@@ -14,7 +14,6 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
-        self.source = source
-        self.field = field
+        self.message, self.source, self.field = message, source, field
         prefix = ": ".join(p for p in (source, field) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)

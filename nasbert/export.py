@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from nasbert.errors import ConfigError
+from nasbert.extract import check_batch
 from nasbert.model import NasBertModel, load_model
 from nasbert.provenance import provenance
-from nasbert.subnet import check_batch
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -1,6 +1,7 @@
 """Standalone models: what extraction produces and users deploy.
 
-Ordinary transformers models, registered with the Auto classes, so that after
+Ordinary transformers models (their :class:`NasBertConfig` holds the architecture string
+and the dimensions the space fixed), registered with the Auto classes, so that after
 ``import nasbert`` a saved subnet loads with ``AutoModel.from_pretrained(dir)`` or
 ``AutoModelForSequenceClassification.from_pretrained(dir)``. Nothing of the supernet is
 left in them: plain layers of fixed sizes.
@@ -27,10 +28,14 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
-from nasbert.configuration import NasBertConfig
+from nasbert.configuration_nasbert import NasBertConfig
 from nasbert.errors import ConfigError
 from nasbert.ops import Embeddings, make_masks, make_op
 from nasbert.space import IDENTITY, Arch, transition_exists
+
+__all__ = ["NasBertConfig", "NasBertForSequenceClassification", "NasBertModel", "load_model"]
+
+
 
 
 class NasBertPreTrainedModel(PreTrainedModel):

@@ -8,6 +8,10 @@ call finished, so a stopped quickstart resumes.
 
 >>> rows = quickstart("runs/quickstart")                      # doctest: +SKIP
 >>> print(render(rows, "tweets", "accuracy"))                  # doctest: +SKIP
+
+It calls the stages in order and keeps only what joins them: the plan of which models
+to compare (:func:`plan_models`) and the comparison table (:func:`compare`,
+:func:`render`).
 """
 
 from __future__ import annotations
@@ -18,23 +22,26 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
-
 from nasbert.errors import ConfigError
-from nasbert.finetune import TEACHER, FinetuneConfig, finetune
+from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.stage import finetune
 from nasbert.io import atomic_write_text
-from nasbert.latency import Protocol
-from nasbert.provenance import provenance
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART_RECIPE = REPO / "supernet" / "quickstart.yaml"
+from nasbert.latency.measure import Protocol, cached_ms, device_id, fingerprint, measure_clean
+from nasbert.latency.stage import fit, profile, teacher_ms
+from nasbert.recipe import load_recipe
+from nasbert.reporting import header
+from nasbert.run import TEACHER, RunDir
+from nasbert.search.baselines import build_baselines
+from nasbert.search.searchers import Budget
+from nasbert.search.stage import search
+from nasbert.train import train_supernet
 
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
     """Sized to finish in under 15 minutes on 2 CPU cores."""
 
-    recipe: str = str(QUICKSTART_RECIPE)
+    recipe: str = "quickstart"  # a shipped recipe (nasbert/recipes/) or a YAML path
     task: str = "tweets"
     data_dir: str | None = None
     speedups: tuple[float, ...] = (2.0, 4.0, 8.0)
@@ -63,33 +70,20 @@ class Row:
     others: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's other metrics
 
 
-def teacher_ms(run_dir: str | Path, protocol: Protocol, *, refresh: bool = False) -> float:
-    """The teacher's measured latency on this device (cached beside the run's table)."""
-    from nasbert.baselines import measured_ms
-    from nasbert.latency import latency_dir
-    from nasbert.teacher import run_teacher
-
-    cache = latency_dir(Path(run_dir), protocol) / "teacher.json"
-    return measured_ms(run_teacher(run_dir), protocol, cache=cache, refresh=refresh, rounds=5)
-
-
-def measure_side_by_side(run_dir: str | Path, ids: Sequence[str],
+def measure_side_by_side(run: RunDir | str | Path, ids: Sequence[str],
                          protocol: Protocol) -> dict[str, float]:
     """The teacher's and each model's latency, measured now, side by side in one clean
     process (interleaved rounds): the ratios a table shows."""
-    from nasbert.latency import measure_saved
-    from nasbert.teacher import run_teacher
-
-    run_dir = Path(run_dir)
-    paths = [run_teacher(run_dir), *(run_dir / "subnets" / i for i in ids)]
-    return dict(zip([TEACHER, *ids], measure_saved(paths, protocol, rounds=5)))
+    run = RunDir.of(run)
+    paths = [run.teacher_name(), *(run.subnet_dir(i) for i in ids)]
+    return dict(zip([TEACHER, *ids], measure_clean(paths, protocol, rounds=5)))
 
 
 def speedup_name(speedup: float) -> str:
     return f"{speedup:g}x"
 
 
-def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protocol, *,
+def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: Protocol, *,
                 trials: int = 150, top_k: int = 5, baselines: bool = True,
                 tolerance: float = 0.05, progress: bool = True) -> dict[str, dict[str, str]]:
     """Search at about each speedup (budget: teacher latency / speedup, plus
@@ -99,50 +93,46 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
     stored in ``search/plan.json`` and reused while the request is the same, so that a
     resumed run (or a later script) compares the same models, not a fresh match made
     with noisier or quieter latency measurements."""
-    from nasbert.baselines import build_baselines, measured_ms
-    from nasbert.latency import device_id, fingerprint
-    from nasbert.search import SEARCH, Budget, search
-
-    run_dir = Path(run_dir)
-    stored = run_dir / SEARCH / "plan.json"
+    run = RunDir.of(run)
+    stored = run.search / "plan.json"
     request = {"speedups": list(speedups), "tolerance": tolerance, "baselines": baselines,
                "device": device_id(fingerprint(protocol))}
     if stored.is_file():  # matched once: a resumed run compares the same models
         previous = json.loads(stored.read_text())
         if previous["request"] == request and all(
-                (run_dir / "subnets" / i / "config.json").is_file()
+                (run.subnet_dir(i) / "config.json").is_file()
                 for group in previous["plan"].values() for i in group.values()):
             return previous["plan"]
-    base = teacher_ms(run_dir, protocol)
+    base = teacher_ms(run, protocol)
     budgets = {speedup_name(s): Budget(latency_ms=float(f"{base / s * (1 + tolerance):.4g}"))
                for s in speedups}
-    chosen_path = run_dir / SEARCH / "chosen.json"
+    chosen_path = run.search / "chosen.json"
     done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
     todo = [b for b in budgets.values()
-            if b.name not in done or not (run_dir / "subnets" / b.name / "config.json").is_file()]
+            if b.name not in done or not (run.subnet_dir(b.name) / "config.json").is_file()]
     why = ""
     if todo:
         if progress:
             print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
                   flush=True)
         try:
-            search(run_dir, todo, trials=trials, top_k=top_k, protocol=protocol,
+            search(run, todo, trials=trials, top_k=top_k, protocol=protocol,
                    progress=progress)
         except ConfigError as e:  # some budget had no candidate: go on with the others
             why = str(e)
     plan = {name: {"searched": b.name} for name, b in budgets.items()
-            if (run_dir / "subnets" / b.name / "config.json").is_file()}
+            if (run.subnet_dir(b.name) / "config.json").is_file()}
     if progress and len(plan) < len(budgets):
         print(f"skipped       {', '.join(n for n in budgets if n not in plan)}: {why}",
               flush=True)
     if not plan:
         raise ConfigError(f"no subnet was found for any of the speedups {list(budgets)}; "
                           "lower them or train the supernet with more bins (shrink.spacing: "
-                          "log keeps small paths)", source=str(run_dir))
+                          "log keeps small paths)", source=str(run))
     if baselines:
-        targets = {name: measured_ms(run_dir / "subnets" / ids["searched"], protocol)
+        targets = {name: cached_ms(run.subnet_dir(ids["searched"]), protocol)
                    for name, ids in plan.items()}
-        for name, ids in build_baselines(run_dir, targets, protocol=protocol,
+        for name, ids in build_baselines(run, targets, protocol=protocol,
                                          progress=progress).items():
             plan[name].update(ids)
     atomic_write_text(stored, json.dumps({"request": request, "teacher_ms": base,
@@ -150,23 +140,23 @@ def plan_models(run_dir: str | Path, speedups: Sequence[float], protocol: Protoc
     return plan
 
 
-def compare(run_dir: str | Path, task: str, plan: Mapping[str, Mapping[str, str]], *,
+def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str, str]], *,
             data_dir: str | Path | None = None, config: FinetuneConfig | None = None,
             protocol: Protocol | None = None, latencies: Mapping[str, float] | None = None,
-            progress: bool = True, trainer_progress: bool | None = None) -> list[Row]:
+            progress: bool = True) -> list[Row]:
     """Fine-tune the teacher and every planned model on ``task`` and tabulate them with
     their latencies on this device: ``latencies`` (model id -> ms, the teacher's under
     ``"teacher"``) or, by default, measured side by side after the fine-tuning."""
-    from nasbert.data import task_spec
+    from nasbert.data.tasks import task_spec
 
-    run_dir = Path(run_dir)
+    run = RunDir.of(run)
     protocol = protocol or Protocol()
     config = config or FinetuneConfig()
     spec = task_spec(task)
     ids = list(dict.fromkeys(i for group in plan.values() for i in group.values()))
-    results = finetune(run_dir, task, data_dir=data_dir, models=ids, config=config,
-                       progress=progress, trainer_progress=trainer_progress)
-    latency = dict(latencies) if latencies else measure_side_by_side(run_dir, ids, protocol)
+    results = finetune(run, task, data_dir=data_dir, models=ids, config=config,
+                       progress=progress)
+    latency = dict(latencies) if latencies else measure_side_by_side(run, ids, protocol)
     base_ms = latency[TEACHER]
     dev, metric = spec.dev_splits[0], spec.metric
     teacher_metric = results[TEACHER][dev][metric]
@@ -200,24 +190,17 @@ def render(rows: Sequence[Row], task: str, metric: str) -> str:
     return "\n".join(lines)
 
 
-def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig | None = None,
-               *, protocol: Protocol | None = None, progress: bool = True) -> list[Row]:
+def quickstart(run: RunDir | str | Path = "runs/quickstart",
+               config: QuickstartConfig | None = None, *, protocol: Protocol | None = None,
+               progress: bool = True) -> list[Row]:
     """Supernet, latency, search, baselines and fine-tuning on the embedded default;
-    writes ``<run_dir>/results.md`` and returns the table's rows."""
-    from nasbert.data import task_spec
-    from nasbert.latency import fit, latency_dir, profile
-    from nasbert.search import sample_candidates
-    from nasbert.supernet import Supernet
-    from nasbert.train import load_recipe, run_space, train_supernet
-    from nasbert.train.loop import FINAL
-    from nasbert.train.shrink import load_survivors
+    writes ``<run>/results.md`` and returns the table's rows."""
+    from nasbert.data.tasks import task_spec
 
-    run_dir = Path(run_dir)
+    run = RunDir.of(run)
     protocol = protocol or Protocol()
     config = config or QuickstartConfig()
-    if not Path(config.recipe).is_file():
-        raise ConfigError("is missing; give a supernet recipe (see supernet/)",
-                          source=config.recipe)
+    recipe = load_recipe(config.recipe)
     spec = task_spec(config.task)
     start = time.time()
     stages: dict[str, float] = {}
@@ -228,41 +211,32 @@ def quickstart(run_dir: str | Path = "runs/quickstart", config: QuickstartConfig
             print(f"[{time.time() - start:6.0f} s] {name} done ({stages[name]:.0f} s)", flush=True)
 
     t0 = time.time()
-    train_supernet(load_recipe(config.recipe), run_dir, progress=progress)
+    train_supernet(recipe, run, progress=progress)
     stage("supernet", t0)
 
     t0 = time.time()
-    space = run_space(run_dir)
-    folder = latency_dir(run_dir, protocol)
-    pool = sample_candidates(space.embed_sizes, [sorted(t) for t in
-                                                 load_survivors(run_dir / "shrink")],
-                             config.latency_samples, seed=0)
-    profile(space, folder, protocol, samples=config.latency_samples, pool=pool,
-            supernet=Supernet.load(run_dir / FINAL), progress=progress)
-    fit(space, folder)
+    profile(run, protocol, samples=config.latency_samples, progress=progress)
+    fit(run, protocol)
     stage("latency", t0)
 
     t0 = time.time()
-    plan = plan_models(run_dir, config.speedups, protocol, trials=config.search_trials,
+    plan = plan_models(run, config.speedups, protocol, trials=config.search_trials,
                        top_k=config.top_k, baselines=config.baselines, progress=progress)
     stage("search and baselines", t0)
 
     t0 = time.time()
-    rows = compare(run_dir, config.task, plan, data_dir=config.data_dir,
-                   config=config.finetune, protocol=protocol, progress=progress,
-                   trainer_progress=False)
+    rows = compare(run, config.task, plan, data_dir=config.data_dir,
+                   config=config.finetune, protocol=protocol, progress=progress)
     stage("fine-tuning", t0)
 
     table = render(rows, spec.name, spec.metric)
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
-    made = provenance()
-    atomic_write_text(run_dir / "results.md", (
-        f"# Quickstart results\n\n- made by: `nasbert quickstart` ({made['created']}; nasbert "
-        f"{made['nasbert']}, torch {made['torch']}, transformers {made['transformers']}, "
-        f"Python {made['python']}; {made['platform']}, {torch.get_num_threads()} threads)\n"
-        f"- run: `{run_dir}`\n- task: {spec.name} (dev split; "
-        f"{config.finetune.max_train_examples or 'all'} training examples)\n"
-        f"- latency: batch {protocol.batch}, sequence {protocol.seq}, this machine; all "
-        "models measured side by side in one clean process (5 interleaved rounds, median)\n"
-        f"- wall time: {time.time() - start:.0f} s ({stage_line})\n\n{table}\n"))
+    atomic_write_text(run.results, header(
+        "Quickstart results", "nasbert quickstart",
+        run=f"`{run}`",
+        task=f"{spec.name} (dev split; {config.finetune.max_train_examples or 'all'} "
+             "training examples)",
+        latency=f"batch {protocol.batch}, sequence {protocol.seq}, this machine; all models "
+                "measured side by side in one clean process (5 interleaved rounds, median)",
+        wall_time=f"{time.time() - start:.0f} s ({stage_line})") + f"\n{table}\n")
     return rows

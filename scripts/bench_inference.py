@@ -12,24 +12,22 @@ alternating which goes first, on the CPU, at batch 1 and batch 32, sequence 128.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import BertConfig, BertModel
 
-from nasbert import SearchSpace, Supernet
+from nasbert.hf.bert import bert_embeddings, bert_layer
 from nasbert.io import atomic_write_text
-from nasbert.latency import cpu_name
-from nasbert.teacher import bert_embeddings, bert_layer
+from nasbert.reporting import header
+from nasbert.space import Arch, BlockArch, SearchSpace
+from nasbert.supernet import Supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER_SHAPE = "E384|H384:M,F,M,F|H384:M,F,M,F|H384:M,F,M,F"
+TEACHER_SHAPE = Arch(384, (BlockArch(384, ("M", "F", "M", "F")),) * 3)
 
 
 def bert_state_to_nasbert(bert: BertModel) -> dict[str, torch.Tensor]:
@@ -63,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "minilm_l6.yaml")
+    space = SearchSpace.from_yaml("minilm_l6")
     ours = Supernet(space).extract(TEACHER_SHAPE).eval()
     d = space.dims
     bert = BertModel(BertConfig(vocab_size=d.vocab_size, hidden_size=d.hidden_size,
@@ -104,17 +102,15 @@ def main() -> None:
                                 if Path(sys.argv[0]).is_absolute() else sys.argv[0],
                                 *sys.argv[1:]])
     lines = [
-        "# Inference speed: extracted NAS-BERT model vs transformers BertModel", "",
-        f"- command: `{cmd}`",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}",
-        f"- models: `{TEACHER_SHAPE}` (ours) and `BertModel` (hidden 384, 6 layers, 12 heads, "
-        f"FFN 1536, SDPA attention, no pooler), {n_ours:,} parameters each, same weights",
-        f"- protocol: sequence {args.seq}, no padding (attention mask of ones); eval and "
-        "inference mode; 3 warm-up pairs, then timed pairs run interleaved, alternating "
-        "which model goes first; ratio = median over pairs of ours / BertModel",
-        "", "| batch | pairs | ours, median ms | BertModel, median ms | ratio ours / BertModel "
+        header("Inference speed: extracted NAS-BERT model vs transformers BertModel", cmd,
+               models=f"`{TEACHER_SHAPE}` (ours) and `BertModel` (hidden 384, 6 layers, 12 "
+               f"heads, FFN 1536, SDPA attention, no pooler), {n_ours:,} parameters each, "
+               "same weights",
+               protocol=f"sequence {args.seq}, no padding (attention mask of ones); eval and "
+               "inference mode; 3 warm-up pairs, then timed pairs run interleaved, "
+               "alternating which model goes first; ratio = median over pairs of ours / "
+               "BertModel"),
+        "| batch | pairs | ours, median ms | BertModel, median ms | ratio ours / BertModel "
         "| max abs diff of outputs |", "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {b} | {p} | {o:.2f} | {r:.2f} | **{q:.3f}** | {df:.1e} |"

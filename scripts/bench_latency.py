@@ -1,6 +1,6 @@
 """Latency prediction, budget honouring and the performance approximator, on a trained run
 of the default space (by default the quickstart run; train it first with
-`nasbert train-supernet supernet/quickstart.yaml --run runs/qs`).
+`nasbert train-supernet quickstart --run runs/qs`).
 
 1. Held-out MAPE, RMSE and Kendall's tau of the lookup table and of the learned
    predictor on this CPU, at batch 1 and batch 32, sequence 128.
@@ -15,46 +15,39 @@ of the default space (by default the quickstart run; train it first with
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import platform
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import kendalltau
 
-from nasbert.approx import Approximator
 from nasbert.io import atomic_write_text
-from nasbert.latency import (
-    Protocol,
-    fit,
-    latency_dir,
-    load_predictor,
-    measure_ms_isolated,
-    profile,
-)
-from nasbert.search import Budget, sample_candidates, search
+from nasbert.latency.measure import Protocol, measure_clean
+from nasbert.latency.stage import fit, load_predictor, profile
+from nasbert.reporting import header, md_cell
+from nasbert.run import RunDir
+from nasbert.search.approx import Approximator
+from nasbert.search.searchers import Budget
+from nasbert.search.stage import search
+from nasbert.space import Arch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_inference import cpu_name  # noqa: E402
-from bench_supernet import md_cell  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "qs"))
-    parser.add_argument("--samples-b1", type=int, default=200)
-    parser.add_argument("--samples-b32", type=int, default=60)
-    parser.add_argument("--budgets", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=150)
-    parser.add_argument("--candidates", type=int, default=60)
+    parser.add_argument("--samples-b1", type=int, default=200, help="subnets profiled at batch 1")
+    parser.add_argument("--samples-b32", type=int, default=60, help="... and at batch 32")
+    parser.add_argument("--budgets", type=int, default=20, help="budgets searched at batch 1")
+    parser.add_argument("--trials", type=int, default=150, help="search trials per budget")
+    parser.add_argument("--candidates", type=int, default=60,
+                        help="candidates the approximator is checked on")
     parser.add_argument("--out", default=str(ROOT / "results" / "latency.md"))
     args = parser.parse_args()
-    run = Path(args.run)
+    run = RunDir(args.run)
     approx = Approximator.from_run(run)
     space = approx.space
 
@@ -63,18 +56,16 @@ def main() -> None:
     samples = {1: args.samples_b1, 32: args.samples_b32}
     errors = {}
     for batch, protocol in protocols.items():
-        folder = latency_dir(run, protocol)
-        pool = sample_candidates(space.embed_sizes, approx.choices(), samples[batch])
-        profile(space, folder, protocol, samples=samples[batch], pool=pool,
-                supernet=approx.supernet, progress=True)
-        errors[batch] = {k: p.error for k, p in fit(space, folder).items()}
+        # half the subnets from the surviving paths, measured with the trained weights
+        profile(run, protocol, samples=samples[batch], progress=True)
+        errors[batch] = {k: p.error for k, p in fit(run, protocol).items()}
         print(f"batch {batch}: {errors[batch]}", flush=True)
 
     # budget honouring at batch 1
     protocol = protocols[1]
-    predictor = load_predictor(latency_dir(run, protocol))
-    pool = [space.parse(f"E{e}|" + "|".join(p)) for e in space.embed_sizes
-            for p in itertools.product(*approx.choices())]
+    predictor = load_predictor(run, protocol)
+    pool = [Arch(e, blocks) for e in space.embed_sizes
+            for blocks in itertools.product(*approx.choices())]
     predicted = np.sort(predictor.predict(pool))
     lo, hi = predicted[len(predicted) // 50], predicted[-1]
     budgets = [Budget(latency_ms=round(float(b), 3))
@@ -85,9 +76,9 @@ def main() -> None:
     rows = []
     for b in budgets:
         c = chosen[b.name]
-        again = measure_ms_isolated(approx.supernet.extract(space.parse(c.arch)), protocol,
-                                    rounds=protocol.rounds)
-        rows.append((b.latency_ms, c.arch, c.latency_ms, again, again / b.latency_ms))
+        again = measure_clean([approx.supernet.extract(c.arch)], protocol,
+                              rounds=protocol.rounds)[0]
+        rows.append((b.latency_ms, str(c.arch), c.latency_ms, again, again / b.latency_ms))
     within = sum(r[-1] <= 1.05 for r in rows)
 
     # approximator against the fuller evaluation
@@ -103,12 +94,9 @@ def main() -> None:
                 f"{e['train']} / {e['n']} |")
 
     lines = [
-        "# Latency prediction, budget honouring and the performance approximator", "",
-        f"- command: `python scripts/bench_latency.py {' '.join(sys.argv[1:])}`".rstrip(),
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__},"
-        f" Python {platform.python_version()}",
-        f"- run: `{run}` (space `{space.name}`, trained supernet and shrink tables)", "",
+        header("Latency prediction, budget honouring and the performance approximator",
+               f"python scripts/bench_latency.py {' '.join(sys.argv[1:])}".rstrip(),
+               run=f"`{run}` (space `{space.name}`, trained supernet and shrink tables)"),
         "## Latency predictors (held-out split, seed 0)", "",
         "Protocol: extracted standalone model, eval + inference mode, sequence 128, median of "
         f"{protocols[1].repeats} runs at batch 1 and {protocols[32].repeats} at batch 32 after "
@@ -130,17 +118,15 @@ def main() -> None:
         f"**{'met' if within >= 0.95 * len(rows) else 'missed'}**.", "",
         "| budget ms | chosen | predicted ms | measured ms | measured / budget |",
         "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [f"| {b:g} | `{md_cell(a)}` | {p:.2f} | {m:.2f} | {r:.3f} |"
-              for b, a, p, m, r in rows]
-    lines += [
+        *(f"| {b:g} | `{md_cell(a)}` | {p:.2f} | {m:.2f} | {r:.3f} |"
+          for b, a, p, m, r in rows),
         "", "## Performance approximator", "",
         f"Kendall's tau between the approximated score (sum of the embedding's and blocks' "
         f"dev losses from the shrink tables) and the end-to-end dev loss on the whole dev "
         f"split, over {len(sample)} random candidates from the surviving paths: "
-        f"**{tau:.3f}**.",
+        f"**{tau:.3f}**.", "",
     ]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 
 

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import random
 import statistics
 import sys
@@ -27,19 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from nasbert.io import atomic_write_text
+from nasbert.recipe import load_recipe
+from nasbert.reporting import header, md_cell
 from nasbert.space import SearchSpace
 from nasbert.supernet import Supernet
-from nasbert.train import load_recipe, prepare_run
+from nasbert.train import prepare_run
 from nasbert.train.loop import BlockwiseTrainer, Worker
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_inference import cpu_name  # noqa: E402
-
-
-def md_cell(text: str) -> str:
-    """An architecture string inside a Markdown table cell (its bars escaped)."""
-    return text.replace("|", "\\|")
 
 
 def _step(model, forward, target, optimizer) -> float:
@@ -52,7 +45,7 @@ def _step(model, forward, target, optimizer) -> float:
 
 
 def weight_sharing_overhead(paths: int, batch: int, seq: int, reps: int) -> list[tuple]:
-    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "minilm_l6.yaml")
+    space = SearchSpace.from_yaml("minilm_l6")
     torch.manual_seed(0)
     supernet = Supernet(space).train()
     opt_super = torch.optim.AdamW(supernet.parameters(), lr=1e-5, fused=True)
@@ -82,7 +75,7 @@ def weight_sharing_overhead(paths: int, batch: int, seq: int, reps: int) -> list
 
 
 def quickstart_throughput(steps: int) -> dict:
-    recipe = load_recipe(ROOT / "supernet" / "quickstart.yaml")
+    recipe = load_recipe("quickstart")
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare_run(recipe, Path(tmp) / "run", progress=False)
         trainer = BlockwiseTrainer(recipe, run, Worker(), progress=False)
@@ -129,13 +122,10 @@ def main() -> None:
 
     cmd = "python scripts/bench_supernet.py " + " ".join(sys.argv[1:])
     lines = [
-        "# Supernet training speed", "",
-        f"- command: `{cmd.strip()}`",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__},"
-        f" Python {platform.python_version()}; no GPU was lent to this session, so the "
-        "bf16 figures at the `bert_base_paper.yaml` scale are not measured yet",
-        "", "## Weight sharing: supernet step vs standalone step", "",
+        header("Supernet training speed", cmd.strip(),
+               bf16="not measured yet: the figures at the `bert_base_paper` recipe's scale "
+               "want a GPU, and this benchmark times the CPU"),
+        "## Weight sharing: supernet step vs standalone step", "",
         f"Training step = forward, MSE to a fixed target, backward, AdamW (fused, as the "
         f"trainer uses); batch {args.batch} x "
         f"{args.seq} tokens, default space (`minilm_l6.yaml`), {len(rows)} sampled paths; "
@@ -145,13 +135,11 @@ def main() -> None:
         f"**{'met' if median <= 1.15 else 'missed'}**.", "",
         "| path | params | supernet ms | standalone ms | ratio |",
         "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [f"| `{md_cell(a)}` | {p / 1e6:.2f}M | {ts * 1e3:.0f} | {tm * 1e3:.0f} | {r:.3f} |"
-              for a, p, ts, tm, r in rows]
-    lines += [
+        *(f"| `{md_cell(a)}` | {p / 1e6:.2f}M | {ts * 1e3:.0f} | {tm * 1e3:.0f} | {r:.3f} |"
+          for a, p, ts, tm, r in rows),
         "", "## Quickstart recipe throughput", "",
-        f"`supernet/quickstart.yaml`: batch {qs['batch']} x {qs['seq']} tokens; one step trains "
-        "the embeddings and every block on its own sampled path; "
+        f"`nasbert/recipes/quickstart.yaml`: batch {qs['batch']} x {qs['seq']} tokens; one step "
+        "trains the embeddings and every block on its own sampled path; "
         f"{qs['steps']} steps each.", "",
         "| what | tokens/s |", "| --- | --- |",
         f"| training step, teacher outputs computed (first epoch) | {qs['fresh']:.0f} |",

@@ -18,43 +18,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from nasbert.data import compute_metrics, load_task, task_spec
-from nasbert.finetune import FinetuneConfig
+from nasbert.data.metrics import compute_metrics
+from nasbert.data.tasks import load_task, task_spec
+from nasbert.finetune.config import GLUE_SCHEDULES, FinetuneConfig
 from nasbert.io import atomic_write_bytes, atomic_write_text
-from nasbert.latency import Protocol
+from nasbert.latency.measure import Protocol
 from nasbert.pipeline import Row, compare, measure_side_by_side, plan_models, render
+from nasbert.reporting import header, md_cell
+from nasbert.run import TEACHER, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_inference import cpu_name  # noqa: E402
-
-# Sized for 2 CPU cores (about an hour for the three tasks): seeded subsets of the
-# training sets; dev sets whole. Every student, searched or
-# baseline, gets the same two-stage schedule: an epoch of hidden-state distillation,
-# then logits distillation mixed with the task loss.
-SETTINGS = {
-    "sst2": FinetuneConfig(max_train_examples=4000, max_seq_len=64, hidden_epochs=1, epochs=2,
-                           lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
-                           temperature=2.0),
-    "mrpc": FinetuneConfig(max_train_examples=1500, max_seq_len=96, hidden_epochs=1, epochs=3,
-                           lr=2e-4, teacher_epochs=3, teacher_lr=5e-5, alpha=0.5,
-                           temperature=2.0, batch_size=16, teacher_batch_size=16),
-    # CoLA on its whole training set: on 2,500 examples for 2 epochs the teacher learnt
-    # only the majority class (Matthews correlation 0.0)
-    "cola": FinetuneConfig(max_seq_len=64, hidden_epochs=1, epochs=2, lr=2e-4,
-                           teacher_epochs=3, teacher_lr=5e-5, alpha=0.5, temperature=2.0),
-}
 
 
 def goals(rows_by_task: dict[str, list[Row]], smallest: str) -> list[str]:
@@ -98,11 +77,16 @@ def majority(task: str, data_dir: str) -> str:
         f"{m} {v:.4f}" for m, v in scores.items()) + ".")
 
 
-def estimates(run: Path, plan: dict) -> dict[str, tuple[str, float, float]]:
+def card(run: RunDir, model_id: str) -> dict:
+    """What ``subnets/<id>/nasbert.json`` says of a model (its architecture, ...)."""
+    return json.loads((run.subnet_dir(model_id) / "nasbert.json").read_text())
+
+
+def estimates(run: RunDir, plan: dict) -> dict[str, tuple[str, float, float]]:
     """The search's own estimate of each searched and uniform model, by id: (group, the
     performance approximator's sum of block-wise losses, the end-to-end loss to the
     teacher on the corpus's dev split); both lower is better."""
-    from nasbert.approx import Approximator
+    from nasbert.search.approx import Approximator
     from nasbert.space import Arch
 
     approx = Approximator.from_run(run)
@@ -110,8 +94,7 @@ def estimates(run: Path, plan: dict) -> dict[str, tuple[str, float, float]]:
     for group, ids in plan.items():
         for kind in ("searched", "uniform"):
             if kind in ids:
-                card = json.loads((run / "subnets" / ids[kind] / "nasbert.json").read_text())
-                arch = Arch.parse(card["arch"])
+                arch = Arch.parse(card(run, ids[kind])["arch"])
                 out[ids[kind]] = (group, approx.score(arch), approx.full_loss(arch))
     return out
 
@@ -161,45 +144,38 @@ def plot(path: Path, rows_by_task: dict[str, list[Row]]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def arguments(doc: str, out: str) -> argparse.ArgumentParser:
-    """What the GLUE scripts share: the run, the GLUE folder, the speedups, the table."""
+def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "quickstart"))
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--speedups", default="2,4,8")
-    parser.add_argument("--out", default=str(ROOT / "results" / out))
-    return parser
-
-
-def main() -> None:
-    parser = arguments(__doc__, "glue.md")
+    parser.add_argument("--out", default=str(ROOT / "results" / "glue.md"))
     parser.add_argument("--tasks", default="sst2,mrpc,cola")
     args = parser.parse_args()
-    run, protocol = Path(args.run), Protocol()
+    run, protocol = RunDir(args.run), Protocol()
     speedups = [float(s) for s in args.speedups.split(",")]
     start = time.time()
     plan = plan_models(run, speedups, protocol)
     # every latency afresh, side by side in one process, before training heats the machine
     ids = list(dict.fromkeys(i for g in plan.values() for i in g.values()))
     latencies = measure_side_by_side(run, ids, protocol)
-    base = latencies["teacher"]
+    base = latencies[TEACHER]
     print(", ".join(f"{i} {ms:.2f} ms" for i, ms in latencies.items()), flush=True)
     scores = estimates(run, plan)
     rows_by_task: dict[str, list[Row]] = {}
     sections: list[str] = []
-    archs = {i: json.loads((run / "subnets" / i / "nasbert.json").read_text()).get("arch", "")
-             for i in ids}
+    archs = {i: card(run, i).get("arch", "") for i in ids}
     tasks = args.tasks.split(",")
     for task in tasks:
         spec = task_spec(task)
-        config = SETTINGS.get(spec.name, FinetuneConfig())
+        config = GLUE_SCHEDULES.get(spec.name, FinetuneConfig())
         t0 = time.time()
         rows = compare(run, task, plan, data_dir=args.data_dir, config=config,
-                       protocol=protocol, latencies=latencies, trainer_progress=False)
+                       protocol=protocol, latencies=latencies, progress=True)
         rows_by_task[spec.name] = rows
-        records = [json.loads((run / "finetune" / spec.name / i / "metrics.json").read_text())
-                   for i in ["teacher", *ids]]
+        records = [json.loads((run.finetune_dir(spec.name, i) / "metrics.json").read_text())
+                   for i in [TEACHER, *ids]]
         # the recorded training time of every model, whichever invocation trained it
         trained_s = sum(r["seconds"] for r in records)
         sections.append(
@@ -215,17 +191,14 @@ def main() -> None:
         pending = [t for t in tasks if task_spec(t).name not in rows_by_task]
         plot(Path(args.out).with_suffix(".png"), rows_by_task)
         atomic_write_text(args.out, "\n".join([
-            "# GLUE: searched subnets vs the teacher and hand-designed baselines", "",
-            f"- command: `python scripts/results_glue.py --run {args.run} --data-dir "
-            f"{args.data_dir} --tasks {args.tasks}`",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch "
-            f"{torch.__version__}, Python {platform.python_version()}",
-            f"- run: `{args.run}`; latency: batch {protocol.batch}, sequence {protocol.seq}, "
-            "all models measured side by side in one clean process (5 interleaved rounds, "
-            f"median) before any training; teacher {base:.2f} ms",
-            f"- wall time: {time.time() - start:.0f} s"
-            + (f" (not yet run: {', '.join(pending)})" if pending else ""), "",
+            header("GLUE: searched subnets vs the teacher and hand-designed baselines",
+                   f"python scripts/results_glue.py --run {args.run} --data-dir "
+                   f"{args.data_dir} --tasks {args.tasks}",
+                   run=f"`{args.run}`; latency: batch {protocol.batch}, sequence "
+                   f"{protocol.seq}, all models measured side by side in one clean process "
+                   f"(5 interleaved rounds, median) before any training; teacher {base:.2f} ms",
+                   wall_time=f"{time.time() - start:.0f} s"
+                   + (f" (not yet run: {', '.join(pending)})" if pending else "")),
             "## Goals", "", *goals(rows_by_task, f"{max(speedups):g}x"), "",
             *sections,
             "## The search's estimate against the downstream result", "",
@@ -235,7 +208,7 @@ def main() -> None:
             "the supernet, before fine-tuning, lower is better) beside the fine-tuned dev "
             "metric.", "", *estimate_table(scores, rows_by_task), "",
             "## Models", "", "| id | architecture |", "| --- | --- |",
-            *[f"| {i} | `{a}` |" for i, a in archs.items()], "",
+            *[f"| {i} | `{md_cell(a)}` |" for i, a in archs.items()], "",
             f"![dev metric vs measured speedup]({Path(args.out).with_suffix('.png').name})",
             ""]))
     print(f"wrote {args.out}")

@@ -4,7 +4,8 @@ larger than what another seed of the same student moves?
 Each searched subnet and its uniform baseline (the plan `results_glue.py` compared) is
 fine-tuned again with other student seeds (its head's initialisation and its data
 order), against the same fine-tuned teacher and on the same training subset, with the
-same schedule as in `results/glue.md`. Seed 0 is the model that table reports (reused).
+same schedule as in `results/glue.md` (`nasbert.finetune.config.GLUE_SCHEDULES`). Seed 0
+is the model that table reports (reused).
 
     python scripts/seed_spread.py --run runs/quickstart --task sst2 --seeds 0,1,2
 
@@ -13,26 +14,24 @@ Writes results/seed_spread.md after every group (a stopped run keeps what it mea
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import datetime
-import platform
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from nasbert.data import load_task, task_spec
-from nasbert.finetune import finetune_student, finetune_teacher
+from nasbert.data.tasks import load_task, task_spec
+from nasbert.finetune.config import GLUE_SCHEDULES
+from nasbert.finetune.stage import finetune_student, finetune_teacher
 from nasbert.io import atomic_write_text
-from nasbert.latency import Protocol
+from nasbert.latency.measure import Protocol
 from nasbert.pipeline import plan_models
+from nasbert.reporting import header
+from nasbert.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_inference import cpu_name  # noqa: E402
-from results_glue import SETTINGS, arguments  # noqa: E402
 
 
 def spread(values: list[float]) -> str:
@@ -42,17 +41,23 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = arguments(__doc__, "seed_spread.md")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=str(ROOT / "runs" / "quickstart"),
+                        help="the run results_glue.py compared")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--seeds", default="0,1,2", help="student seeds; 0 is the table's")
+    parser.add_argument("--speedups", default="2,4,8", help="the plan's, as results_glue.py's")
+    parser.add_argument("--out", default=str(ROOT / "results" / "seed_spread.md"))
     args = parser.parse_args()
-    run, spec = Path(args.run), task_spec(args.task)
+    run, spec = RunDir(args.run), task_spec(args.task)
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = plan_models(run, [float(s) for s in args.speedups.split(",")], Protocol())
-    config = SETTINGS.get(spec.name)
+    config = GLUE_SCHEDULES.get(spec.name)
     if config is None:
-        print(f"error: no schedule for {spec.name} in results_glue.SETTINGS; give sst2, mrpc "
-              "or cola", file=sys.stderr)
+        print(f"error: no schedule for {spec.name} in GLUE_SCHEDULES; give "
+              f"{', '.join(GLUE_SCHEDULES)}", file=sys.stderr)
         sys.exit(2)
     data = load_task(spec.name, args.data_dir, seed=config.seed)
     finetune_teacher(run, data, config, progress=False)  # cached by results_glue.py
@@ -87,17 +92,15 @@ def main() -> None:
                         f"{noise:.2f} points; the searched subnet wins {paired} of "
                         f"{len(seeds)} seed-paired runs")
         atomic_write_text(args.out, "\n".join([
-            f"# Seed spread: searched subnets against uniform baselines ({spec.folder})", "",
-            f"- command: `python scripts/seed_spread.py --run {args.run} --data-dir "
-            f"{args.data_dir} --task {args.task} --seeds {args.seeds}`",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"- machine: {cpu_name()}, {torch.get_num_threads()} threads; torch "
-            f"{torch.__version__}, Python {platform.python_version()}",
-            f"- schedule: `results_glue.py`'s for {spec.name} ({config.max_train_examples or 'all'}"
-            " training examples, whole dev set); the teacher and the training subset are "
-            "fixed, the student seed (head initialisation and data order) varies",
-            f"- training time, all runs: {trained_s:,.0f} s, whichever invocation trained "
-            f"them (this invocation: {time.time() - start:,.0f} s)", "",
+            header(f"Seed spread: searched subnets against uniform baselines ({spec.folder})",
+                   f"python scripts/seed_spread.py --run {args.run} --data-dir "
+                   f"{args.data_dir} --task {args.task} --seeds {args.seeds}",
+                   schedule=f"`results_glue.py`'s for {spec.name} (`GLUE_SCHEDULES`; "
+                   f"{config.max_train_examples or 'all'} training examples, whole dev set); "
+                   "the teacher and the training subset are fixed, the student seed (head "
+                   "initialisation and data order) varies",
+                   **{"training time, all runs": f"{trained_s:,.0f} s, whichever invocation "
+                      f"trained them (this invocation: {time.time() - start:,.0f} s)"}),
             "| group | kind | model | " + " | ".join(f"seed {s}" for s in seeds)
             + f" | dev {metric}, mean ± sd |",
             "| --- | --- | --- |" + " ---: |" * (len(seeds) + 1), *rows, "", *verdicts, ""]))

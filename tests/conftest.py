@@ -10,8 +10,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = ROOT / "search_spaces"
+SPACES = ROOT / "nasbert" / "spaces"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# a quick latency protocol for tiny models
+PROTOCOL_KW = dict(batch=1, seq=32, warmup=1, repeats=3)
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +118,39 @@ def tiny_recipe(tiny_teacher, tiny_corpus, tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def protocol():
+    from nasbert.latency.measure import Protocol
+
+    return Protocol(**PROTOCOL_KW)
+
+
+@pytest.fixture(scope="session")
+def _trained_tiny_run(tiny_teacher, tiny_corpus, tmp_path_factory, protocol) -> Path:
+    """A trained, shrunk tiny run with a fitted latency predictor, built once."""
+    from nasbert.latency.stage import fit, profile
+    from nasbert.recipe import load_recipe
+    from nasbert.train import train_supernet
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    recipe = folder / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=20,
+                                       checkpoint_every=10))
+    run = folder / "run"
+    train_supernet(load_recipe(recipe), run, progress=False)
+    profile(run, protocol, samples=30, progress=False)
+    fit(run, protocol)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(_trained_tiny_run, tmp_path_factory):
+    """A module's own copy of the trained tiny run (later stages write into it)."""
+    import shutil
+
+    return Path(shutil.copytree(_trained_tiny_run, tmp_path_factory.mktemp("run") / "run"))
+
+
 # ----------------------------------------------------------------------------- GLUE fixtures
 
 _LAYOUTS = {  # task -> (folder, header or None, row(text_a, text_b, label index or score))
@@ -176,3 +211,20 @@ def write_glue_task(root: Path, task: str, *, train: int = 64, dev: int = 32,
             text = "\ufeff" + text
         (folder / f"{split}.tsv").write_text(text, encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def glue(tmp_path_factory) -> Path:
+    """Small SST-2 and STS-B folders in GLUE's layout, with a learnable rule."""
+    root = tmp_path_factory.mktemp("glue")
+    for task in ("sst2", "stsb"):
+        write_glue_task(root, task, train=192, dev=64)
+    return root
+
+
+def quick_finetune():
+    """A fine-tuning schedule that learns the tiny GLUE rule in seconds."""
+    from nasbert.finetune.config import FinetuneConfig
+
+    return FinetuneConfig(epochs=8, lr=3e-3, batch_size=16, teacher_epochs=8, teacher_lr=1e-3,
+                          teacher_batch_size=16, max_seq_len=24, alpha=0.0, temperature=2.0)

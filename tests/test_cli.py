@@ -12,7 +12,7 @@ from conftest import SPACES
 
 
 def test_space_show(capsys):
-    assert main(["space", "show", str(SPACES / "minilm_l6.yaml")]) == 0
+    assert main(["space", "show", "minilm_l6"]) == 0  # a shipped space, by name
     out = capsys.readouterr().out
     assert "121,485,312,000 architectures" in out
     assert "largest       E384|H384:F,F,F,F|H384:F,F,F,F|H384:F,F,F,F" in out
@@ -42,6 +42,8 @@ def test_extract_then_export(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["space", "show", "missing.yaml"], "missing.yaml: no such file"),
+    (["space", "show", "minilm_l7"], "minilm_l7: is neither a file nor a shipped search space"),
+    (["train-supernet", "quickstar", "--run", "r"], "is neither a file nor a shipped supernet"),
     (["extract", str(SPACES / "tiny.yaml"), "--arch", "E16|H16:M,Q|H24:S3,I", "--out", "x"],
      "unknown operation 'Q'"),
     (["extract", str(SPACES / "tiny.yaml"), "--arch", "E99|H16:M,F|H24:S3,I", "--out", "x"],

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 import nasbert
 from nasbert import NasBertForSequenceClassification, NasBertModel, Supernet
-from nasbert.subnet import check_batch
+from nasbert.extract import check_batch
 
 ATOL = 1e-5
 

@@ -1,45 +1,41 @@
-"""Block-wise supernet training with progressive shrinking, on one process or Ray Train.
+"""Stage 1: block-wise supernet training with progressive shrinking, on one process or
+Ray Train.
 
->>> from nasbert.train import load_recipe, train_supernet
->>> recipe = load_recipe("supernet/quickstart.yaml", ["train.max_steps=50"])  # doctest: +SKIP
->>> summary = train_supernet(recipe, "runs/qs")                              # doctest: +SKIP
+>>> from nasbert.recipe import load_recipe
+>>> recipe = load_recipe("quickstart", ["train.max_steps=50"])  # doctest: +SKIP
+>>> summary = train_supernet(recipe, "runs/qs")                # doctest: +SKIP
 
 The run directory afterwards holds ``run.yaml`` (the resolved recipe), ``data/`` (the
-packed corpus), ``supernet/checkpoints/`` (resumable), ``supernet/final/`` (weights and
-``supernet.json``), ``supernet/summary.json``, ``shrink/`` (surviving paths per block
-and bin with their dev losses) and ``tensorboard/``. Re-running the same command on
-the same run directory resumes from the last checkpoint.
+packed corpus), ``supernet/checkpoints/`` or ``supernet/ray/`` (resumable),
+``supernet/final/`` (weights and ``supernet.json``), ``supernet/summary.json``,
+``shrink/`` (surviving paths per block and bin with their dev losses) and
+``tensorboard/`` (see :class:`~nasbert.run.RunDir`). Re-running the same command on the
+same run directory resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from nasbert.data import Corpus, build_corpus, corpus_key
+from nasbert.data.corpus import Corpus, build_corpus, corpus_key
 from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.provenance import provenance
+from nasbert.recipe import Recipe
+from nasbert.run import RunDir
 from nasbert.space import SearchSpace
-from nasbert.train.config import (
-    Recipe,
-    ScalingConfig,
-    ShrinkConfig,
-    TrainConfig,
-    load_recipe,
-    recipe_from_dict,
-)
-from nasbert.train.loop import FINAL, train_loop
+from nasbert.train.loop import StepCallback, checkpoint_dirs, train_loop
 
-__all__ = ["Recipe", "ScalingConfig", "ShrinkConfig", "TrainConfig", "load_recipe",
-           "load_run_recipe", "prepare_run", "run_space", "train_supernet"]
+__all__ = ["StepCallback", "prepare_run", "train_supernet"]
 
 # fields a resumed run may change: how long, and on what
 _MAY_CHANGE = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
-               ("scaling",), ("debug_fail_at_step",)}
+               ("scaling",)}
 
 
 def _differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
@@ -56,64 +52,62 @@ def _differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
     return out
 
 
-def prepare_run(recipe: Recipe, run_dir: str | Path, *, progress: bool = True) -> Path:
+def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = True) -> RunDir:
     """Check the recipe against the run directory, write ``run.yaml`` and the packed
     corpus (once). Everything that can be wrong with the input fails here, before any
     worker starts."""
-    run_dir = Path(run_dir)
     from nasbert.teacher import load_tokenizer  # imports transformers: keep it local
 
+    run = RunDir.of(run)
     space = SearchSpace.from_yaml(recipe.space)
     resolved = recipe.to_dict()
-    run_yaml = run_dir / "run.yaml"
-    if run_yaml.is_file():
-        try:
-            stored = yaml.safe_load(run_yaml.read_text())["recipe"]
-        except (yaml.YAMLError, KeyError, TypeError):
-            raise ConfigError("is corrupt; start a new --run", source=str(run_yaml)) from None
-        diff = _differences(stored, resolved)
+    if run.run_yaml.is_file():
+        diff = _differences(run.recipe().to_dict(), resolved)
         if diff:
             raise ConfigError(f"the run was started with a different recipe ({', '.join(diff)} "
                               "differ); resume with the same recipe or start a new --run",
-                              source=str(run_yaml))
+                              source=str(run.run_yaml))
     tokenizer = load_tokenizer(recipe.teacher, space)  # checks the teacher fits, too
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_yaml, yaml.safe_dump(
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.run_yaml, yaml.safe_dump(
         {"recipe": resolved, "provenance": provenance()}, sort_keys=False))
-    corpus_path = run_dir / "data" / "corpus.pt"
     key = corpus_key(recipe.corpus, recipe.teacher)
-    if not corpus_path.is_file() or Corpus.load(corpus_path).info.get("key") != key:
+    if not run.corpus_file.is_file() or Corpus.load(run.corpus_file).info.get("key") != key:
         corpus = build_corpus(recipe.corpus, tokenizer, progress=progress)
         corpus.info["key"] = key
-        corpus.save(corpus_path)
-    return run_dir
+        corpus.save(run.corpus_file)
+    return run
 
 
-def train_supernet(recipe: Recipe, run_dir: str | Path, *, progress: bool = True) -> dict:
-    """Train (or resume) the supernet of ``recipe`` in ``run_dir``; returns the summary
-    (first and last block losses, steps, corpus and teacher)."""
-    run_dir = prepare_run(recipe, run_dir, progress=progress)
-    summary_path = run_dir / "supernet" / "summary.json"
-    if (run_dir / FINAL / "model.safetensors").is_file() and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+def train_supernet(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = True,
+                   callbacks: Sequence[StepCallback] = ()) -> dict:
+    """Train (or resume) the supernet of ``recipe`` in ``run``; returns the summary
+    (first and last block losses, steps, corpus and teacher). ``callbacks`` are called
+    with the trainer after every step, in every worker (they travel to Ray's workers
+    pickled)."""
+    run = prepare_run(recipe, run, progress=progress)
+    if run.has_supernet() and run.summary.is_file():
+        summary = json.loads(run.summary.read_text())
         if summary.get("steps") == recipe.train.max_steps:
             if progress:
-                print(f"{run_dir}: already trained for {recipe.train.max_steps} steps")
+                print(f"{run}: already trained for {recipe.train.max_steps} steps")
             return summary
-    config = {"recipe": recipe.to_dict(), "run_dir": str(run_dir.resolve()),
-              "progress": progress}
+    config = {"recipe": recipe.to_dict(), "run_dir": str(run.path.resolve()),
+              "progress": progress, "callbacks": list(callbacks)}
     if recipe.scaling.workers == 1 and recipe.scaling.address is None:
         return train_loop(config)
-    _train_on_ray(recipe.scaling, config, run_dir)
-    return json.loads(summary_path.read_text())
+    _train_on_ray(recipe, config, run)
+    return json.loads(run.summary.read_text())
 
 
-def _train_on_ray(scaling: ScalingConfig, config: dict, run_dir: Path) -> None:
-    from ray.train import FailureConfig, RunConfig
+def _train_on_ray(recipe: Recipe, config: dict, run: RunDir) -> None:
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    with ray_session(run_dir, num_cpus=scaling.workers * scaling.cpus_per_worker + 1,
+    scaling = recipe.scaling
+    found = checkpoint_dirs(run)  # the run's latest, whichever way it was written
+    with ray_session(run.path, num_cpus=scaling.workers * scaling.cpus_per_worker + 1,
                      address=scaling.address):
         trainer = TorchTrainer(
             train_loop,
@@ -121,32 +115,10 @@ def _train_on_ray(scaling: ScalingConfig, config: dict, run_dir: Path) -> None:
             scaling_config=RayScaling(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
                                       resources_per_worker={"CPU": scaling.cpus_per_worker}),
             torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-            run_config=RunConfig(name="supernet", storage_path=str((run_dir / "ray").resolve()),
-                                 failure_config=FailureConfig(max_failures=scaling.max_failures)),
+            run_config=RunConfig(
+                name="supernet", storage_path=str(run.ray_storage.resolve()),
+                failure_config=FailureConfig(max_failures=scaling.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.keep_checkpoints)),
+            resume_from_checkpoint=Checkpoint.from_directory(found[-1]) if found else None,
         )
         trainer.fit()
-
-
-def run_space(run_dir: str | Path) -> SearchSpace:
-    """The search space of a run, fitted to its teacher's vocabulary and positions (from
-    the trained supernet when there is one, else from the recipe and the teacher's
-    config: latency can be profiled before training)."""
-    final = Path(run_dir) / FINAL / "supernet.json"
-    if final.is_file():
-        return SearchSpace.from_dict(json.loads(final.read_text())["space"], source=str(final))
-    from transformers import AutoConfig
-
-    from nasbert.teacher import fit_space, resolve
-
-    recipe = load_run_recipe(run_dir)
-    return fit_space(SearchSpace.from_yaml(recipe.space),
-                     AutoConfig.from_pretrained(resolve(recipe.teacher)))
-
-
-def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The resolved recipe a run was started with."""
-    path = Path(run_dir) / "run.yaml"
-    if not path.is_file():
-        raise ConfigError("is missing; run `nasbert train-supernet RECIPE --run DIR` first",
-                          source=str(path))
-    return recipe_from_dict(yaml.safe_load(path.read_text())["recipe"], source=str(path))

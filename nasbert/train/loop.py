@@ -8,6 +8,11 @@ process would with the whole batch; gradients are averaged by one all-reduce.
 
 Everything a step depends on (data order, sampled paths) is a function of the seed and
 the step, so a run resumed from a checkpoint continues exactly where it stopped.
+Checkpoints: one process writes them to ``supernet/checkpoints/step-<n>/`` (atomically,
+the last ``keep_checkpoints`` kept); on Ray Train they are Ray's own (reported with
+``ray.train.report``, kept by its ``CheckpointConfig``, resumed with
+``ray.train.get_checkpoint``), stored under ``supernet/ray/``. Either kind resumes
+either way.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import logging
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +35,22 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nasbert.data import Corpus
 from nasbert.errors import ConfigError
-from nasbert.io import atomic_torch_save, atomic_write_text
+from nasbert.io import atomic_dir, atomic_write_text
+from nasbert.losses import masked_mse
 from nasbert.provenance import provenance
+from nasbert.recipe import Recipe, recipe_from_dict
+from nasbert.run import RunDir
 from nasbert.space import BlockArch, SearchSpace
 from nasbert.supernet import Supernet
 from nasbert.teacher import Teacher
-from nasbert.train.config import Recipe, recipe_from_dict
-from nasbert.train.shrink import Shrinker, block_params
+from nasbert.train.shrink import Shrinker
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "supernet/checkpoints"
-FINAL = "supernet/final"
+STATE = "state.pt"  # the file inside a checkpoint folder
+# called with the trainer after every step (logging, tests that stop a worker mid-run)
+StepCallback = Callable[["BlockwiseTrainer"], None]
 
 
 @dataclass(frozen=True)
@@ -84,50 +94,39 @@ class Worker:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    folder = run_dir / CHECKPOINTS
-    return sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
+def checkpoint_dirs(run: RunDir) -> list[Path]:
+    """The run's checkpoint folders, oldest first: its own and Ray Train's."""
+    found = [*run.checkpoints.glob("step-*"), *run.ray_storage.glob("*/step-*")]
+    return sorted((p for p in found if (p / STATE).is_file()), key=lambda p: p.name)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_state(folder: Path) -> dict:
+    path = folder / STATE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same error
         raise ConfigError(f"is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
-                          "delete it to resume from the one before, or start a new --run",
-                          source=str(path)) from None
-
-
-def _clean_temporaries(folder: Path) -> None:
-    # temporaries of writes cut short by a kill: never read, safe to drop
-    if folder.is_dir():
-        for tmp in folder.glob(".*"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+                          "delete its folder to resume from the one before, or start a new "
+                          "--run", source=str(path)) from None
 
 
 # ----------------------------------------------------------------------------- the trainer
 
 
-def masked_mse(student: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean squared error over the real tokens."""
-    m = mask.unsqueeze(-1).to(student.dtype)
-    return ((student - target) ** 2 * m).sum() / (m.sum() * student.shape[-1])
-
-
 class BlockwiseTrainer:
     """State and steps of one worker's block-wise distillation."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, worker: Worker, *,
-                 progress: bool = True, report=None):
-        self.recipe, self.run_dir, self.worker = recipe, run_dir, worker
-        self.progress, self.report = progress and worker.main, report
+    def __init__(self, recipe: Recipe, run: RunDir, worker: Worker, *,
+                 progress: bool = True, on_ray: bool = False,
+                 callbacks: Sequence[StepCallback] = ()):
+        self.recipe, self.run_dir, self.worker = recipe, run, worker
+        self.progress, self.on_ray, self.callbacks = progress and worker.main, on_ray, callbacks
         tc = recipe.train
         torch.manual_seed(tc.seed)
         space = SearchSpace.from_yaml(recipe.space)
         self.teacher = Teacher.load(recipe.teacher, space, device=worker.device)
         self.space = self.teacher.fitted_space(space)
-        self.corpus = Corpus.load(run_dir / "data" / "corpus.pt")
+        self.corpus = run.corpus()
         self.supernet = Supernet(self.space, dropout=tc.dropout,
                                  attention_dropout=tc.dropout).to(worker.device)
         self.initialised_from_teacher: list[str] = []
@@ -137,7 +136,10 @@ class BlockwiseTrainer:
         # fused: one pass per tensor; the unfused AdamW costs more than the step on a CPU
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=tc.lr, betas=tuple(tc.betas),
                                            fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tc.warmup_steps,
+                                                         tc.max_steps)
         self.shrinker = self._shrinker()
         self.per_worker = max(1, tc.batch_size // worker.world)
         n = len(self.corpus.train)
@@ -156,18 +158,16 @@ class BlockwiseTrainer:
     def _shrinker(self) -> Shrinker:
         """Bins by latency when the run has a lookup table measured on this machine (as
         the paper does), else by parameters."""
-        from nasbert.latency import local_table
-
         config, dims = self.recipe.shrink, self.space.dims
-        table = local_table(self.run_dir) if config.by in ("latency", "auto") else None
+        table = self.run_dir.latency_table() if config.by in ("latency", "auto") else None
         if config.by == "latency" and table is None:
             raise ConfigError("shrink.by is 'latency' but the run has no latency table for "
                               f"this machine; run `nasbert latency profile {self.run_dir}`",
-                              source=str(self.run_dir / "run.yaml"), field="shrink.by")
+                              source=str(self.run_dir.run_yaml), field="shrink.by")
         if table is not None:
             return Shrinker(self.space, config, lambda i, p: table.block_ms(p),
                             seed=self.recipe.train.seed, size_name="latency_ms")
-        return Shrinker(self.space, config, lambda i, p: float(block_params(p, dims)),
+        return Shrinker(self.space, config, lambda i, p: float(p.num_params(dims)),
                         seed=self.recipe.train.seed)
 
     def _param_groups(self) -> list[dict]:
@@ -176,12 +176,6 @@ class BlockwiseTrainer:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         return [{"params": decay, "weight_decay": self.recipe.train.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
-
-    def _lr_factor(self, step: int) -> float:
-        tc = self.recipe.train
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        return max(0.0, (tc.max_steps - step) / max(1, tc.max_steps - tc.warmup_steps))
 
     def _dev_states(self) -> list[tuple[Tensor, Tensor, list[Tensor]]]:
         """Dev batches with their teacher states, computed once: shrinking scores
@@ -213,21 +207,47 @@ class BlockwiseTrainer:
         self.start_losses = state["start_losses"]
         self.step = state["step"]
 
-    def save_checkpoint(self) -> None:
-        if not self.worker.main:
+    def save_checkpoint(self, metrics: dict[str, float]) -> None:
+        """One process: ``supernet/checkpoints/step-<n>/``, the oldest beyond
+        ``keep_checkpoints`` removed. Ray Train: reported to Ray (every worker reports, the
+        main one with the state), which stores and prunes them."""
+        name = f"step-{self.step:08d}"
+        if not self.on_ray:
+            with atomic_dir(self.run_dir.checkpoints / name) as tmp:
+                torch.save(self.state_dict(), tmp / STATE)
+            own = sorted(self.run_dir.checkpoints.glob("step-*"))
+            for old in own[: -self.recipe.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
             return
-        folder = self.run_dir / CHECKPOINTS
-        atomic_torch_save(folder / f"step-{self.step:08d}.pt", self.state_dict())
-        for old in checkpoint_paths(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        import ray.train
 
-    def resume(self) -> bool:
-        _clean_temporaries(self.run_dir / CHECKPOINTS)
-        paths = checkpoint_paths(self.run_dir)
-        if not paths:
-            return False
-        self.load_state_dict(load_checkpoint(paths[-1]))
-        return True
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.worker.main:
+                torch.save(self.state_dict(), Path(tmp) / STATE)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"step": self.step, **metrics}, checkpoint=checkpoint,
+                             checkpoint_dir_name=name)
+
+    def resume(self) -> Path | None:
+        """Load the latest checkpoint: on Ray Train the one Ray hands back (after a
+        failure, or the one the driver resumed from), else the run's latest."""
+        if self.on_ray:
+            import ray.train
+
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is None:
+                return None
+            with checkpoint.as_directory() as folder:
+                self.load_state_dict(load_state(Path(folder)))
+            return Path(checkpoint.path)
+        for tmp in self.run_dir.checkpoints.glob(".*"):  # a write a kill cut short
+            shutil.rmtree(tmp, ignore_errors=True)
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return None
+        self.load_state_dict(load_state(found[-1]))
+        return found[-1]
 
     # -- one step ------------------------------------------------------------------------
 
@@ -278,7 +298,7 @@ class BlockwiseTrainer:
         key = (index, self.shrinker.rounds)
         if key not in self._extremes_cache:
             dims, alive = self.space.dims, self.shrinker.paths(index)
-            size = lambda p: (block_params(p, dims), str(p))  # noqa: E731
+            size = lambda p: (p.num_params(dims), str(p))  # noqa: E731
             self._extremes_cache[key] = [max(alive, key=size), min(alive, key=size)]
         return self._extremes_cache[key]
 
@@ -373,10 +393,9 @@ class BlockwiseTrainer:
         if self.worker.main:
             from tensorboardX import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            writer = SummaryWriter(str(self.run_dir.tensorboard))
             if resumed:
-                print(f"resuming from step {self.step} ({checkpoint_paths(self.run_dir)[-1]})",
-                      flush=True)
+                print(f"resuming from step {self.step} ({resumed})", flush=True)
         tokens = tc.batch_size * self.corpus.train.shape[1]
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="supernet", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
@@ -384,10 +403,6 @@ class BlockwiseTrainer:
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
         while self.step < tc.max_steps:
-            if (self.recipe.debug_fail_at_step == self.step and self.worker.main
-                    and not (self.run_dir / ".fail-injected").exists()):
-                (self.run_dir / ".fail-injected").touch()
-                os._exit(1)  # a worker dying mid-run, for the fault-tolerance test
             last = self.train_step()
             first_losses = first_losses or dict(last)
             window_steps += 1
@@ -412,9 +427,9 @@ class BlockwiseTrainer:
                             writer.add_scalar(f"shrink/block{b['block']}_paths", b["left"],
                                               self.step)
             if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
-                self.save_checkpoint()
-                if self.report is not None:
-                    self.report({"step": self.step, **last})
+                self.save_checkpoint(last)
+            for callback in self.callbacks:
+                callback(self)
         bar.close()
         return self.finish(first_losses, last, writer)
 
@@ -433,29 +448,26 @@ class BlockwiseTrainer:
         }
         if self.worker.main:
             if self.recipe.shrink.enabled:
-                self.shrinker.write(self.run_dir / "shrink", teacher=self.recipe.teacher,
+                self.shrinker.write(self.run_dir.shrink, teacher=self.recipe.teacher,
                                     step=self.step)
-            self.supernet.save(self.run_dir / FINAL, recipe=self.recipe.to_dict(),
+            self.supernet.save(self.run_dir.final, recipe=self.recipe.to_dict(),
                                teacher=self.teacher.describe(), steps=self.step)
-            atomic_write_text(self.run_dir / "supernet" / "summary.json",
-                              json.dumps(summary, indent=1, default=str))
+            atomic_write_text(self.run_dir.summary, json.dumps(summary, indent=1, default=str))
             if writer is not None:
                 writer.close()
         return summary
 
 
 def train_loop(config: dict) -> dict:
-    """The per-worker entry point (one process, or each Ray Train worker)."""
-    run_dir = Path(config["run_dir"])
-    recipe = recipe_from_dict(config["recipe"], source=str(run_dir / "run.yaml"))
+    """The per-worker entry point (one process, or each Ray Train worker): ``config``
+    holds the resolved recipe, the run directory, ``progress``, ``ray`` (on Ray Train)
+    and ``callbacks`` (see :data:`StepCallback`)."""
+    run = RunDir(config["run_dir"])
+    recipe = recipe_from_dict(config["recipe"], source=str(run.run_yaml))
     worker = Worker.current(recipe.scaling.use_gpu)
     if recipe.scaling.workers > 1:
         torch.set_num_threads(recipe.scaling.cpus_per_worker)
-    report = None
-    if config.get("ray"):
-        import ray.train
-
-        report = ray.train.report
-    trainer = BlockwiseTrainer(recipe, run_dir, worker, progress=config.get("progress", True),
-                               report=report)
+    trainer = BlockwiseTrainer(recipe, run, worker, progress=config.get("progress", True),
+                               on_ray=bool(config.get("ray")),
+                               callbacks=config.get("callbacks", ()))
     return trainer.run()

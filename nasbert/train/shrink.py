@@ -26,34 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nasbert.io import atomic_write_text
-from nasbert.space import IDENTITY, BlockArch, Dims, SearchSpace
-from nasbert.train.config import ShrinkConfig
+from nasbert.recipe import ShrinkConfig
+from nasbert.space import BlockArch, SearchSpace
 
 # score(block index, paths) -> dev loss of each path
 Scorer = Callable[[int, Sequence[BlockArch]], Sequence[float]]
 # size(block index, path) -> the quantity bins are made of
 SizeFn = Callable[[int, BlockArch], float]
-
-
-def block_params(path: BlockArch, dims: Dims) -> int:
-    """Parameters of one block's path, its projections in and out included."""
-    h, d = path.hidden, dims.hidden_size
-    proj = (d * h + h + h * d + d) if h != d else 0
-    return proj + sum(dims.op_params(op, h) for op in path.ops if op != IDENTITY)
-
-
-def teacher_path(space: SearchSpace, index: int) -> BlockArch | None:
-    """The path of block ``index`` with the teacher's shape (attention and feed-forward
-    alternating at the teacher's width), if the space holds it."""
-    spec, d = space.blocks[index], space.dims.hidden_size
-    if spec.layers != 2 * spec.teacher_layers or d not in spec.hidden_sizes:
-        return None
-    path = BlockArch(d, ("M", "F") * spec.teacher_layers)
-    try:
-        space.validate_block(index, path)
-    except ValueError:
-        return None
-    return path
 
 
 @dataclass
@@ -82,7 +61,7 @@ class Shrinker:
                 # a sample, always with the largest and smallest paths and the teacher's
                 # shape (which starts from the teacher's weights) when the space has it
                 anchors = [p for p in (space.max_arch().blocks[i], space.min_arch().blocks[i],
-                                       teacher_path(space, i)) if p is not None]
+                                       space.teacher_block(i)) if p is not None]
                 rest = [p for p in paths if p not in anchors]
                 k = max(0, config.candidates - len(set(anchors)))
                 paths = list(dict.fromkeys(anchors)) + random.Random(seed * 1000 + i).sample(
@@ -176,14 +155,15 @@ class Shrinker:
         rng = state["rng"]
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
         self.blocks = [
-            BlockBins(b["edges"], [[_parse_block(s) for s in bin_] for bin_ in b["bins"]],
-                      {_parse_block(s): v for s, v in b["losses"].items()})
+            BlockBins(b["edges"], [[BlockArch.parse(s) for s in bin_] for bin_ in b["bins"]],
+                      {BlockArch.parse(s): v for s, v in b["losses"].items()})
             for b in state["blocks"]
         ]
 
     def write(self, folder: Path, **info: object) -> None:
         """``shrink/block<i>.json`` per block and ``shrink/summary.json``: the surviving
-        paths per bin with their size and dev loss, and the shrinking history."""
+        paths per bin with their size and dev loss, and the shrinking history (read back
+        by :meth:`nasbert.run.RunDir.survivors`)."""
         folder.mkdir(parents=True, exist_ok=True)
         for i, block in enumerate(self.blocks):
             lo = 0.0
@@ -191,7 +171,7 @@ class Shrinker:
             for edge, paths in zip(block.edges, block.bins):
                 bins.append({"range": [lo, edge], "paths": [
                     {"path": str(p), "size": self.size(i, p),
-                     "params": block_params(p, self.space.dims), "loss": block.losses.get(p)}
+                     "params": p.num_params(self.space.dims), "loss": block.losses.get(p)}
                     for p in sorted(paths, key=lambda p: (block.losses.get(p, math.inf), str(p)))
                 ]})
                 lo = edge
@@ -201,19 +181,3 @@ class Shrinker:
                    "rounds": self.rounds, "done": self.done, "history": self.history,
                    "paths_left": [len(b.paths()) for b in self.blocks], **info}
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1, default=str))
-
-
-def _parse_block(text: str) -> BlockArch:
-    hidden, _, ops = text.partition(":")
-    return BlockArch(int(hidden[1:]), tuple(ops.split(",")))
-
-
-def load_survivors(folder: Path) -> list[dict[str, float]]:
-    """Per block: surviving path string -> dev loss, from a run's ``shrink/`` folder."""
-    out = []
-    i = 0
-    while (folder / f"block{i}.json").is_file():
-        data = json.loads((folder / f"block{i}.json").read_text())
-        out.append({p["path"]: p["loss"] for b in data["bins"] for p in b["paths"]})
-        i += 1
-    return out

@@ -1,0 +1,99 @@
+"""The fine-tuning and sweep settings: frozen dataclasses, checked on construction; and
+``GLUE_SCHEDULES``, the schedules of results/glue.md, sized for 2 CPU cores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nasbert.data.tasks import TaskData
+from nasbert.digest import digest
+from nasbert.schema import check
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """One student's (and the teacher's) fine-tuning schedule."""
+
+    epochs: float = 3.0
+    lr: float = 1e-4
+    batch_size: int = 32
+    alpha: float = 0.5  # weight of the task loss; 1 - alpha weighs distillation
+    temperature: float = 2.0
+    hidden_epochs: float = 0.0  # stage 1: hidden-state distillation on the task data
+    teacher_epochs: float = 3.0
+    teacher_lr: float = 5e-5
+    teacher_batch_size: int = 32
+    max_seq_len: int = 128
+    max_train_examples: int | None = None  # a seeded subset (quick runs)
+    max_dev_examples: int | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0  # the training and dev subsets, the teacher's and (by default) the students'
+    # a student's own seed (its head's initialisation, its data order), to repeat students
+    # over seeds against the same teacher; such a student lands in <id>-seed<n>/
+    student_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check(self.epochs > 0, "must be positive", field="epochs")
+        check(self.lr > 0, "must be positive", field="lr")
+        check(self.batch_size > 0, "must be positive", field="batch_size")
+        check(0 <= self.alpha <= 1, "must be in [0, 1]", field="alpha")
+        check(self.temperature > 0, "must be positive", field="temperature")
+        check(self.hidden_epochs >= 0, "must not be negative", field="hidden_epochs")
+        check(8 <= self.max_seq_len <= 512, "must be in [8, 512]", field="max_seq_len")
+
+    def teacher_key(self, data: TaskData) -> str:
+        """What the fine-tuned teacher and its cached logits depend on: the data's
+        contents (not where they lie, nor how the path was spelt) and the schedule."""
+        fields = ("teacher_epochs", "teacher_lr", "teacher_batch_size", "max_seq_len",
+                  "max_train_examples", "weight_decay", "warmup_ratio", "seed")
+        identity = {k: v for k, v in data.source.items() if k != "path"}
+        return digest([identity, {f: getattr(self, f) for f in fields}])
+
+
+# The schedules of results/glue.md (``scripts/results_glue.py``; ``scripts/seed_spread.py``
+# repeats its students with them), sized for 2 CPU cores: about an hour for the three
+# tasks. Seeded subsets of the training sets; dev sets whole. Every student, searched or
+# baseline, gets the same two-stage schedule: an epoch of hidden-state distillation, then
+# logits distillation mixed with the task loss.
+GLUE_SCHEDULES: dict[str, FinetuneConfig] = {
+    "sst2": FinetuneConfig(max_train_examples=4000, max_seq_len=64, hidden_epochs=1, epochs=2,
+                           lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
+                           temperature=2.0),
+    "mrpc": FinetuneConfig(max_train_examples=1500, max_seq_len=96, hidden_epochs=1, epochs=3,
+                           lr=2e-4, teacher_epochs=3, teacher_lr=5e-5, alpha=0.5,
+                           temperature=2.0, batch_size=16, teacher_batch_size=16),
+    # CoLA on its whole training set: on 2,500 examples for 2 epochs the teacher learnt
+    # only the majority class (Matthews correlation 0.0)
+    "cola": FinetuneConfig(max_seq_len=64, hidden_epochs=1, epochs=2, lr=2e-4,
+                           teacher_epochs=3, teacher_lr=5e-5, alpha=0.5, temperature=2.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A hyper-parameter sweep on Ray Tune: ``OptunaSearch`` (TPE) proposes learning
+    rate, epochs, batch size, alpha and temperature; ASHA stops poor trials after
+    ``grace_period`` epochs. Trials run in parallel, ``cpus_per_trial`` each."""
+
+    trials: int = 20
+    lr: tuple[float, float] = (2e-5, 5e-4)  # log-uniform
+    epochs: tuple[int, ...] = (1, 2, 3)
+    batch_size: tuple[int, ...] = (16, 32, 64)
+    alpha: tuple[float, float] = (0.0, 1.0)
+    temperature: tuple[float, float] = (1.0, 8.0)
+    grace_period: int = 1
+    reduction_factor: int = 2
+    cpus_per_trial: int = 1
+    max_concurrent: int = 0  # 0: as many as the CPUs allow
+    num_cpus: int | None = None  # a local Ray's CPUs (default: all)
+    address: str | None = None  # an existing Ray cluster
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.trials > 0, "must be positive", field="trials")
+        check(0 < self.lr[0] < self.lr[1], "must be (low, high), 0 < low < high",
+              field="lr")
+        check(all(e > 0 for e in self.epochs) and bool(self.epochs),
+              "must list positive epoch counts", field="epochs")
+        check(self.cpus_per_trial > 0, "must be positive", field="cpus_per_trial")

@@ -1,0 +1,247 @@
+"""Distillation on a task: the data, the losses and ``Trainer`` with them.
+
+    loss = alpha * task_loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+(MSE to the teacher's output for regression), from cached teacher logits, optionally
+preceded by a stage of hidden-state distillation on the task data (MSE between the
+student's and the teacher's last hidden states): NAS-BERT's second distillation stage.
+Both stages, and the teacher's own fine-tuning, run in transformers' ``Trainer``
+(:func:`train_classifier`) with a custom loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from nasbert.data.metrics import compute_metrics
+from nasbert.data.tasks import Examples, TaskData, TaskSpec
+from nasbert.finetune.config import FinetuneConfig
+from nasbert.hf.quiet import quiet_transformers
+from nasbert.losses import masked_mse
+
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenised examples; ``teacher`` adds each one's cached teacher logits."""
+
+    def __init__(self, tokenizer, examples: Examples, max_seq_len: int,
+                 teacher: Tensor | None = None):
+        columns = list(zip(*examples.texts))
+        enc = tokenizer(*columns, truncation=True, max_length=max_seq_len)
+        self.features = {k: v for k, v in enc.items()
+                         if k in ("input_ids", "attention_mask", "token_type_ids")}
+        self.labels = examples.labels
+        self.teacher = teacher
+        if teacher is not None and len(teacher) != len(self.labels):
+            raise ValueError(f"{len(teacher)} teacher outputs for {len(self.labels)} examples")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.features.items()}
+        item["labels"] = self.labels[i]
+        if self.teacher is not None:
+            item["teacher_logits"] = self.teacher[i]
+        return item
+
+
+def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
+    """Pad to the longest in the batch."""
+    n = max(len(it["input_ids"]) for it in items)
+    batch: dict[str, Tensor] = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in items[0]:
+            batch[key] = torch.tensor([it[key] + [fill] * (n - len(it[key])) for it in items])
+    labels = [it["labels"] for it in items]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float)
+                                   else torch.long)
+    if "teacher_logits" in items[0]:
+        batch["teacher_logits"] = torch.stack([it["teacher_logits"] for it in items])
+    return batch
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float,
+                      regression: bool) -> Tensor:
+    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``; MSE for regression."""
+    if regression:
+        return nn.functional.mse_loss(student.view(-1), teacher.view(-1).to(student.dtype))
+    t = temperature
+    return nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=-1),
+                                nn.functional.softmax(teacher.to(student.dtype) / t, dim=-1),
+                                reduction="batchmean") * t * t
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        """``Trainer`` with the distillation loss: ``mode='logits'`` mixes the task loss
+        with distillation from cached teacher logits (``alpha`` 1: the task loss alone);
+        ``mode='hidden'`` matches the teacher's last hidden states."""
+
+        def __init__(self, *args, alpha: float = 1.0, temperature: float = 1.0,
+                     regression: bool = False, mode: str = "logits",
+                     teacher: nn.Module | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.alpha, self.temperature, self.regression = alpha, temperature, regression
+            self.mode, self.teacher = mode, teacher
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            teacher_logits = inputs.pop("teacher_logits", None)
+            if self.mode == "hidden":
+                labels = inputs.pop("labels")
+                enc = {k: v for k, v in inputs.items() if k != "labels"}
+                with torch.no_grad():
+                    target = self.teacher.base_model(**enc).last_hidden_state
+                states = model.base_model(**enc).last_hidden_state
+                loss = masked_mse(states, target, enc["attention_mask"])
+                inputs["labels"] = labels
+                return (loss, None) if return_outputs else loss
+            out = model(**inputs)
+            loss = out.loss
+            if teacher_logits is not None and self.alpha < 1:
+                kd = distillation_loss(out.logits, teacher_logits, self.temperature,
+                                       self.regression)
+                loss = self.alpha * loss + (1 - self.alpha) * kd
+            return (loss, out) if return_outputs else loss
+
+    return DistillTrainer
+
+
+def _metric_fn(spec: TaskSpec) -> Callable:
+    def fn(pred) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        return compute_metrics(spec, _decide(spec, torch.as_tensor(logits)), pred.label_ids)
+    return fn
+
+
+def _decide(spec: TaskSpec, logits: Tensor) -> list:
+    return logits.view(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
+
+
+def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *,
+                     train_set: Encoded, lr: float, epochs: float, batch_size: int,
+                     alpha: float = 1.0, teacher: nn.Module | None = None,
+                     hidden_epochs: float = 0.0, on_epoch: Callable[[dict], None] | None = None,
+                     workdir: Path, progress: str | None = None,
+                     seed: int | None = None) -> list[dict]:
+    """The one fine-tuning loop: ``Trainer`` on the task's training set (with cached
+    teacher logits in ``train_set`` for distillation), evaluated on the first dev split
+    after every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
+    ``hidden_epochs``, a stage of hidden-state distillation from ``teacher`` comes
+    first. ``seed`` (default ``config.seed``) seeds the data order. ``progress``: the
+    name of the progress bar (one per model and stage, with its loss), or None for
+    none. Returns the log history."""
+    from transformers import TrainerCallback, TrainingArguments
+
+    spec = data.spec
+    dev_name = spec.dev_splits[0]
+    dev = Encoded(tokenizer, data.split(dev_name).subset(config.max_dev_examples, config.seed),
+                  config.max_seq_len)
+    DistillTrainer = _trainer_class()
+
+    class Report(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if on_epoch is not None and metrics:
+                on_epoch({"epoch": state.epoch, **metrics})
+
+    def arguments(stage: str, stage_epochs: float, stage_lr: float) -> TrainingArguments:
+        steps = math.ceil(len(train_set) / batch_size)
+        return TrainingArguments(
+            output_dir=str(workdir / stage), num_train_epochs=stage_epochs,
+            learning_rate=stage_lr, per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=max(64, batch_size),
+            weight_decay=config.weight_decay, warmup_steps=int(config.warmup_ratio * steps
+                                                                * stage_epochs),
+            eval_strategy="epoch" if stage == "logits" else "no", save_strategy="no",
+            logging_steps=max(1, steps // 4), report_to="none",
+            seed=config.seed if seed is None else seed,
+            disable_tqdm=True, remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+            label_names=["labels"])
+
+    history: list[dict] = []
+    with quiet_transformers():
+        common = {"model": model, "train_dataset": train_set, "data_collator": _collator(tokenizer),
+                  "regression": spec.is_regression}
+        if hidden_epochs > 0:
+            if teacher is None:
+                raise ValueError("hidden-state distillation needs the teacher model")
+            args = arguments("hidden", hidden_epochs, lr)
+            t = DistillTrainer(args=args, mode="hidden", teacher=teacher.eval().to(args.device),
+                               **common)
+            _show(t, progress and f"{progress} (hidden states)")
+            t.train()
+            history += [{"stage": "hidden", **h} for h in t.state.log_history]
+        t = DistillTrainer(args=arguments("logits", epochs, lr), eval_dataset=dev, alpha=alpha,
+                           temperature=config.temperature, compute_metrics=_metric_fn(spec),
+                           callbacks=[Report()], **common)
+        _show(t, progress)
+        t.train()
+        history += [{"stage": "logits", **h} for h in t.state.log_history]
+    return history
+
+
+def _show(trainer, name: str | None) -> None:
+    """One bar per model and stage, with its loss, instead of the Trainer's bar and
+    its line per log (the history is returned)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if not name:
+        return
+
+    class Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=name, unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    trainer.add_callback(Bar())
+
+
+def _collator(tokenizer) -> Callable:
+    pad_id = tokenizer.pad_token_id or 0
+    return lambda items: collate(items, pad_id)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Encoded, *, batch_size: int = 128) -> Tensor:
+    """Logits for every example, in order."""
+    model.eval()
+    out = []
+    for i in range(0, len(dataset), batch_size):
+        batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        batch.pop("labels")
+        batch.pop("teacher_logits", None)
+        out.append(model(**batch).logits.float())
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
+             ) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
+    """Metrics and predictions on every dev split."""
+    metrics, preds = {}, {}
+    for split in data.spec.dev_splits:
+        examples = data.split(split).subset(config.max_dev_examples, config.seed)
+        logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len))
+        preds[split] = _decide(data.spec, logits)
+        metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
+    return metrics, preds
+
+

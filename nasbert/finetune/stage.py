@@ -1,0 +1,219 @@
+"""Stage 4: downstream fine-tuning with knowledge distillation, for a run's models.
+
+The teacher is fine-tuned on the task first (once, cached in the run folder) and its
+logits on the training set are cached once. A student (an extracted subnet, a
+baseline, any sequence-classification model) is then trained with distillation from
+them (:mod:`~nasbert.finetune.distill`).
+
+Run folder layout::
+
+    finetune/<task>/teacher/        model/, metrics.json, train_logits.pt
+    finetune/<task>/<id>/           model/, metrics.json, predictions_<split>.tsv
+
+>>> results = finetune("runs/qs", "sst2", data_dir="glue/SST-2")  # doctest: +SKIP
+>>> results["latency-12ms"]["dev"]["accuracy"]                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nasbert.data.tasks import TaskData, TaskSpec, load_task
+from nasbert.digest import digest
+from nasbert.errors import ConfigError
+from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.distill import Encoded, evaluate, predict, train_classifier
+from nasbert.hf.quiet import quiet_transformers
+from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text
+from nasbert.provenance import provenance
+from nasbert.run import TEACHER, RunDir
+
+
+def _load_classifier(path: str | Path, spec: TaskSpec, seed: int):
+    """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head."""
+    from transformers import AutoModelForSequenceClassification
+
+    import nasbert  # noqa: F401 - registers the nasbert model type
+
+    torch.manual_seed(seed)  # the new head's initialisation
+    try:
+        with quiet_transformers():  # "newly initialised head" is what we want
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), num_labels=spec.num_labels,
+                problem_type="regression" if spec.is_regression
+                else "single_label_classification")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:160]}); give a model "
+                          "folder (config.json + weights)", source=str(path)) from None
+    if not spec.is_regression:
+        model.config.id2label = dict(enumerate(spec.classes))
+        model.config.label2id = {c: i for i, c in enumerate(spec.classes)}
+    return model
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.base_model.parameters())
+
+
+def _save(folder: Path, model, tokenizer, metrics: dict, preds: dict[str, list],
+          extra: dict | None = None) -> None:
+    """model/ (unless ``model`` is None), metrics.json and predictions, all at once (a
+    folder swap)."""
+    with atomic_dir(folder) as tmp:
+        if model is not None:
+            with quiet_transformers():
+                model.save_pretrained(tmp / "model")
+                tokenizer.save_pretrained(tmp / "model")
+        for split, pred in preds.items():
+            (tmp / f"predictions_{split}.tsv").write_text(
+                "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(pred)))
+        for name, value in (extra or {}).items():
+            atomic_torch_save(tmp / name, value)
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
+
+
+def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneConfig, *,
+                     progress: bool = True) -> Path:
+    """Fine-tune the run's teacher on the task and cache its training-set logits; a no-op
+    when ``finetune/<task>/teacher`` already holds them for the same data and schedule."""
+    run = RunDir.of(run)
+    folder = run.finetune_dir(data.spec.name, TEACHER)
+    key = config.teacher_key(data)
+    if _cached(folder, key):
+        return folder
+    name = run.teacher_name()
+    tokenizer = run.tokenizer()
+    train_examples = data.split("train").subset(config.max_train_examples, config.seed)
+    train_set = Encoded(tokenizer, train_examples, config.max_seq_len)
+    model = _load_classifier(name, data.spec, config.seed)
+    start = time.time()
+    with _workdir(folder) as work:
+        history = train_classifier(
+            model, tokenizer, data, config, lr=config.teacher_lr, epochs=config.teacher_epochs,
+            batch_size=config.teacher_batch_size, train_set=train_set, workdir=work,
+            progress=f"{data.spec.name} {TEACHER}" if progress else None)
+    metrics, preds = evaluate(model, tokenizer, data, config)
+    logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len))
+    record = {"id": TEACHER, "key": key, "task": data.spec.name, "data": data.source,
+              "model": run.recipe().teacher, "params": _params(model),
+              "train_examples": len(train_set), "config": dataclasses.asdict(config),
+              "seconds": round(time.time() - start, 1), **metrics, "history": history,
+              **provenance()}
+    _save(folder, model, tokenizer, record, preds,
+          extra={"train_logits.pt": {"key": key, "logits": logits}})
+    return folder
+
+
+def _cached(folder: Path, key: str) -> dict | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if record.get("key") == key else None
+
+
+class _workdir:
+    """Trainer's scratch folder beside the result, removed afterwards."""
+
+    def __init__(self, folder: Path):
+        self.path = folder.parent / f".{folder.name}.work"
+
+    def __enter__(self) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def student_key(config: FinetuneConfig, teacher_key: str, model_id: str) -> str:
+    fields = dataclasses.asdict(config)
+    if fields["student_seed"] is None:  # keys made before the field existed stay valid
+        del fields["student_seed"]
+    return digest([teacher_key, model_id, fields])
+
+
+def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
+                     config: FinetuneConfig, *, out_dir: Path | None = None,
+                     on_epoch: Callable[[dict], None] | None = None,
+                     save_model: bool = True, progress: bool = True) -> dict:
+    """Fine-tune and distil ``subnets/<model_id>`` on the task (the fine-tuned teacher
+    must exist); writes ``finetune/<task>/<model_id>/`` and returns its record. A no-op
+    returning the stored record when it was done with the same configuration."""
+    run = RunDir.of(run)
+    source = run.subnet_dir(run.model_ids([model_id])[0])
+    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
+    tkey = config.teacher_key(data)
+    if not _cached(teacher_dir, tkey):
+        raise ConfigError("holds no teacher fine-tuned with this data and schedule; run "
+                          "finetune_teacher first", source=str(teacher_dir))
+    seed = config.seed if config.student_seed is None else config.student_seed
+    name = model_id if config.student_seed is None else f"{model_id}-seed{seed}"
+    folder = out_dir or run.finetune_dir(data.spec.name, name)
+    key = student_key(config, tkey, model_id)
+    cached = _cached(folder, key)
+    if cached:
+        return cached
+    stored = torch.load(teacher_dir / "train_logits.pt", weights_only=True)
+    tokenizer = run.tokenizer()
+    train_examples = data.split("train").subset(config.max_train_examples, config.seed)
+    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, teacher=stored["logits"])
+    model = _load_classifier(source, data.spec, seed)
+    teacher = (_load_classifier(teacher_dir / "model", data.spec, seed)
+               if config.hidden_epochs > 0 else None)
+    start = time.time()
+    with _workdir(folder) as work:
+        history = train_classifier(
+            model, tokenizer, data, config, lr=config.lr, epochs=config.epochs,
+            batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
+            teacher=teacher, hidden_epochs=config.hidden_epochs, on_epoch=on_epoch,
+            workdir=work, progress=f"{data.spec.name} {name}" if progress else None, seed=seed)
+    metrics, preds = evaluate(model, tokenizer, data, config)
+    card = {}
+    if (source / "nasbert.json").is_file():
+        card = json.loads((source / "nasbert.json").read_text())
+    record = {"id": model_id, "key": key, "teacher_key": tkey, "task": data.spec.name,
+              "data": data.source, "source": str(source), "arch": card.get("arch"),
+              "params": _params(model), "train_examples": len(train_set),
+              "config": dataclasses.asdict(config), "seconds": round(time.time() - start, 1),
+              **metrics, "history": history, **provenance()}
+    _save(folder, model if save_model else None, tokenizer, record, preds)
+    return record
+
+
+def finetune(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = None,
+             models: Sequence[str] | None = None, config: FinetuneConfig | None = None,
+             progress: bool = True) -> dict[str, dict]:
+    """Fine-tune the teacher (cached) and then each of ``models`` (default: every model
+    under ``subnets/``) with distillation; returns each one's record, the teacher's
+    under ``"teacher"``. Re-running skips what is done. ``progress``: a bar per model
+    (with its loss) and a line with its result."""
+    run = RunDir.of(run)
+    config = config or FinetuneConfig()
+    data = load_task(task, data_dir, seed=config.seed)
+    ids = run.model_ids(models)
+    main, metric = data.spec.dev_splits[0], data.spec.metric
+    teacher_dir = finetune_teacher(run, data, config, progress=progress)
+    results = {TEACHER: json.loads((teacher_dir / "metrics.json").read_text())}
+    if progress:
+        print(f"{TEACHER:<24} {metric} {results[TEACHER][main][metric]:.4f}", flush=True)
+    for model_id in ids:
+        record = finetune_student(run, model_id, data, config, progress=progress)
+        results[model_id] = record
+        if progress:
+            print(f"{model_id:<24} {metric} {record[main][metric]:.4f}  "
+                  f"({record['seconds']:.0f} s)", flush=True)
+    logging.getLogger(__name__).info("fine-tuned %d models on %s", len(ids), task)
+    return results

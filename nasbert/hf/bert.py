@@ -1,0 +1,50 @@
+"""BERT-family weights under the names of nasbert's operations (:mod:`nasbert.ops`):
+what initialises a supernet from a teacher and what the inference benchmark loads
+into an extracted model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_BERT_EMBEDDINGS = {
+    "word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "norm.weight": "embeddings.LayerNorm.weight",
+    "norm.bias": "embeddings.LayerNorm.bias",
+}
+
+
+def bert_embeddings(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A BERT-family encoder's embeddings under :class:`~nasbert.ops.Embeddings` names."""
+    return {ours: state[theirs] for ours, theirs in _BERT_EMBEDDINGS.items()}
+
+
+def bert_layer(state: dict[str, Tensor], i: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Layer ``i`` of a BERT-family encoder as the weights of an
+    :class:`~nasbert.ops.Attention` and a :class:`~nasbert.ops.FeedForward`."""
+    p = f"encoder.layer.{i}."
+    qkv = [f"{p}attention.self.{n}" for n in ("query", "key", "value")]
+    attention = {
+        "qkv.weight": torch.cat([state[q + ".weight"] for q in qkv]),
+        "qkv.bias": torch.cat([state[q + ".bias"] for q in qkv]),
+        "out.weight": state[p + "attention.output.dense.weight"],
+        "out.bias": state[p + "attention.output.dense.bias"],
+        "norm.weight": state[p + "attention.output.LayerNorm.weight"],
+        "norm.bias": state[p + "attention.output.LayerNorm.bias"],
+    }
+    ffn = {
+        "fc1.weight": state[p + "intermediate.dense.weight"],
+        "fc1.bias": state[p + "intermediate.dense.bias"],
+        "fc2.weight": state[p + "output.dense.weight"],
+        "fc2.bias": state[p + "output.dense.bias"],
+        "norm.weight": state[p + "output.LayerNorm.weight"],
+        "norm.bias": state[p + "output.LayerNorm.bias"],
+    }
+    return attention, ffn
+
+
+def is_bert_like(state: dict[str, Tensor]) -> bool:
+    return all(k in state for k in _BERT_EMBEDDINGS.values()) and \
+        "encoder.layer.0.attention.self.query.weight" in state

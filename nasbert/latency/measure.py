@@ -1,0 +1,192 @@
+"""How a latency is measured: the protocol, the device fingerprint, and the clean process.
+
+Three ways in, one protocol (:class:`Protocol`: eval and inference mode, fixed threads,
+warm-up, repeats, median; CUDA events on a GPU):
+
+* :func:`time_ms`: a callable (an entry of the lookup table: one op, alone);
+* :func:`measure`: a model, in this process;
+* :func:`measure_clean`: models side by side in a fresh process, in interleaved rounds.
+
+The clean process and the denormal flushing are hand-written on purpose: measured here,
+a process that has just run heavy work (a teacher, training) times the same model up to
+~20 % slower for a while, and subnormal floats cost up to ~30 % of a forward; no
+benchmarking library we tried controls either (``torch.utils.benchmark`` times in the
+calling process and leaves the float mode as it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from nasbert.hf.quiet import quiet_transformers
+from nasbert.io import atomic_write_text
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a latency is measured."""
+
+    batch: int = 1
+    seq: int = 128
+    threads: int = 0  # 0: as many as torch uses by default
+    warmup: int = 5
+    repeats: int = 20
+    rounds: int = 3  # profiling measures every subnet this many times, spread over time
+    # CPU: flush subnormal floats to zero. GELU tails and small attention weights produce
+    # them, and computing on them is slow: up to ~30 % of a forward here, and dependent
+    # on the weights and data, which makes latency unpredictable. Deploy with
+    # torch.set_flush_denormal(True) to get the measured figures.
+    flush_denormal: bool = True
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    def resolved(self) -> Protocol:
+        if self.threads:
+            return self
+        return dataclasses.replace(self, threads=torch.get_num_threads())
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(protocol: Protocol) -> dict[str, Any]:
+    """What a latency depends on besides the model."""
+    p = protocol.resolved()
+    gpu = torch.cuda.get_device_name() if p.device == "cuda" and torch.cuda.is_available() else None
+    return {"cpu": cpu_name(), "gpu": gpu, "threads": p.threads,
+            "torch": str(torch.__version__), "dtype": p.dtype, "batch": p.batch, "seq": p.seq,
+            "flush_denormal": p.flush_denormal}
+
+
+def device_id(fp: dict[str, Any]) -> str:
+    """A folder name for a fingerprint: readable, and unique by its hash."""
+    name = re.sub(r"[^a-z0-9]+", "-", (fp["gpu"] or fp["cpu"]).lower()).strip("-")[:24]
+    digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}-t{fp['threads']}-b{fp['batch']}-s{fp['seq']}-{fp['dtype']}-{digest}"
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _timer(protocol: Protocol):
+    if protocol.device == "cuda":
+        def run(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        return run
+
+    def run(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    return run
+
+
+def time_ms(fn, protocol: Protocol) -> float:
+    """Median wall time of ``fn()`` in milliseconds under ``protocol``."""
+    p = protocol.resolved()
+    before = torch.get_num_threads()
+    torch.set_num_threads(p.threads)
+    flushing = p.flush_denormal and torch.set_flush_denormal(True)
+    try:
+        timer = _timer(p)
+        with torch.inference_mode():
+            for _ in range(p.warmup):
+                fn()
+            return statistics.median(timer(fn) for _ in range(p.repeats))
+    finally:
+        torch.set_num_threads(before)
+        if flushing:
+            torch.set_flush_denormal(False)
+
+
+def measure(model: nn.Module, protocol: Protocol, *, vocab_size: int | None = None) -> float:
+    """Latency of a model (any encoder that takes token ids and an attention mask) on a
+    batch of ``protocol.batch`` x ``protocol.seq`` token ids (no padding), in this
+    process."""
+    p = protocol.resolved()
+    vocab = vocab_size or model.config.vocab_size
+    model = model.eval().to(p.device, DTYPES[p.dtype])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (p.batch, p.seq), generator=g).to(p.device)
+    mask = torch.ones_like(ids)
+    return time_ms(lambda: model(ids, attention_mask=mask), p)
+
+
+def _measure_in_child(paths: list[str], protocol: Protocol, rounds: int) -> list[list[float]]:
+    from transformers import AutoModel
+
+    import nasbert  # noqa: F401 - registers the nasbert model type
+
+    with quiet_transformers():
+        models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~0
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):  # interleaved, so that a slow spell hits every model alike
+        for i, model in enumerate(models):
+            times[i].append(measure(model, protocol))
+    return times
+
+
+def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
+                  rounds: int = 3) -> list[float]:
+    """:func:`measure` of each model (a saved folder that ``AutoModel`` loads, or an
+    in-memory ``PreTrainedModel``), side by side in one fresh process, in ``rounds``
+    interleaved rounds; the median of each. What a deployment sees, and the only
+    figures a ratio between models may be taken from. An error in the child process is
+    raised here."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, model in enumerate(models):
+            if isinstance(model, nn.Module):
+                with quiet_transformers():
+                    model.save_pretrained(Path(tmp) / str(i))
+                model = Path(tmp) / str(i)
+            paths.append(str(model))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            times = pool.submit(_measure_in_child, paths, protocol, rounds).result()
+    return [statistics.median(t) for t in times]
+
+
+def cached_ms(model_dir: str | Path, protocol: Protocol, *, cache: Path | None = None,
+              refresh: bool = False, rounds: int = 3) -> float:
+    """:func:`measure_clean` of a saved model, cached by device id in ``cache`` (default
+    ``<model_dir>/latency.json``); ``refresh`` measures again."""
+    model_dir = Path(model_dir)
+    cache = cache or model_dir / "latency.json"
+    fp = fingerprint(protocol)
+    key = device_id(fp)
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if refresh or key not in stored:
+        stored[key] = {"ms": measure_clean([model_dir], protocol, rounds=rounds)[0],
+                       "fingerprint": fp, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(cache, json.dumps(stored, indent=1))
+    return stored[key]["ms"]

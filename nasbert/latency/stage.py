@@ -1,0 +1,177 @@
+"""Stage 2: latency on the target device, for a run.
+
+    nasbert latency profile runs/x --samples 200     # measure, resumable
+    nasbert latency fit runs/x                       # fit both predictors, held-out error
+
+:func:`profile` measures the lookup table and a sample of subnets into
+``latency/<device-id>/``; :func:`fit` fits the table's calibration and the learned
+predictor and stores both with their held-out error; :func:`load_predictor` reads one
+back; :func:`teacher_ms` is the teacher's measured latency, the reference of every
+speedup.
+
+>>> profile(run, Protocol(), samples=200)    # doctest: +SKIP
+>>> fit(run, Protocol())["table"].error      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import statistics
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nasbert.errors import ConfigError
+from nasbert.io import atomic_write_text
+from nasbert.latency.measure import Protocol, cached_ms, fingerprint, measure
+from nasbert.latency.predictors import (
+    LatencyPredictor,
+    LearnedPredictor,
+    TablePredictor,
+    errors,
+    split,
+)
+from nasbert.run import RunDir
+from nasbert.space import sample_archs
+
+
+def profile(run: RunDir | str | Path, protocol: Protocol, *, samples: int, seed: int = 0,
+            progress: bool = True) -> Path:
+    """Measure the lookup table and ``samples`` subnets into ``latency/<device-id>/``.
+
+    The subnets are the largest and smallest architecture, half of the rest drawn from
+    the candidates search will weigh (the surviving paths of shrinking, when the run has
+    them) and the others uniformly from the space. Each is measured in
+    ``protocol.rounds`` rounds spread over the whole profile, so that a slow spell of the
+    machine does not bias a few of them; the median of the rounds counts. Subnets are
+    extracted from the trained supernet when there is one (weights change how many
+    subnormal numbers flow), else from a randomly initialised one. ``samples.jsonl``
+    grows one line per measurement: re-running continues where it stopped."""
+    from nasbert.supernet import Supernet
+
+    run = RunDir.of(run)
+    space = run.space()
+    if protocol.seq > space.dims.max_position_embeddings:
+        raise ConfigError(f"{protocol.seq} exceeds the model's "
+                          f"{space.dims.max_position_embeddings} positions; use a shorter --seq",
+                          source="latency protocol", field="seq")
+    folder = run.latency_dir(protocol)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "protocol.json", json.dumps(
+        {"protocol": dataclasses.asdict(protocol.resolved()), "fingerprint": fingerprint(protocol)},
+        indent=1))
+    if not (folder / "table_raw.json").is_file():
+        tables = [TablePredictor.measure(space, protocol, progress=progress)
+                  for _ in range(protocol.rounds)]
+        table = tables[0]
+        table.table = {k: statistics.median(t.table[k] for t in tables) for k in table.table}
+        table.save(folder / "table_raw.json")
+    survivors = run.survivors()
+    pool = (sample_archs(space.embed_sizes, [sorted(t, key=str) for t in survivors], samples,
+                         seed=seed) if survivors else [])
+    rng = random.Random(seed)
+    archs = [space.max_arch(), space.min_arch()]
+    archs += rng.sample(pool, min(len(pool), max(0, samples - 2) // 2))
+    archs += [space.sample(rng) for _ in range(max(0, samples - len(archs)))]
+    plan = [(r, a) for r in range(protocol.rounds) for a in archs]
+    samples = folder / "samples.jsonl"
+    done = _read_samples(samples)
+    todo = plan[len(done):]
+    if todo:
+        # drop a line a kill cut short, so that what is appended after it is read
+        atomic_write_text(samples, "".join(json.dumps(row) + "\n" for row in done))
+        torch.manual_seed(seed)
+        supernet = (run.supernet() if run.has_supernet() else Supernet(space)).eval()
+        with open(samples, "a", encoding="utf-8") as f:
+            for r, arch in tqdm(todo, desc="latency samples", disable=not progress):
+                ms = measure(supernet.extract(arch), protocol)
+                f.write(json.dumps({"arch": str(arch), "ms": ms, "round": r}) + "\n")
+                f.flush()
+    return folder
+
+
+def measured(folder: Path) -> dict[str, float]:
+    """Architecture string -> median of its measured rounds."""
+    by_arch: dict[str, list[float]] = {}
+    for row in _read_samples(folder / "samples.jsonl"):
+        by_arch.setdefault(row["arch"], []).append(row["ms"])
+    return {a: statistics.median(v) for a, v in by_arch.items()}
+
+
+def _read_samples(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: re-measured on the next run
+    return rows
+
+
+def fit(run: RunDir | str | Path, protocol: Protocol, *, seed: int = 0
+        ) -> dict[str, LatencyPredictor]:
+    """Fit the table's calibration and the learned predictor on the training split of
+    the measured subnets; store both with their error on the held-out split, and which
+    is better in ``best.json``."""
+    run = RunDir.of(run)
+    folder = run.latency_dir(protocol)
+    if not (folder / "table_raw.json").is_file():
+        raise ConfigError(f"has no measurements for this device; run `nasbert latency profile "
+                          f"{run}` first", source=str(folder))
+    space = run.space()
+    samples = measured(folder)
+    if len(samples) < 10:
+        raise ConfigError(f"holds {len(samples)} measured subnets, fewer than 10; run `nasbert "
+                          "latency profile RUN_DIR --samples 100`", source=str(folder))
+    archs = [space.validate(a) for a in samples]
+    ms = list(samples.values())
+    train, test = split(len(archs), seed)
+    table = LatencyPredictor.load(folder / "table_raw.json")
+    assert isinstance(table, TablePredictor)
+    table.calibrate([archs[i] for i in train], [ms[i] for i in train])
+    fp = table.fingerprint
+    raw_table = LatencyPredictor.load(folder / "table_raw.json")
+    learned = LearnedPredictor.fit([archs[i] for i in train], [ms[i] for i in train],
+                                   space.dims, fp, seq=int(fp["seq"]), table=raw_table,
+                                   seed=seed)
+    out = {}
+    for predictor in (table, learned):
+        pred = predictor.predict([archs[i] for i in test])
+        predictor.error = {**errors(pred, [ms[i] for i in test]), "split_seed": seed,
+                           "train": len(train)}
+        predictor.save(folder / f"{predictor.kind}.json")
+        out[predictor.kind] = predictor
+    best = min(out.values(), key=lambda p: p.error["mape"])
+    atomic_write_text(folder / "best.json", json.dumps(
+        {"kind": best.kind, "errors": {k: v.error for k, v in out.items()}}, indent=1))
+    return out
+
+
+def load_predictor(run: RunDir | str | Path, protocol: Protocol, kind: str = "best"
+                   ) -> LatencyPredictor:
+    """A fitted predictor of the run for ``protocol`` on this device (``best``,
+    ``table``, ``learned``)."""
+    run = RunDir.of(run)
+    folder = run.latency_dir(protocol)
+    if not folder.is_dir():
+        raise ConfigError("has no latency predictor for this device; run `nasbert latency "
+                          f"profile {run}` then `nasbert latency fit {run}`", source=str(run))
+    if kind == "best":
+        best = folder / "best.json"
+        if not best.is_file():
+            raise ConfigError("is missing; run `nasbert latency fit RUN_DIR`", source=str(best))
+        kind = json.loads(best.read_text())["kind"]
+    return LatencyPredictor.load(folder / f"{kind}.json")
+
+
+def teacher_ms(run: RunDir | str | Path, protocol: Protocol, *, refresh: bool = False) -> float:
+    """The run's teacher's latency on this device, measured in a clean process (cached
+    beside the run's latency table): the reference of every speedup."""
+    run = RunDir.of(run)
+    return cached_ms(run.teacher_name(), protocol,
+                     cache=run.latency_dir(protocol) / "teacher.json", refresh=refresh, rounds=5)

@@ -1,0 +1,136 @@
+"""Hand-designed students, so that the value of the search is measured, not assumed.
+
+Two families, each matched to a target latency measured on this device:
+
+* **uniform**: BERT-shaped stacks, ``L x [M, F]`` at one hidden size (embedding of the
+  same size), spread as evenly as the space allows over its blocks. They lie in the
+  search space, so they are extracted from the same trained supernet as the searched
+  subnets and fine-tuned by exactly the same procedure: the only difference is the
+  architecture;
+* **teacher-first-k**: the teacher's embeddings and first ``k`` layers.
+
+Each is written under ``subnets/<id>/`` like a searched subnet, with its measured
+latency, so that ``nasbert finetune`` treats all of them alike.
+
+>>> chosen = build_baselines(RunDir("runs/qs"), {"latency-6ms": 5.8})  # doctest: +SKIP
+>>> chosen["latency-6ms"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from nasbert.errors import ConfigError
+from nasbert.hf.quiet import quiet_transformers
+from nasbert.io import atomic_dir
+from nasbert.latency.measure import Protocol, measure_clean
+from nasbert.run import RunDir
+from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace
+
+
+def uniform_archs(space: SearchSpace) -> dict[str, Arch]:
+    """Every ``L x [M, F]`` stack the space holds: one hidden size in every block (and
+    the embedding, or the largest embedding below it), the ``L`` layers spread as evenly
+    as possible with earlier blocks taking the remainder. Keyed ``uniform-L<L>-H<h>``."""
+    if not {"M", "F"} <= set(space.ops):
+        return {}
+    hiddens = set(space.blocks[0].hidden_sizes)
+    for b in space.blocks[1:]:
+        hiddens &= set(b.hidden_sizes)
+    capacity = [b.layers // 2 for b in space.blocks]
+    out = {}
+    for h in sorted(hiddens):
+        smaller = [e for e in space.embed_sizes if e <= h]
+        embed = max(smaller) if smaller else min(space.embed_sizes)
+        for total in range(1, sum(capacity) + 1):
+            n = len(capacity)  # spread evenly, earlier blocks take the remainder
+            pairs = [total // n + (i < total % n) for i in range(n)]
+            if any(p > c for p, c in zip(pairs, capacity)):
+                continue
+            blocks = tuple(BlockArch(h, ("M", "F") * n + (IDENTITY,) * (b.layers - 2 * n))
+                           for n, b in zip(pairs, space.blocks))
+            arch = Arch(embed, blocks)
+            try:
+                space.validate(arch)
+            except ConfigError:  # e.g. an empty block where min_layers forbids one
+                continue
+            out[f"uniform-L{total}-H{h}"] = arch
+    return out
+
+
+def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
+    """The teacher's embeddings and first ``k`` layers, saved as an ordinary model."""
+    from transformers import AutoModel
+
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(teacher)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if layers is None or not 0 < k <= len(layers):
+        raise ConfigError(f"has no encoder.layer list with at least {k} layers; a first-k "
+                          "baseline needs a BERT-like encoder", source=f"teacher {teacher!r}")
+    model.encoder.layer = layers[:k]
+    model.config.num_hidden_layers = k
+    with atomic_dir(out_dir) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        (tmp / "nasbert.json").write_text(json.dumps(
+            {"path": str(out_dir), "arch": f"teacher's first {k} of {len(layers)} layers",
+             "teacher": teacher, "params": params}))
+        (tmp / "README.md").write_text(
+            f"# Baseline: the teacher's first {k} layers\n\nTeacher `{teacher}`; "
+            f"{params:,} parameters.\n")
+    return Path(out_dir)
+
+
+def _nearest(options: Mapping[str, float], target: float) -> str:
+    return min(options, key=lambda k: abs(math.log(options[k] / target)))
+
+
+def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
+                    protocol: Protocol | None = None, shortlist: int = 3,
+                    progress: bool = True) -> dict[str, dict[str, str]]:
+    """For each target (name -> measured ms), the uniform stack and the teacher prefix
+    whose measured latency is nearest to it (in ratio), written under ``subnets/``.
+    Uniform stacks are short-listed by the run's latency predictor; the short-lists and
+    every teacher prefix are then measured side by side in one clean process."""
+    from nasbert.extract import save_subnet
+    from nasbert.latency.stage import load_predictor
+
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    supernet = run.supernet()
+    uniform = uniform_archs(supernet.space)
+    if not uniform:
+        raise ConfigError("has no uniform M,F stacks (needs operations M and F and a hidden "
+                          "size common to all blocks)", source=f"space {supernet.space.name}")
+    predicted = dict(zip(uniform, load_predictor(run, protocol).predict(
+        list(uniform.values()))))  # to short-list the uniform stacks worth measuring
+    teacher = run.teacher_name()
+    prefixes = [f"teacher-first-{k}" for k in range(1, _num_layers(teacher))]
+    shortlists = {name: sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))
+                  [:shortlist] for name, target in targets.items()}
+    ids = list(dict.fromkeys([*prefixes, *(i for s in shortlists.values() for i in s)]))
+    for model_id in ids:
+        folder = run.subnet_dir(model_id)
+        if (folder / "config.json").is_file():
+            continue
+        if model_id.startswith("uniform-"):
+            save_subnet(supernet, uniform[model_id], folder,
+                        info={"baseline": "uniform L x [M, F] stack, same supernet weights"})
+        else:
+            save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
+    measured = dict(zip(ids, measure_clean([run.subnet_dir(i) for i in ids], protocol)))
+    if progress:
+        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in ids), flush=True)
+    return {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]}, target),
+                   "teacher-first-k": _nearest({k: measured[k] for k in prefixes}, target)}
+            for name, target in targets.items()}
+
+
+def _num_layers(teacher: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(teacher).num_hidden_layers)

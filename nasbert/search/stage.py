@@ -1,0 +1,206 @@
+"""Stage 3: the search controller: the best candidate per budget, from a trained, shrunk
+run, and the query that answers from what it stored.
+
+A candidate picks an embedding size and one surviving path per block. Its quality is
+the performance approximator's score (sum of block dev losses) and its cost the
+predicted latency (or its parameters); the back ends are in
+:mod:`~nasbert.search.searchers`. For each budget, the best ``top_k`` feasible
+candidates by score are re-scored end to end on the whole dev split and the best is kept
+(the paper re-scores its top 100).
+
+>>> chosen = search("runs/qs", [Budget(latency_ms=8)], trials=300)  # doctest: +SKIP
+>>> query("runs/qs", Budget(latency_ms=8)).arch                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nasbert.errors import ConfigError
+from nasbert.io import atomic_write_text
+from nasbert.run import RunDir
+from nasbert.search.searchers import (
+    Budget,
+    Candidate,
+    Evaluator,
+    OptunaSearcher,
+    RayTuneSearcher,
+    Searcher,
+)
+
+if TYPE_CHECKING:
+    from nasbert.latency.measure import Protocol
+
+
+def pareto(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates no other one beats on both score and predicted latency."""
+    front, best = [], float("inf")
+    for c in sorted(candidates, key=lambda c: (c.latency_ms, c.score)):
+        if c.score < best:
+            front.append(c)
+            best = c.score
+    return front
+
+
+def _plot(path: Path, candidates: Sequence[Candidate], front: Sequence[Candidate],
+          chosen: dict[str, Candidate], budgets: Sequence[Budget]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([c.latency_ms for c in candidates], [c.score for c in candidates], s=6,
+               alpha=0.3, label="evaluated")
+    ax.plot([c.latency_ms for c in front], [c.score for c in front], "o-", color="C1",
+            label="Pareto front")
+    for b in budgets:
+        if b.latency_ms is not None:
+            ax.axvline(b.latency_ms, ls=":", color="gray")
+    for name, c in chosen.items():
+        ax.scatter([c.latency_ms], [c.score], marker="*", s=150, color="C3", zorder=3)
+        ax.annotate(name, (c.latency_ms, c.score), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("approximated loss (sum of block dev losses)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str = "optuna",
+           trials: int = 300, top_k: int = 10, protocol: Protocol | None = None,
+           predictor: str = "best", allow_foreign: bool = False, export: bool = True,
+           seed: int = 0, progress: bool = True) -> dict[str, Candidate]:
+    """Search every budget; write ``search/`` (study, candidates, Pareto set and plot,
+    chosen) and, with ``export``, ``subnets/<budget>/`` (model + card). Returns the
+    chosen candidate per budget."""
+    from nasbert.extract import save_subnet
+    from nasbert.latency.measure import Protocol, fingerprint, measure_clean
+    from nasbert.latency.stage import load_predictor
+    from nasbert.search.approx import Approximator
+
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    if not budgets:
+        raise ConfigError("give at least one budget (--latency-ms or --params-m)",
+                          source="search")
+    pred = load_predictor(run, protocol, predictor)
+    pred.check(fingerprint(protocol), allow_foreign=allow_foreign)
+    approx = Approximator.from_run(run)
+    space = approx.space
+    evaluate = Evaluator(space.dims, approx.tables,
+                         {e: approx.embedding_loss(e) for e in space.embed_sizes},
+                         lambda archs: pred.predict(archs))
+    folder = run.search
+    folder.mkdir(parents=True, exist_ok=True)
+    searcher: Searcher = (OptunaSearcher(folder / "study.db") if backend == "optuna"
+                          else RayTuneSearcher(folder / "ray"))
+    everything: dict[str, Candidate] = {}
+    chosen: dict[str, Candidate] = {}
+    failures: list[str] = []
+    for budget in budgets:
+        found = searcher.run(evaluate, space.embed_sizes, approx.choices(), budget, trials,
+                             seed=seed)
+        for c in found:
+            everything[str(c.arch)] = c
+        feasible = sorted((c for c in found if budget.fits(c)), key=lambda c: c.score)
+        if not feasible:
+            smallest = min(found, key=lambda c: budget.violation(c))
+            failures.append(f"no candidate fits {budget.name}; the smallest found is "
+                            f"{smallest.latency_ms:.2f} ms, {smallest.params / 1e6:.2f}M params "
+                            f"({smallest.arch}); raise the budget")
+            continue
+        rescored = [dataclasses.replace(c, full_loss=approx.full_loss(c.arch))
+                    for c in feasible[:top_k]]
+        best = min(rescored, key=lambda c: c.full_loss)
+        for c in rescored:
+            everything[str(c.arch)] = c
+        if export:
+            measured = measure_clean([approx.supernet.extract(best.arch)], protocol)[0]
+            best = dataclasses.replace(best, measured_ms=measured)
+            save_subnet(approx.supernet, best.arch, run.subnet_dir(budget.name), info={
+                "budget": budget.name, "predicted latency (ms)": f"{best.latency_ms:.3f}",
+                "measured latency (ms)": f"{measured:.3f}",
+                "approximated score": f"{best.score:.5f}",
+                "end-to-end dev loss": f"{best.full_loss:.5f}",
+                "latency predictor": f"{pred.kind}, held-out MAPE "
+                                     f"{pred.error.get('mape', float('nan')):.1f}%",
+                "device fingerprint": json.dumps(pred.fingerprint)})
+        everything[str(best.arch)] = best
+        chosen[budget.name] = best
+        if progress:
+            print(f"{budget.name:<20} {best.arch}  score {best.score:.4f}  "
+                  f"predicted {best.latency_ms:.2f} ms"
+                  + (f"  measured {best.measured_ms:.2f} ms" if best.measured_ms else ""),
+                  flush=True)
+    _write(folder, everything, chosen, budgets, pred)
+    if failures:  # after writing what the other budgets found
+        raise ConfigError("; ".join(failures), source="search")
+    return chosen
+
+
+def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Candidate],
+           budgets: Sequence[Budget], pred) -> None:
+    previous = _load_candidates(folder)
+    merged = {**previous, **everything}
+    cands = list(merged.values())
+    front = pareto(cands)
+    old_chosen = {}
+    if (folder / "chosen.json").is_file():
+        old_chosen = json.loads((folder / "chosen.json").read_text())["chosen"]
+    meta = {"fingerprint": pred.fingerprint, "predictor": pred.kind, "error": pred.error}
+    atomic_write_text(folder / "candidates.json", json.dumps(
+        {**meta, "candidates": [c.to_dict() for c in cands]}))
+    atomic_write_text(folder / "pareto.json", json.dumps(
+        {**meta, "pareto": [c.to_dict() for c in front]}, indent=1))
+    atomic_write_text(folder / "chosen.json", json.dumps(
+        {**meta, "chosen": {**old_chosen, **{k: v.to_dict() for k, v in chosen.items()}}},
+        indent=1))
+    _plot(folder / "pareto.png", cands, front, chosen, budgets)
+    logging.getLogger(__name__).info("wrote %s", folder)
+
+
+def _load_candidates(folder: Path) -> dict[str, Candidate]:
+    path = folder / "candidates.json"
+    if not path.is_file():
+        return {}
+    return {c["arch"]: Candidate.from_dict(c) for c in json.loads(path.read_text())["candidates"]}
+
+
+def query(run: RunDir | str | Path, budget: Budget) -> Candidate:
+    """The best stored candidate within ``budget`` (by end-to-end loss where it was
+    computed, else by approximated score), from ``search/`` alone: no model is loaded."""
+    run = RunDir.of(run)
+    folder = run.search
+    if not (folder / "candidates.json").is_file():
+        raise ConfigError("holds no search results; run `nasbert search RUN_DIR --latency-ms "
+                          "...` first", source=str(run))
+    try:
+        cands = list(_load_candidates(folder).values())
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
+        raise ConfigError("is corrupt; re-run `nasbert search`",
+                          source=str(folder / "candidates.json")) from None
+    feasible = [c for c in cands if budget.fits(c)]
+    if not feasible:
+        smallest = min(cands, key=lambda c: budget.violation(c))
+        need = []
+        if budget.latency_ms is not None:
+            need.append(f"{smallest.latency_ms:.2f} ms")
+        if budget.params_m is not None:
+            need.append(f"{smallest.params / 1e6:.2f}M params")
+        raise ConfigError(f"is impossible: the smallest feasible candidate needs "
+                          f"{' and '.join(need)} ({smallest.arch}); raise the budget",
+                          source=f"budget {budget.name}")
+    rescored = [c for c in feasible if c.full_loss is not None]
+    if rescored:
+        return min(rescored, key=lambda c: c.full_loss)
+    return min(feasible, key=lambda c: c.score)

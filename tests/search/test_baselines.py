@@ -1,0 +1,46 @@
+"""Hand-designed baselines: uniform stacks in the space and teacher prefixes, matched to
+a target latency by measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModel
+
+from nasbert import ConfigError, RunDir
+from nasbert.extract import save_subnet
+from nasbert.latency.measure import cached_ms
+from nasbert.search.baselines import build_baselines, save_teacher_prefix, uniform_archs
+
+
+def test_uniform_stacks_lie_in_the_space(minilm_space, tiny_space):
+    archs = uniform_archs(minilm_space)
+    assert len(archs) == 16  # 3..6 layers x 4 hidden sizes (every block needs a layer)
+    assert str(archs["uniform-L4-H256"]) == "E256|H256:M,F,M,F|H256:M,F,I,I|H256:M,F,I,I"
+    for arch in archs.values():
+        minilm_space.validate(arch)
+    assert set(uniform_archs(tiny_space)) == {"uniform-L1-H32", "uniform-L2-H32"}
+
+
+def test_baselines_are_matched_by_measured_latency(tiny_run, protocol):
+    run = RunDir(tiny_run)
+    save_subnet(run.supernet(), "E16|H16:M,F|H24:S3,I", run.subnet_dir("small"))
+    target = cached_ms(run.subnet_dir("small"), protocol)
+    chosen = build_baselines(run, {"1x": target}, protocol=protocol, progress=False)
+    ids = chosen["1x"]
+    assert ids["uniform"] in ("uniform-L1-H32", "uniform-L2-H32")
+    assert ids["teacher-first-k"] == "teacher-first-1"  # the only prefix of 2 layers
+    prefix = AutoModel.from_pretrained(run.subnet_dir("teacher-first-1"))
+    assert prefix.config.num_hidden_layers == 1
+    card = json.loads((run.subnet_dir("teacher-first-1") / "nasbert.json").read_text())
+    assert card["arch"] == "teacher's first 1 of 2 layers" and card["teacher"]
+    uniform = json.loads((run.subnet_dir(ids["uniform"]) / "nasbert.json").read_text())
+    assert uniform["arch"] == str(uniform_archs(run.space())[ids["uniform"]])
+    assert set(run.subnet_ids()) >= {"small", ids["uniform"], "teacher-first-1"}
+
+
+def test_a_prefix_needs_enough_layers(tiny_teacher, tmp_path):
+    with pytest.raises(ConfigError, match="at least 3 layers"):
+        save_teacher_prefix(str(tiny_teacher), 3, tmp_path / "prefix")
+    assert not (tmp_path / "prefix").exists()

@@ -1,0 +1,138 @@
+"""Search and query on a tiny trained run: budgets honoured, both back ends, resumable
+studies, answers at once from what the search stored."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nasbert import ConfigError, RunDir
+from nasbert.latency.stage import load_predictor
+from nasbert.search.approx import Approximator
+from nasbert.search.searchers import Budget, Evaluator, OptunaSearcher, RayTuneSearcher
+from nasbert.search.stage import query, search
+from nasbert.space import sample_archs
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return RunDir(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def searched(run, protocol):
+    """The run searched at a third of its candidates' predicted latencies."""
+    predictor = load_predictor(run, protocol)
+    approx = Approximator.from_run(run)
+    candidates = sample_archs(approx.space.embed_sizes, approx.choices(), 10_000)
+    predicted = np.sort(predictor.predict(candidates))
+    budget = Budget(latency_ms=round(float(predicted[len(predicted) // 3]), 4))
+    chosen = search(run, [budget], trials=40, top_k=3, protocol=protocol, progress=False)
+    return budget, chosen[budget.name]
+
+
+def test_search_honours_the_budget_and_exports(run, searched):
+    budget, best = searched
+    assert best.latency_ms <= budget.latency_ms and best.full_loss is not None
+    stored = json.loads((run.search / "candidates.json").read_text())["candidates"]
+    assert len(stored) >= 10
+    card = (run.subnet_dir(budget.name) / "README.md").read_text()
+    assert str(best.arch) in card and "measured latency" in card and "fingerprint" in card
+    assert (run.search / "pareto.png").stat().st_size > 0
+    # query answers from the stored results, within the budget
+    answer = query(run, budget)
+    assert answer.latency_ms <= budget.latency_ms
+
+
+def _evaluator(run, protocol):
+    approx = Approximator.from_run(run)
+    predictor = load_predictor(run, protocol)
+    return approx, Evaluator(approx.space.dims, approx.tables,
+                             {e: approx.embedding_loss(e) for e in approx.space.embed_sizes},
+                             predictor.predict)
+
+
+def test_optuna_study_resumes_rather_than_restarts(run, protocol, tmp_path):
+    approx, evaluate = _evaluator(run, protocol)
+    searcher = OptunaSearcher(tmp_path / "study.db")
+    budget = Budget(latency_ms=100.0)
+    first = searcher.run(evaluate, approx.space.embed_sizes, approx.choices(), budget, 12)
+    again = searcher.run(evaluate, approx.space.embed_sizes, approx.choices(), budget, 20)
+    assert len(first) == 12 and len(again) == 20
+    assert [c.arch for c in again[:12]] == [c.arch for c in first]  # the first 12 kept
+    for c in again:
+        assert all(b in t for b, t in zip(c.arch.blocks, approx.tables))
+
+
+@pytest.mark.slow  # ~30 s of Ray Tune start-up for six trials; the Optuna back end is the default
+def test_ray_tune_backend(run, protocol, tmp_path):
+    approx, evaluate = _evaluator(run, protocol)
+    found = RayTuneSearcher(tmp_path / "ray").run(
+        evaluate, approx.space.embed_sizes, approx.choices(), Budget(latency_ms=100.0), 6)
+    assert len(found) == 6
+    for c in found:
+        assert c == evaluate(c.arch)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"latency_ms": 0}, "not positive"), ({"latency_ms": -3}, "not positive"),
+    ({}, "give a latency"),
+])
+def test_bad_budgets(kwargs, words):
+    with pytest.raises(ConfigError, match=words):
+        Budget(**kwargs)
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "nasbert", *map(str, args)],
+                          capture_output=True, text=True, env=env)
+
+
+def test_query_cli_is_fast_and_impossible_budgets_fail_cleanly(run, searched):
+    t = time.perf_counter()
+    ok = _cli("query", run, "--latency-ms", "1000")
+    assert ok.returncode == 0 and "architecture" in ok.stdout, ok.stderr
+    assert time.perf_counter() - t < 1.5  # includes starting Python
+    bad = _cli("query", run, "--latency-ms", "0.000001")
+    assert bad.returncode == 2
+    line = bad.stderr.strip()
+    assert "\n" not in line and "is impossible: the smallest feasible candidate needs" in line
+    assert _cli("query", run, "--latency-ms", "-1").returncode == 2
+
+
+def test_missing_stage_outputs_name_the_command(run, protocol, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="nasbert search"):
+        query(empty, Budget(latency_ms=5))
+    with pytest.raises(ConfigError, match="nasbert latency profile"):
+        search(empty, [Budget(latency_ms=5)], protocol=protocol)
+    with pytest.raises(ConfigError, match="nasbert latency profile"):
+        search(run, [Budget(latency_ms=5)], protocol=dataclasses.replace(protocol, seq=12))
+
+
+def test_corrupt_study_is_reported(tmp_path):
+    db = tmp_path / "study.db"
+    db.write_bytes(b"this is not sqlite")
+    with pytest.raises(ConfigError, match="not a readable Optuna study"):
+        OptunaSearcher(db)._study(Budget(latency_ms=1), 0)
+    assert db.read_bytes() == b"this is not sqlite"
+
+
+def test_query_exports_the_answer(run, searched, tmp_path):
+    out = _cli("query", run, "--latency-ms", "1000", "--export", tmp_path / "model")
+    assert out.returncode == 0, out.stderr
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    arch = out.stdout.split("architecture")[1].split()[0]
+    assert model.config.arch == arch
+
