@@ -12,7 +12,7 @@ way. The model's output is therefore always at the teacher's width. On extractio
 consecutive projections fold into one ``Linear(h_in, h_out)``, so the standalone model
 pays for a single projection at each change of width.
 
->>> space = SearchSpace.from_yaml("search_spaces/tiny.yaml")     # doctest: +SKIP
+>>> space = SearchSpace.from_yaml("tiny")                         # doctest: +SKIP
 >>> net = Supernet(space)                                        # doctest: +SKIP
 >>> arch = space.sample(0)                                       # doctest: +SKIP
 >>> out = net(input_ids, attention_mask=mask, arch=arch)         # doctest: +SKIP

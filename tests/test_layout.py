@@ -113,7 +113,13 @@ def test_a_built_wheel_carries_the_spaces_and_recipes(tmp_path):
 
     from nasbert.resources import names
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building writes build/ beside the sources
+    shutil.copytree(PACKAGE, source / "nasbert", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
                     "--no-build-isolation", "--quiet", "-w", str(tmp_path)], check=True,
                    capture_output=True)
     wheel = next(tmp_path.glob("nasbert-*.whl"))
