@@ -24,15 +24,17 @@ SOURCE = Path(__file__).resolve().parent
 
 
 def git_commit() -> str:
-    """The short commit of the source tree nasbert runs from, marked when it has
-    uncommitted changes; ``unknown`` outside a git checkout."""
+    """The short commit of the source tree nasbert runs from, marked when its code (the
+    package, the scripts, the install) has uncommitted changes; results written by an
+    earlier benchmark do not count. ``unknown`` outside a git checkout."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=SOURCE, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=SOURCE.parent, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "nasbert",
+                    "scripts", "setup.cfg", "pyproject.toml")
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return f"{commit} (with uncommitted changes)" if dirty else commit
