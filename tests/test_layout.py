@@ -107,13 +107,12 @@ def test_shipped_spaces_and_recipes_are_package_data():
 
 def test_a_built_wheel_carries_the_spaces_and_recipes(tmp_path):
     """What `pip install .` (not editable) installs: `nasbert quickstart` needs them."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
     from nasbert.resources import names
-
-    import shutil
 
     source = tmp_path / "source"  # a copy: building writes build/ beside the sources
     shutil.copytree(PACKAGE, source / "nasbert", ignore=shutil.ignore_patterns("__pycache__"))
