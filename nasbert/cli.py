@@ -151,7 +151,8 @@ def _search(args: argparse.Namespace) -> None:
     chosen = search(run, _budgets(args), backend=args.backend, trials=args.trials,
                     top_k=args.top_k, protocol=_protocol(args), allow_foreign=args.any_device,
                     export=not args.no_export)
-    print(f"wrote         {run.search}/ (candidates.json, pareto.json, pareto.png, chosen.json)")
+    print(f"wrote         {run.search}/ (candidates.json, front.json, pareto.json, pareto.png, "
+          "chosen.json)")
     if not args.no_export:
         for name in chosen:
             print(f"wrote         {run.subnet_dir(name)}/")
@@ -331,12 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol(p)
     p.set_defaults(func=_latency_fit)
 
-    p = sub.add_parser("search", help="best subnet per budget (Optuna or Ray Tune)")
+    p = sub.add_parser("search", help="best subnet per budget (exact; or Optuna, Ray Tune)")
     p.add_argument("run_dir")
     p.add_argument("--latency-ms", help="comma-separated budgets, e.g. 4,8,16")
     p.add_argument("--params-m", help="comma-separated budgets in millions, e.g. 5,10")
-    p.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
-    p.add_argument("--trials", type=int, default=300)
+    p.add_argument("--backend", choices=["exact", "optuna", "ray"], default="exact",
+                   help="exact: dynamic programming on the latency table (default); optuna "
+                        "(NSGA-II) and ray take --trials and any predictor")
+    p.add_argument("--trials", type=int, default=300, help="optuna and ray only")
     p.add_argument("--top-k", type=int, default=10, help="re-scored end to end per budget")
     p.add_argument("--any-device", action="store_true",
                    help="use a latency predictor measured on another device")

@@ -73,13 +73,12 @@ class NasBertModel(NasBertPreTrainedModel):
         blocks, width, d = [], arch.embed, dims.hidden_size
         for block in arch.blocks:
             h = block.hidden
-            if "M" in block.ops and h % dims.num_heads(h):
+            if any(op[0] == "M" for op in block.ops) and h % dims.num_heads(h):
                 raise ConfigError(f"{dims.num_heads(h)} heads do not divide hidden size {h}; "
                                   "fix head_size or heads", source="config", field="arch")
             proj = nn.Linear(width, h) if transition_exists(width, h, d) else None
-            layers = [make_op(op, h, heads=dims.num_heads(h), ffn_ratio=dims.ffn_ratio,
-                              dropout=drop, attention_dropout=config.attention_probs_dropout_prob,
-                              eps=eps)
+            layers = [make_op(op, h, dims, dropout=drop,
+                              attention_dropout=config.attention_probs_dropout_prob, eps=eps)
                       for op in block.ops if op != IDENTITY]
             blocks.append(Block(proj, layers))
             width = h

@@ -16,12 +16,14 @@ thing by construction. Each layer is post-norm as in BERT: ``LayerNorm(x + op(x)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nasbert.space import Dims
 
 # ----------------------------------------------------------------------------- masks
 
@@ -58,13 +60,16 @@ def residual_norm(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, eps: float
 
 def attention_kernel(x: Tensor, masks: Masks, qkv_w: Tensor, qkv_b: Tensor, out_w: Tensor,
                      out_b: Tensor, heads: int, dropout: float, training: bool) -> Tensor:
-    """Multi-head self-attention with one fused input projection and PyTorch's SDPA."""
-    b, t, h = x.shape
-    qkv = F.linear(x, qkv_w, qkv_b).view(b, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4)
+    """Multi-head self-attention with one fused input projection and PyTorch's SDPA. The
+    heads' total width (``out_w``'s columns) may be less than the hidden size (pruned
+    heads)."""
+    b, t, _ = x.shape
+    inner = out_w.shape[1]
+    qkv = F.linear(x, qkv_w, qkv_b).view(b, t, 3, heads, inner // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.bias,
                                          dropout_p=dropout if training else 0.0)
-    return F.linear(ctx.transpose(1, 2).reshape(b, t, h), out_w, out_b)
+    return F.linear(ctx.transpose(1, 2).reshape(b, t, inner), out_w, out_b)
 
 
 def feed_forward_kernel(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -100,14 +105,19 @@ def embeddings_kernel(words: Tensor, token_type_ids: Tensor | None, position: Te
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, *, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, eps: float = 1e-12):
+    """Self-attention with ``heads`` heads of ``head_dim`` (default: ``hidden // heads``)."""
+
+    def __init__(self, hidden: int, heads: int, *, head_dim: int | None = None,
+                 dropout: float = 0.0, attention_dropout: float = 0.0, eps: float = 1e-12):
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"{heads} heads do not divide hidden size {hidden}")
+        if head_dim is None:
+            if hidden % heads:
+                raise ValueError(f"{heads} heads do not divide hidden size {hidden}")
+            head_dim = hidden // heads
+        inner = heads * head_dim
         self.heads, self.dropout, self.attention_dropout = heads, dropout, attention_dropout
-        self.qkv = nn.Linear(hidden, 3 * hidden)  # rows: q, then k, then v
-        self.out = nn.Linear(hidden, hidden)
+        self.qkv = nn.Linear(hidden, 3 * inner)  # rows: q, then k, then v; head-major
+        self.out = nn.Linear(inner, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: Tensor, masks: Masks) -> Tensor:
@@ -165,14 +175,14 @@ class Embeddings(nn.Module):
                                  self.norm.bias, self.norm.eps, self.dropout, self.training)
 
 
-def make_op(op: str, hidden: int, *, heads: int, ffn_ratio: int, dropout: float,
-            attention_dropout: float, eps: float) -> nn.Module:
+def make_op(op: str, hidden: int, dims: Dims, *, dropout: float = 0.0,
+            attention_dropout: float = 0.0, eps: float = 1e-12) -> nn.Module:
     """A standalone layer for an op name of the search space (not ``I``)."""
-    if op == "M":
-        return Attention(hidden, heads, dropout=dropout, attention_dropout=attention_dropout,
-                         eps=eps)
-    if op == "F":
-        return FeedForward(hidden, ffn_ratio * hidden, dropout=dropout, eps=eps)
+    if op[0] == "M":
+        return Attention(hidden, dims.op_heads(op, hidden), head_dim=dims.head_dim(hidden),
+                         dropout=dropout, attention_dropout=attention_dropout, eps=eps)
+    if op[0] == "F":
+        return FeedForward(hidden, dims.op_inner(op, hidden), dropout=dropout, eps=eps)
     if op.startswith("S"):
         return SepConv(hidden, int(op[1:]), dropout=dropout, eps=eps)
     raise ValueError(f"no module for operation {op!r}")
@@ -198,29 +208,29 @@ def load_exact(module: nn.Module, state: Mapping[str, Tensor], *, what: str = ""
 
 
 class Elastic:
-    """Mixin of the elastic ops. ``views(hidden)`` gives views into the weights used at
-    ``hidden``; ``sliced(hidden)`` the same under the standalone module's names and
-    shapes; ``assign(hidden, state)`` writes standalone weights into those slices;
-    ``export(hidden)`` returns a standalone, right-sized copy."""
+    """Mixin of the elastic ops. ``views(hidden, op)`` gives views into the weights that
+    ``op`` uses at ``hidden`` (``op`` None: the family's full op); ``sliced`` the same
+    under the standalone module's names and shapes; ``assign`` writes standalone weights
+    into those slices; ``export`` returns a standalone, right-sized copy."""
 
-    def views(self, hidden: int) -> dict[str, Tensor]:
+    def views(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def sliced(self, hidden: int) -> dict[str, Tensor]:
-        return self.views(hidden)
+    def sliced(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
+        return self.views(hidden, op)
 
-    def standalone(self, hidden: int) -> nn.Module:
+    def standalone(self, hidden: int, op: str | None = None) -> nn.Module:
         raise NotImplementedError
 
-    def export(self, hidden: int) -> nn.Module:
-        module = self.standalone(hidden)
-        load_exact(module, {k: v.detach() for k, v in self.sliced(hidden).items()},
-                   what=f"{type(self).__name__}.export({hidden})")
+    def export(self, hidden: int, op: str | None = None) -> nn.Module:
+        module = self.standalone(hidden, op)
+        load_exact(module, {k: v.detach() for k, v in self.sliced(hidden, op).items()},
+                   what=f"{type(self).__name__}.export({hidden}, {op})")
         return module.train(self.training)  # type: ignore[attr-defined]
 
     @torch.no_grad()
-    def assign(self, hidden: int, state: Mapping[str, Tensor]) -> None:
-        views = self.views(hidden)
+    def assign(self, hidden: int, state: Mapping[str, Tensor], op: str | None = None) -> None:
+        views = self.views(hidden, op)
         assert set(state) <= set(views), f"unknown keys {sorted(set(state) - set(views))}"
         for k, v in state.items():
             views[k].copy_(v.reshape(views[k].shape))
@@ -231,74 +241,89 @@ def _norm_slices(norm: nn.LayerNorm, h: int) -> dict[str, Tensor]:
 
 
 class ElasticAttention(Elastic, Attention):
-    def __init__(self, max_hidden: int, num_heads: Callable[[int], int], **kwargs):
-        super().__init__(max_hidden, num_heads(max_hidden), **kwargs)
-        self.num_heads, self.max_hidden = num_heads, max_hidden
+    """Attention of every width and head count: at ``hidden`` with ``n`` heads it runs on
+    the first ``n`` heads (of that width's head size) and the first ``hidden`` channels.
+    Rows of q, k and v are head-major, so a prefix of rows is a prefix of heads."""
 
-    def views(self, hidden: int) -> dict[str, Tensor]:
-        h, n = hidden, self.max_hidden
+    def __init__(self, max_hidden: int, dims: Dims, **kwargs):
+        super().__init__(max_hidden, dims.num_heads(max_hidden), **kwargs)
+        self.dims, self.max_hidden = dims, max_hidden
+
+    def _op(self, op: str | None) -> str:
+        return op or "M"
+
+    def views(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
+        h, n, a = hidden, self.max_hidden, self.dims.op_inner(self._op(op), hidden)
         return {
             # q, k and v are each sliced: view the fused rows as (3, n, n) first
-            "qkv.weight": self.qkv.weight.view(3, n, n)[:, :h, :h],
-            "qkv.bias": self.qkv.bias.view(3, n)[:, :h],
-            "out.weight": self.out.weight[:h, :h], "out.bias": self.out.bias[:h],
+            "qkv.weight": self.qkv.weight.view(3, n, n)[:, :a, :h],
+            "qkv.bias": self.qkv.bias.view(3, n)[:, :a],
+            "out.weight": self.out.weight[:h, :a], "out.bias": self.out.bias[:h],
             **_norm_slices(self.norm, h),
         }
 
-    def sliced(self, hidden: int) -> dict[str, Tensor]:
-        p = self.views(hidden)
-        p["qkv.weight"] = p["qkv.weight"].reshape(3 * hidden, hidden)
-        p["qkv.bias"] = p["qkv.bias"].reshape(3 * hidden)
+    def sliced(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
+        p = self.views(hidden, op)
+        a = p["out.weight"].shape[1]
+        p["qkv.weight"] = p["qkv.weight"].reshape(3 * a, hidden)
+        p["qkv.bias"] = p["qkv.bias"].reshape(3 * a)
         return p
 
-    def standalone(self, hidden: int) -> Attention:
-        return Attention(hidden, self.num_heads(hidden), dropout=self.dropout,
+    def standalone(self, hidden: int, op: str | None = None) -> Attention:
+        return Attention(hidden, self.dims.op_heads(self._op(op), hidden),
+                         head_dim=self.dims.head_dim(hidden), dropout=self.dropout,
                          attention_dropout=self.attention_dropout, eps=self.norm.eps)
 
-    def forward(self, x: Tensor, masks: Masks, hidden: int) -> Tensor:  # type: ignore[override]
-        p = self.sliced(hidden)
+    def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
+                op: str | None = None) -> Tensor:
+        p = self.sliced(hidden, op)
         y = attention_kernel(x, masks, p["qkv.weight"], p["qkv.bias"], p["out.weight"],
-                             p["out.bias"], self.num_heads(hidden), self.attention_dropout,
-                             self.training)
+                             p["out.bias"], self.dims.op_heads(self._op(op), hidden),
+                             self.attention_dropout, self.training)
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 
 
 class ElasticFeedForward(Elastic, FeedForward):
-    def __init__(self, max_hidden: int, ratio: int, **kwargs):
-        super().__init__(max_hidden, ratio * max_hidden, **kwargs)
-        self.ratio = ratio
+    """Feed-forward of every width and inner size: the first ``inner`` neurons."""
 
-    def views(self, hidden: int) -> dict[str, Tensor]:
-        h, i = hidden, self.ratio * hidden
+    def __init__(self, max_hidden: int, dims: Dims, **kwargs):
+        super().__init__(max_hidden, dims.op_inner("F", max_hidden), **kwargs)
+        self.dims = dims
+
+    def views(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
+        h, i = hidden, self.dims.op_inner(op or "F", hidden)
         return {"fc1.weight": self.fc1.weight[:i, :h], "fc1.bias": self.fc1.bias[:i],
                 "fc2.weight": self.fc2.weight[:h, :i], "fc2.bias": self.fc2.bias[:h],
                 **_norm_slices(self.norm, h)}
 
-    def standalone(self, hidden: int) -> FeedForward:
-        return FeedForward(hidden, self.ratio * hidden, dropout=self.dropout, eps=self.norm.eps)
+    def standalone(self, hidden: int, op: str | None = None) -> FeedForward:
+        return FeedForward(hidden, self.dims.op_inner(op or "F", hidden), dropout=self.dropout,
+                           eps=self.norm.eps)
 
-    def forward(self, x: Tensor, masks: Masks, hidden: int) -> Tensor:  # type: ignore[override]
-        p = self.sliced(hidden)
+    def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
+                op: str | None = None) -> Tensor:
+        p = self.sliced(hidden, op)
         y = feed_forward_kernel(x, p["fc1.weight"], p["fc1.bias"], p["fc2.weight"], p["fc2.bias"])
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 
 
 class ElasticSepConv(Elastic, SepConv):
-    def views(self, hidden: int) -> dict[str, Tensor]:
+    def views(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
         h = hidden
         return {"depthwise.weight": self.depthwise.weight[:h],
                 "depthwise.bias": self.depthwise.bias[:h],
                 "pointwise.weight": self.pointwise.weight[:h, :h],
                 "pointwise.bias": self.pointwise.bias[:h], **_norm_slices(self.norm, h)}
 
-    def standalone(self, hidden: int) -> SepConv:
+    def standalone(self, hidden: int, op: str | None = None) -> SepConv:
         return SepConv(hidden, self.depthwise.kernel_size[0], dropout=self.dropout,
                        eps=self.norm.eps)
 
-    def forward(self, x: Tensor, masks: Masks, hidden: int) -> Tensor:  # type: ignore[override]
-        p = self.sliced(hidden)
+    def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
+                op: str | None = None) -> Tensor:
+        p = self.sliced(hidden, op)
         y = sep_conv_kernel(x, masks, p["depthwise.weight"], p["depthwise.bias"],
                             p["pointwise.weight"], p["pointwise.bias"])
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
@@ -328,18 +353,18 @@ class ElasticEmbeddings(Elastic, nn.Module):
             raise ValueError(f"embedding size {size} is not one of {self.sizes}")
         return list(self.word_segments[: self.sizes.index(size) + 1])
 
-    def views(self, hidden: int) -> dict[str, Tensor]:
+    def views(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
         e = hidden
         return {"position_embeddings.weight": self.position_embeddings.weight[:, :e],
                 "token_type_embeddings.weight": self.token_type_embeddings.weight[:, :e],
                 **_norm_slices(self.norm, e)}
 
-    def sliced(self, hidden: int) -> dict[str, Tensor]:
+    def sliced(self, hidden: int, op: str | None = None) -> dict[str, Tensor]:
         return {"word_embeddings.weight": torch.cat(self._segments(hidden), dim=1),
                 **self.views(hidden)}
 
     @torch.no_grad()
-    def assign(self, hidden: int, state: Mapping[str, Tensor]) -> None:
+    def assign(self, hidden: int, state: Mapping[str, Tensor], op: str | None = None) -> None:
         state = dict(state)
         word = state.pop("word_embeddings.weight", None)
         if word is not None:
@@ -349,7 +374,7 @@ class ElasticEmbeddings(Elastic, nn.Module):
                 start += segment.shape[1]
         super().assign(hidden, state)
 
-    def standalone(self, hidden: int) -> Embeddings:
+    def standalone(self, hidden: int, op: str | None = None) -> Embeddings:
         return Embeddings(self.word_segments[0].shape[0],
                           self.position_embeddings.num_embeddings,
                           self.token_type_embeddings.num_embeddings, hidden,
@@ -376,14 +401,14 @@ class ElasticLinear(nn.Linear):
         return F.linear(x, self.weight[:out_features, :in_features], self.bias[:out_features])
 
 
-def elastic_op(op: str, max_hidden: int, *, num_heads: Callable[[int], int], ffn_ratio: int,
-               dropout: float, attention_dropout: float, eps: float) -> nn.Module:
-    """An elastic layer for an op name of the search space (not ``I``)."""
-    if op == "M":
-        return ElasticAttention(max_hidden, num_heads, dropout=dropout,
+def elastic_op(family: str, max_hidden: int, dims: Dims, *, dropout: float,
+               attention_dropout: float, eps: float) -> nn.Module:
+    """The elastic layer of an op family of the search space (``M``, ``F``, ``S<k>``)."""
+    if family == "M":
+        return ElasticAttention(max_hidden, dims, dropout=dropout,
                                 attention_dropout=attention_dropout, eps=eps)
-    if op == "F":
-        return ElasticFeedForward(max_hidden, ffn_ratio, dropout=dropout, eps=eps)
-    if op.startswith("S"):
-        return ElasticSepConv(max_hidden, int(op[1:]), dropout=dropout, eps=eps)
-    raise ValueError(f"no module for operation {op!r}")
+    if family == "F":
+        return ElasticFeedForward(max_hidden, dims, dropout=dropout, eps=eps)
+    if family.startswith("S"):
+        return ElasticSepConv(max_hidden, int(family[1:]), dropout=dropout, eps=eps)
+    raise ValueError(f"no module for operation {family!r}")

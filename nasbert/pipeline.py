@@ -26,7 +26,7 @@ from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.stage import finetune
 from nasbert.io import atomic_write_text
-from nasbert.latency.measure import Protocol, cached_ms, device_id, fingerprint, measure_clean
+from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean
 from nasbert.latency.stage import fit, profile, teacher_ms
 from nasbert.recipe import load_recipe
 from nasbert.reporting import header
@@ -130,8 +130,7 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
                           "lower them or train the supernet with more bins (shrink.spacing: "
                           "log keeps small paths)", source=str(run))
     if baselines:
-        targets = {name: cached_ms(run.subnet_dir(ids["searched"]), protocol)
-                   for name, ids in plan.items()}
+        targets = {name: ids["searched"] for name, ids in plan.items()}
         for name, ids in build_baselines(run, targets, protocol=protocol,
                                          progress=progress).items():
             plan[name].update(ids)

@@ -39,7 +39,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     dropout: float = 0.1
     sampling: Literal["uniform", "sandwich"] = "uniform"  # sandwich adds largest + smallest
-    init_from_teacher: bool = True
+    # how the supernet starts: the teacher's weights with heads and neurons ordered by
+    # Fisher or magnitude importance (so that pruned ops and narrow slices keep the most
+    # important), the teacher's weights as they are ("prefix"), or random
+    init: Literal["fisher", "magnitude", "prefix", "random"] = "fisher"
+    init_sequences: int = 128  # training sequences the importance is scored on
     cache_teacher_gb: float = 2.0  # teacher outputs kept in memory across epochs (0: off)
     dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
@@ -52,6 +56,7 @@ class TrainConfig:
         check(self.lr > 0, "must be positive", field="lr")
         check(len(self.betas) == 2, "needs two values", field="betas")
         check(self.checkpoint_every > 0, "must be positive", field="checkpoint_every")
+        check(self.init_sequences > 0, "must be positive", field="init_sequences")
 
 
 @dataclasses.dataclass(frozen=True)

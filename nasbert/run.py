@@ -9,6 +9,7 @@ trainer) to find a file. The layout::
       data/corpus.pt           the packed corpus (train and dev splits)
       supernet/checkpoints/    resumable training state (one process)
       supernet/ray/            Ray Train's storage: its checkpoints (workers > 1)
+      supernet/importance.safetensors  the teacher's head and neuron importance
       supernet/final/          weights + supernet.json;  supernet/summary.json
       shrink/                  block<i>.json: surviving paths per bin with their dev loss
       latency/<device-id>/     protocol, table, samples, fitted predictors
@@ -76,6 +77,7 @@ class RunDir:
     checkpoints = _path("supernet", "checkpoints")
     ray_storage = _path("supernet", "ray")
     final = _path("supernet", "final")
+    importance = _path("supernet", "importance.safetensors")
     summary = _path("supernet", "summary.json")
     tensorboard = _path("tensorboard")
     shrink = _path("shrink")

@@ -8,7 +8,12 @@ pipeline. Its string form is compact, human-readable and parses back exactly::
 
 ``E`` is the embedding size; each ``H<hidden>:<ops>`` group is one block, whose layers all
 have that hidden size. Operations: ``M`` multi-head attention, ``F`` feed-forward,
-``S<k>`` separable convolution with kernel ``k``, ``I`` identity.
+``S<k>`` separable convolution with kernel ``k``, ``I`` identity. Pruning-shaped
+operations keep the block's hidden size and narrow the inside of a layer: ``M<n>`` is
+attention with ``n`` heads (of the head size at that width, fewer than ``M``'s), ``F<n>``
+a feed-forward layer of inner size ``n`` (smaller than ``F``'s ``ffn_ratio * hidden``).
+They share weights with ``M`` and ``F`` and inherit the teacher's most important heads
+and neurons (see :mod:`nasbert.compress.importance`).
 
 >>> space = SearchSpace.from_yaml("minilm_l6")   # a shipped space, or a YAML path
 >>> arch = space.sample(0)
@@ -32,7 +37,7 @@ from nasbert.resources import shipped
 from nasbert.schema import check, load_yaml, parse
 
 IDENTITY = "I"
-_OP_RE = re.compile(r"^(M|F|I|S([1-9][0-9]*))$")
+_OP_RE = re.compile(r"^(?:(M|F)([1-9][0-9]*)?|I|S([1-9][0-9]*))$")
 _ARCH_SOURCE = "architecture string"
 
 
@@ -41,15 +46,22 @@ def op_kernel(op: str) -> int:
     return int(op[1:])
 
 
+def op_family(op: str) -> str:
+    """The weights an op runs on in the supernet: ``M`` for every attention (``M``,
+    ``M4``...), ``F`` for every feed-forward, the op itself otherwise."""
+    return op[0] if op[0] in "MF" else op
+
+
 def check_op(op: str, *, source: str | None = _ARCH_SOURCE, field: str = "ops") -> str:
     m = _OP_RE.match(op)
     if not m:
         raise ConfigError(
             f"unknown operation {op!r}; use M (attention), F (feed-forward), S3/S5/S7 "
-            "(separable convolution, odd kernel) or I (identity)",
+            "(separable convolution, odd kernel), I (identity), or M<heads> / F<inner size> "
+            "(pruned attention / feed-forward, e.g. M6, F768)",
             source=source, field=field,
         )
-    if m.group(2) and int(m.group(2)) % 2 == 0:
+    if m.group(3) and int(m.group(3)) % 2 == 0:
         raise ConfigError(f"separable convolution {op!r} needs an odd kernel (S3, S5, S7)",
                           source=source, field=field)
     return op
@@ -80,16 +92,42 @@ class Dims:
                 return n
         return max(1, hidden // self.head_size)
 
+    def head_dim(self, hidden: int) -> int:
+        """The width of one attention head at ``hidden``."""
+        return hidden // self.num_heads(hidden)
+
+    def op_heads(self, op: str, hidden: int) -> int:
+        """Heads of an attention op at ``hidden`` (``M``: all of that width's)."""
+        return int(op[1:]) if len(op) > 1 else self.num_heads(hidden)
+
+    def op_inner(self, op: str, hidden: int) -> int:
+        """Inner width of an attention or feed-forward op at ``hidden``: heads times head
+        width, or the feed-forward's inner size (``F``: ``ffn_ratio * hidden``)."""
+        if op[0] == "M":
+            return self.op_heads(op, hidden) * self.head_dim(hidden)
+        if op[0] == "F":
+            return int(op[1:]) if len(op) > 1 else self.ffn_ratio * hidden
+        raise ValueError(f"operation {op!r} has no inner width")
+
+    def op_fits(self, op: str, hidden: int) -> bool:
+        """Whether ``op`` exists at ``hidden``: a pruned op must be smaller than the full one
+        (``M<n>``: fewer heads than ``M`` has there; ``F<n>``: a smaller inner size)."""
+        if op[0] not in "MF" or len(op) == 1:
+            return True
+        full = self.num_heads(hidden) if op[0] == "M" else self.ffn_ratio * hidden
+        return int(op[1:]) < full
+
     def op_params(self, op: str, hidden: int) -> int:
         """Parameters of one layer running ``op`` at ``hidden`` (its LayerNorm included)."""
         h = hidden
         if op == IDENTITY:
             return 0
-        if op == "M":
-            return 4 * h * h + 4 * h + 2 * h
-        if op == "F":
-            r = self.ffn_ratio
-            return 2 * r * h * h + (r + 1) * h + 2 * h
+        if op[0] == "M":
+            a = self.op_inner(op, h)
+            return 3 * (h * a + a) + a * h + h + 2 * h
+        if op[0] == "F":
+            i = self.op_inner(op, h)
+            return 2 * h * i + i + h + 2 * h
         return h * op_kernel(op) + h + h * h + h + 2 * h  # depthwise + pointwise + norm
 
     def op_flops(self, op: str, hidden: int, seq_len: int) -> int:
@@ -97,10 +135,11 @@ class Dims:
         h, t = hidden, seq_len
         if op == IDENTITY:
             return 0
-        if op == "M":
-            return 2 * t * h * 4 * h + 4 * t * t * h
-        if op == "F":
-            return 4 * self.ffn_ratio * t * h * h
+        if op[0] == "M":
+            a = self.op_inner(op, h)
+            return 2 * t * h * 4 * a + 4 * t * t * a
+        if op[0] == "F":
+            return 4 * t * h * self.op_inner(op, h)
         return 2 * t * h * op_kernel(op) + 2 * t * h * h
 
     @classmethod
@@ -372,7 +411,13 @@ class SearchSpace:
         return space
 
     def _check_heads(self) -> None:
-        if "M" not in self.ops:
+        for i, b in enumerate(self.blocks):
+            for h in b.hidden_sizes:
+                if not self.ops_at(h):
+                    raise ConfigError(f"no operation exists at hidden size {h} (every pruned "
+                                      "op is as large as the full one there); add M or F",
+                                      source=self.source, field=f"blocks[{i}].hidden_sizes")
+        if "M" not in self.op_families:
             return
         overrides = dict(self.dims.heads)
         for i, b in enumerate(self.blocks):
@@ -414,18 +459,32 @@ class SearchSpace:
     def compute_ops(self) -> tuple[str, ...]:
         return tuple(op for op in self.ops if op != IDENTITY)
 
-    def _layer_counts(self, index: int) -> dict[int, int]:
-        """For block ``index``: how many op sequences have exactly n computing layers."""
+    @property
+    def op_families(self) -> tuple[str, ...]:
+        """The supernet's weight sets per layer position (see :func:`op_family`)."""
+        return tuple(dict.fromkeys(op_family(op) for op in self.compute_ops))
+
+    def ops_at(self, hidden: int) -> tuple[str, ...]:
+        """The computing ops that exist at ``hidden`` (a pruned op must be smaller than
+        the full one there)."""
+        return tuple(op for op in self.compute_ops if self.dims.op_fits(op, hidden))
+
+    def _layer_counts(self, index: int, hidden: int) -> dict[int, int]:
+        """For block ``index`` at ``hidden``: how many op sequences have exactly n
+        computing layers."""
         b = self.blocks[index]
-        k = len(self.compute_ops)
+        k = len(self.ops_at(hidden))
         if IDENTITY not in self.ops:
             return {b.layers: k ** b.layers}
         anywhere = self.identity == "anywhere"
         return {n: (math.comb(b.layers, n) if anywhere else 1) * k ** n
                 for n in range(b.min_layers, b.layers + 1)}
 
+    def _paths_at(self, index: int, hidden: int) -> int:
+        return sum(self._layer_counts(index, hidden).values())
+
     def block_size(self, index: int) -> int:
-        return len(self.blocks[index].hidden_sizes) * sum(self._layer_counts(index).values())
+        return sum(self._paths_at(index, h) for h in self.blocks[index].hidden_sizes)
 
     def size(self) -> int:
         """The exact number of distinct architectures."""
@@ -449,9 +508,9 @@ class SearchSpace:
         """Every choice for block ``index`` (what shrinking bins and prunes)."""
         b = self.blocks[index]
         for h in b.hidden_sizes:
-            for n in self._layer_counts(index):
+            for n in self._layer_counts(index, h):
                 for positions in self._placements(b.layers, n):
-                    for ops in itertools.product(self.compute_ops, repeat=n):
+                    for ops in itertools.product(self.ops_at(h), repeat=n):
                         yield BlockArch(h, self._fill(b.layers, positions, ops))
 
     def enumerate(self) -> Iterator[Arch]:
@@ -465,14 +524,16 @@ class SearchSpace:
         """A uniformly random path of block ``index``."""
         rng = _as_rng(rng)
         b = self.blocks[index]
-        counts = self._layer_counts(index)
-        # uniform over paths: pick how many layers compute, weighted by how many paths
-        # have that many, then where they sit and what they run
+        # uniform over paths: pick the width and then how many layers compute, each
+        # weighted by how many paths it has, then where they sit and what they run
+        h = rng.choices(b.hidden_sizes, weights=[self._paths_at(index, h)
+                                                 for h in b.hidden_sizes])[0]
+        counts = self._layer_counts(index, h)
         n = rng.choices(list(counts), weights=list(counts.values()))[0]
         positions = (tuple(sorted(rng.sample(range(b.layers), n))) if self.identity == "anywhere"
                      else tuple(range(n)))
-        ops = [rng.choice(self.compute_ops) for _ in range(n)]
-        return BlockArch(rng.choice(b.hidden_sizes), self._fill(b.layers, positions, ops))
+        ops = [rng.choice(self.ops_at(h)) for _ in range(n)]
+        return BlockArch(h, self._fill(b.layers, positions, ops))
 
     def sample(self, rng: random.Random | int | None = None) -> Arch:
         """A uniformly random architecture. ``rng``: a ``random.Random``, a seed, or None."""
@@ -484,8 +545,8 @@ class SearchSpace:
         blocks = []
         for i, b in enumerate(self.blocks):
             h = pick(b.hidden_sizes)
-            op = pick(self.compute_ops, key=lambda o: (self.dims.op_params(o, h), o))
-            n = pick(self._layer_counts(i))
+            op = pick(self.ops_at(h), key=lambda o: (self.dims.op_params(o, h), o))
+            n = pick(self._layer_counts(i, h))
             blocks.append(BlockArch(h, self._fill(b.layers, tuple(range(n)), [op] * n)))
         return Arch(pick(self.embed_sizes), tuple(blocks))
 
@@ -542,6 +603,11 @@ class SearchSpace:
         for op in a.ops:
             if op not in self.ops:
                 raise ConfigError(f"operation {op!r} is not one of {list(self.ops)}" + fix,
+                                  source=src, field=f"block {index}")
+            if not self.dims.op_fits(op, a.hidden):
+                raise ConfigError(f"operation {op!r} does not exist at hidden size {a.hidden} "
+                                  f"(it must be smaller than {op[0]} there: "
+                                  f"{self.dims.op_inner(op[0], a.hidden)} wide)" + fix,
                                   source=src, field=f"block {index}")
         if len(a.layers) < s.min_layers:
             raise ConfigError(f"has {len(a.layers)} computing layers, fewer than the "

@@ -37,7 +37,7 @@ from nasbert.io import atomic_dir
 from nasbert.model import NasBertConfig, NasBertModel
 from nasbert.ops import ElasticEmbeddings, ElasticLinear, Masks, elastic_op, load_exact, make_masks
 from nasbert.provenance import provenance
-from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace, transition_exists
+from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace, op_family, transition_exists
 
 
 class SuperBlock(nn.Module):
@@ -54,10 +54,9 @@ class SuperBlock(nn.Module):
         self.proj_out = ElasticLinear(self.max_hidden, dims.hidden_size) if needs_proj else None
         self.layers = nn.ModuleList(
             nn.ModuleDict({
-                op: elastic_op(op, self.max_hidden, num_heads=dims.num_heads,
-                               ffn_ratio=dims.ffn_ratio, dropout=dropout,
-                               attention_dropout=attention_dropout, eps=eps)
-                for op in space.compute_ops
+                family: elastic_op(family, self.max_hidden, dims, dropout=dropout,
+                                   attention_dropout=attention_dropout, eps=eps)
+                for family in space.op_families
             })
             for _ in range(spec.layers)
         )
@@ -69,7 +68,7 @@ class SuperBlock(nn.Module):
             x = self.proj_in(x, d, h)
         for position, op in enumerate(block.ops):
             if op != IDENTITY:
-                x = self.layers[position][op](x, masks, h)
+                x = self.layers[position][op_family(op)](x, masks, h, op)
         if h != d:
             x = self.proj_out(x, h, d)
         return x
@@ -135,11 +134,14 @@ class Supernet(nn.Module):
 
     @torch.no_grad()
     def init_from_teacher(self, teacher_model: nn.Module, boundaries: list[int]) -> list[str]:
-        """Copy a BERT-family teacher's weights into the paths of its shape: embeddings
-        (when the largest embedding is the teacher's width) and, in a block of ``2 t``
-        layers standing for ``t`` teacher layers, ``M`` at even and ``F`` at odd
-        positions (when the block's largest hidden size and heads are the teacher's).
-        Narrower slices then start as truncations of the teacher. Returns what it set."""
+        """Copy a BERT-family teacher's weights into every path that can hold them: the
+        embeddings (when the largest embedding is the teacher's width) and, in a block at
+        the teacher's width and head count standing for ``t`` teacher layers over ``L``
+        positions, every attention (``M`` and its pruned ``M<n>``) and feed-forward
+        (``F``, ``F<n>``) at position ``p`` from teacher layer ``p * t // L`` of the block.
+        Pruned ops and narrower widths take prefixes of these weights, so permute the
+        teacher by importance first (:func:`nasbert.compress.importance.permute`) for
+        the prefixes to hold its most important heads and neurons. Returns what it set."""
         state = teacher_model.state_dict()
         if not is_bert_like(state):
             return []
@@ -153,15 +155,22 @@ class Supernet(nn.Module):
             self.embeddings.assign(d, emb)
             done.append("embeddings")
         for i, (block, spec) in enumerate(zip(self.blocks, self.space.blocks)):
-            if (spec.layers != 2 * spec.teacher_layers or block.max_hidden != d
-                    or not {"M", "F"} <= set(self.space.ops)
-                    or self.dims.num_heads(d) != config.num_attention_heads):
+            if block.max_hidden != d or self.dims.num_heads(d) != config.num_attention_heads:
                 continue
-            for j in range(spec.teacher_layers):
-                attention, ffn = bert_layer(state, boundaries[i] + j)
-                block.layers[2 * j]["M"].assign(d, attention)
-                block.layers[2 * j + 1]["F"].assign(d, ffn)
-            done.append(f"block {i}")
+            if self.dims.op_inner("F", d) != config.intermediate_size:
+                continue
+            set_any = False
+            for position, layer in enumerate(block.layers):
+                teacher_layer = boundaries[i] + position * spec.teacher_layers // spec.layers
+                attention, ffn = bert_layer(state, teacher_layer)
+                if "M" in layer:
+                    layer["M"].assign(d, attention)
+                    set_any = True
+                if "F" in layer:
+                    layer["F"].assign(d, ffn)
+                    set_any = True
+            if set_any:
+                done.append(f"block {i}")
         return done
 
     # -- saving --------------------------------------------------------------------------
@@ -254,7 +263,7 @@ class Supernet(nn.Module):
                     state[f"blocks.{i}.proj.{k}"] = v
             computing = [(pos, op) for pos, op in enumerate(block.ops) if op != IDENTITY]
             for j, (pos, op) in enumerate(computing):
-                for k, v in block_module.layers[pos][op].sliced(h).items():
+                for k, v in block_module.layers[pos][op_family(op)].sliced(h, op).items():
                     state[f"blocks.{i}.layers.{j}.{k}"] = v
             pending = block_module.proj_out.sliced(h, d) if h != d else None
             width = h

@@ -27,6 +27,14 @@ def tiny_space():
 def minilm_space():
     from nasbert.space import SearchSpace
 
+    return SearchSpace.from_yaml(SPACES / "minilm_l6_nasbert.yaml")
+
+
+@pytest.fixture(scope="session")
+def minilm_prune_space():
+    """The default space: pruning-shaped choices beside NAS-BERT's."""
+    from nasbert.space import SearchSpace
+
     return SearchSpace.from_yaml(SPACES / "minilm_l6.yaml")
 
 

@@ -11,7 +11,7 @@ from nasbert.space import BlockArch
 from conftest import SPACES
 
 
-@pytest.mark.parametrize("name", ["tiny", "minilm_l6", "nasbert_base"])
+@pytest.mark.parametrize("name", ["tiny", "minilm_l6", "minilm_l6_nasbert", "nasbert_base"])
 def test_shipped_spaces_load_and_roundtrip(name):
     space = SearchSpace.from_yaml(SPACES / f"{name}.yaml")
     assert SearchSpace.from_dict(space.to_dict()) == space
@@ -34,11 +34,14 @@ def _variant(space: SearchSpace, **changes) -> SearchSpace:
     return SearchSpace.from_dict({**space.to_dict(), **changes})
 
 
+@pytest.mark.parametrize("pruned", [False, True])
 @pytest.mark.parametrize("identity", ["anywhere", "block_end"])
 @pytest.mark.parametrize("min_layers", [0, 1])
-def test_size_matches_brute_force(tiny_space, identity, min_layers):
+def test_size_matches_brute_force(tiny_space, identity, min_layers, pruned):
     d = tiny_space.to_dict()
     d["identity"] = identity
+    if pruned:  # M2 and F64 exist at some widths only (fewer heads / neurons than M / F)
+        d["operations"] = ["M", "M2", "F", "F64", "S3", "I"]
     for b in d["blocks"]:
         b["min_layers"] = min_layers
     space = SearchSpace.from_dict(d)
@@ -52,15 +55,18 @@ def test_size_matches_brute_force(tiny_space, identity, min_layers):
         per_block = []
         for b in space.blocks:
             n = 0
-            for seq in itertools.product(space.ops, repeat=b.layers):
+            for h, seq in itertools.product(b.hidden_sizes,
+                                            itertools.product(space.ops, repeat=b.layers)):
                 computing = [op for op in seq if op != "I"]
                 if len(computing) < b.min_layers:
                     continue
                 if identity == "block_end" and "I" in seq and any(
                         op != "I" for op in seq[seq.index("I"):]):
                     continue
+                if not all(space.dims.op_fits(op, h) for op in computing):
+                    continue
                 n += 1
-            per_block.append(n * len(b.hidden_sizes))
+            per_block.append(n)
         count += per_block[0] * per_block[1]
     assert count == space.size()
     for arch in archs:
@@ -178,12 +184,31 @@ def test_arch_must_fit_space(tiny_space, text, field):
 
 
 def test_identity_rule_checked():
-    space = SearchSpace.from_yaml(SPACES / "minilm_l6.yaml")
+    space = SearchSpace.from_yaml(SPACES / "minilm_l6_nasbert.yaml")
     space.parse("E128|H128:M,F,I,I|H128:M,I,I,I|H128:S3,I,I,I")
     with pytest.raises(ConfigError, match="identity layers must come last"):
         space.parse("E128|H128:M,I,F,I|H128:M,I,I,I|H128:S3,I,I,I")
     with pytest.raises(ConfigError, match="min_layers"):
         space.parse("E128|H128:I,I,I,I|H128:M,I,I,I|H128:S3,I,I,I")
+
+
+def test_pruned_ops_exist_only_where_they_are_smaller(tiny_space):
+    d = tiny_space.to_dict()
+    d["operations"] = ["M", "M2", "F", "F64", "I"]
+    space = SearchSpace.from_dict(d)
+    arch = space.parse("E16|H32:M2,F64|H24:M2,F64")
+    assert arch.num_params(space.dims) < space.parse("E16|H32:M,F|H24:M,F").num_params(space.dims)
+    with pytest.raises(ConfigError, match="operation 'M2' does not exist at hidden size 16 .it "
+                                          "must be smaller than M there: 16 wide"):
+        space.parse("E16|H16:M2,F|H24:M,F")
+    with pytest.raises(ConfigError, match="'F64' does not exist at hidden size 16"):
+        space.parse("E16|H16:M,F64|H24:M,F")
+    with pytest.raises(ConfigError, match="unknown operation 'X2'"):
+        Arch.parse("E16|H16:X2,F")
+    d["operations"] = ["M2", "I"]
+    d["blocks"][0]["hidden_sizes"] = [16]
+    with pytest.raises(ConfigError, match="no operation exists at hidden size 16"):
+        SearchSpace.from_dict(d)
 
 
 def test_heads_override(tiny_space):

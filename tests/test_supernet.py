@@ -168,19 +168,21 @@ def test_load_model_reports_missing_and_corrupt_files(minilm_supernet, tmp_path)
         nasbert.load_model(good)
 
 
-@pytest.mark.parametrize("op", ["M", "F", "S3"])
+@pytest.mark.parametrize("op", ["M", "M1", "F", "F24", "S3"])
 def test_each_elastic_op_exports_a_right_sized_standalone_copy(op):
     from nasbert.ops import elastic_op, make_masks
+    from nasbert.space import Dims, op_family
 
     torch.manual_seed(0)
-    elastic = elastic_op(op, 32, num_heads=lambda h: h // 8, ffn_ratio=4, dropout=0.0,
-                         attention_dropout=0.0, eps=1e-12).eval()
+    dims = Dims(vocab_size=8, hidden_size=32, head_size=8)
+    elastic = elastic_op(op_family(op), 32, dims, dropout=0.0, attention_dropout=0.0,
+                         eps=1e-12).eval()
     x = torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
     masks = make_masks(mask, x.dtype)
-    standalone = elastic.export(16).eval()
+    standalone = elastic.export(16, op).eval()
     assert type(standalone).__name__ in ("Attention", "FeedForward", "SepConv")
-    assert all(p.shape[0] <= 64 for p in standalone.parameters())
+    assert sum(p.numel() for p in standalone.parameters()) == dims.op_params(op, 16)
     with torch.no_grad():
-        assert torch.equal(elastic(x, masks, 16), standalone(x, masks))
+        assert torch.equal(elastic(x, masks, 16, op), standalone(x, masks))

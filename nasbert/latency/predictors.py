@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nasbert.costs import AdditiveCost
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import DTYPES, Protocol, fingerprint, time_ms
@@ -112,7 +113,7 @@ def _table_keys(space: SearchSpace) -> list[tuple]:
     d = space.dims.hidden_size
     keys: list[tuple] = [("embed", e) for e in space.embed_sizes] + [("head", d)]
     keys += [("op", op, h) for b in space.blocks for h in b.hidden_sizes
-             for op in space.compute_ops]
+             for op in space.ops_at(h)]
     stages = [list(space.embed_sizes), *[list(b.hidden_sizes) for b in space.blocks], [d]]
     keys += [("proj", a, b) for s, t in zip(stages, stages[1:]) for a in s for b in t
              if transition_exists(a, b, d)]
@@ -167,9 +168,8 @@ class TablePredictor(LatencyPredictor):
                 fn = lambda m=module, i=ids: m(i)  # noqa: E731
             else:
                 width = key[2] if key[0] == "op" else key[1]
-                module = (make_op(key[1], key[2], heads=dims.num_heads(key[2]),
-                                  ffn_ratio=dims.ffn_ratio, dropout=0.0, attention_dropout=0.0,
-                                  eps=1e-12) if key[0] == "op" else nn.Linear(key[1], key[2]))
+                module = (make_op(key[1], key[2], dims) if key[0] == "op"
+                          else nn.Linear(key[1], key[2]))
                 x = torch.randn(p.batch, p.seq, width, generator=g)
                 module, x = module.eval().to(device, dtype), x.to(device, dtype)
                 masks = make_masks(None, dtype)
@@ -195,6 +195,23 @@ class TablePredictor(LatencyPredictor):
         if h != d:
             ms += self.table[_key(("proj", d, h))] + self.table[_key(("proj", h, d))]
         return ms
+
+    def additive(self) -> AdditiveCost:
+        """This table as a cost that adds up along an architecture's chain (what the
+        exact search solves with); equal to :meth:`predict` on every architecture."""
+        t = self.table
+
+        def entry(*key) -> float:
+            try:
+                return t[_key(key)]
+            except KeyError as e:
+                raise ConfigError(f"has no entry {e.args[0]}; re-run `nasbert latency profile` "
+                                  "for this space", source="latency table") from None
+
+        return AdditiveCost("latency_ms", lambda e: entry("embed", e),
+                            lambda p: sum(entry("op", op, p.hidden) for op in p.layers),
+                            lambda a, b: entry("proj", a, b),
+                            lambda x, a=self.scale, b=self.offset: a * x + b)
 
     def calibrate(self, archs: Sequence[Arch], measured: Sequence[float]) -> None:
         raw = self.raw(archs)

@@ -1,6 +1,7 @@
 """Hand-designed students, so that the value of the search is measured, not assumed.
 
-Two families, each matched to a target latency measured on this device:
+Two families, each matched to a searched subnet's latency, measured side by side with it
+in one clean process on this device:
 
 * **uniform**: BERT-shaped stacks, ``L x [M, F]`` at one hidden size (embedding of the
   same size), spread as evenly as the space allows over its blocks. They lie in the
@@ -12,8 +13,8 @@ Two families, each matched to a target latency measured on this device:
 Each is written under ``subnets/<id>/`` like a searched subnet, with its measured
 latency, so that ``nasbert finetune`` treats all of them alike.
 
->>> chosen = build_baselines(RunDir("runs/qs"), {"latency-6ms": 5.8})  # doctest: +SKIP
->>> chosen["latency-6ms"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
+>>> chosen = build_baselines(RunDir("runs/qs"), {"4x": "latency-6ms"})  # doctest: +SKIP
+>>> chosen["4x"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ def _nearest(options: Mapping[str, float], target: float) -> str:
     return min(options, key=lambda k: abs(math.log(options[k] / target)))
 
 
-def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
+def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
                     protocol: Protocol | None = None, shortlist: int = 3,
                     progress: bool = True) -> dict[str, dict[str, str]]:
-    """For each target (name -> measured ms), the uniform stack and the teacher prefix
-    whose measured latency is nearest to it (in ratio), written under ``subnets/``.
-    Uniform stacks are short-listed by the run's latency predictor; the short-lists and
-    every teacher prefix are then measured side by side in one clean process."""
+    """For each target (name -> the id of a model under ``subnets/``), the uniform stack
+    and the teacher prefix whose latency is nearest to the target's (in ratio), written
+    under ``subnets/``. Uniform stacks are short-listed by the run's latency predictor;
+    the targets, the short-lists and every teacher prefix are then measured side by side
+    in one clean process, and matched on those figures."""
     from nasbert.extract import save_subnet
     from nasbert.latency.stage import load_predictor
 
@@ -106,12 +108,15 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
     if not uniform:
         raise ConfigError("has no uniform M,F stacks (needs operations M and F and a hidden "
                           "size common to all blocks)", source=f"space {supernet.space.name}")
-    predicted = dict(zip(uniform, load_predictor(run, protocol).predict(
+    predictor = load_predictor(run, protocol)
+    predicted = dict(zip(uniform, predictor.predict(
         list(uniform.values()))))  # to short-list the uniform stacks worth measuring
+    expected = {name: float(predictor.predict([supernet.space.parse(_arch_of(run, i))])[0])
+                for name, i in targets.items()}
     teacher = run.teacher_name()
     prefixes = [f"teacher-first-{k}" for k in range(1, _num_layers(teacher))]
     shortlists = {name: sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))
-                  [:shortlist] for name, target in targets.items()}
+                  [:shortlist] for name, target in expected.items()}
     ids = list(dict.fromkeys([*prefixes, *(i for s in shortlists.values() for i in s)]))
     for model_id in ids:
         folder = run.subnet_dir(model_id)
@@ -122,12 +127,25 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
                         info={"baseline": "uniform L x [M, F] stack, same supernet weights"})
         else:
             save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
-    measured = dict(zip(ids, measure_clean([run.subnet_dir(i) for i in ids], protocol)))
+    every = list(dict.fromkeys([*targets.values(), *ids]))
+    measured = dict(zip(every, measure_clean([run.subnet_dir(i) for i in every], protocol)))
     if progress:
-        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in ids), flush=True)
-    return {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]}, target),
-                   "teacher-first-k": _nearest({k: measured[k] for k in prefixes}, target)}
+        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in every),
+              flush=True)
+    return {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]},
+                                       measured[target]),
+                   "teacher-first-k": _nearest({k: measured[k] for k in prefixes},
+                                               measured[target])}
             for name, target in targets.items()}
+
+
+def _arch_of(run: RunDir, model_id: str) -> str:
+    config = run.subnet_dir(model_id) / "config.json"
+    try:
+        return json.loads(config.read_text())["arch"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise ConfigError("is missing or not a nasbert subnet; run `nasbert search` to write "
+                          "it", source=str(config)) from None
 
 
 def _num_layers(teacher: str) -> int:

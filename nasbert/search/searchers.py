@@ -1,6 +1,9 @@
 """The search back ends: a candidate per trial, scored by the approximator and costed by
 the latency predictor, under a budget.
 
+* :class:`ExactSearcher` (the default): the exact ``k`` best under the budget, by dynamic
+  programming (:mod:`~nasbert.search.exact`), when the cost adds up over blocks (the
+  latency lookup table, the parameter count);
 * :class:`OptunaSearcher`: multi-objective NSGA-II (score vs latency or parameters) with
   the budget as a constraint; the study lives in SQLite in the run folder, so a
   stopped search resumes and optuna-dashboard opens it;
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from nasbert.costs import AdditiveCost, params_cost
 from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
+from nasbert.search.exact import Solution, solve
 from nasbert.space import Arch, BlockArch, Dims
 
 
@@ -110,6 +116,58 @@ class Searcher(abc.ABC):
         """An architecture from a back end's parameters (``embed``, ``block<i>``)."""
         return Arch(int(params["embed"]),
                     tuple(BlockArch.parse(params[f"block{i}"]) for i in range(blocks)))
+
+
+class ExactSearcher(Searcher):
+    """The ``k`` best architectures under the budget, exactly (``trials`` is ignored).
+    ``latency``: the lookup table as an additive cost
+    (:meth:`~nasbert.latency.predictors.TablePredictor.additive`); parameter budgets use
+    the exact parameter count. A budget on both is solved on latency and filtered by
+    parameters. :attr:`fronts` keeps each cost's k-level front, for every budget at once."""
+
+    def __init__(self, latency: AdditiveCost | None, *, k: int = 10):
+        self.latency, self.k = latency, k
+        self.fronts: dict[str, list[Solution]] = {}
+        self.seconds = 0.0
+
+    def front(self, evaluate: Evaluator, embeds, choices, cost: AdditiveCost) -> list[Solution]:
+        if cost.name not in self.fronts:
+            t = time.perf_counter()
+            self.fronts[cost.name] = solve(embeds, choices, evaluate.embed_losses,
+                                           evaluate.tables, cost, evaluate.dims, k=self.k)
+            self.seconds += time.perf_counter() - t
+        return self.fronts[cost.name]
+
+    def run(self, evaluate, embeds, choices, budget, trials, *, seed=0) -> list[Candidate]:
+        if budget.latency_ms is not None:
+            if self.latency is None:
+                raise ConfigError("the exact search needs the latency lookup table; run "
+                                  "`nasbert latency profile` and `fit`", source="search")
+            cost, limit = self.latency, budget.latency_ms
+        else:
+            cost, limit = params_cost(evaluate.dims), budget.params_m * 1e6
+        front = self.front(evaluate, embeds, choices, cost)
+        found = [s for s in front if s.cost <= limit]
+        if budget.params_m is not None and budget.latency_ms is not None:
+            found = [s for s in found if s.arch.num_params(evaluate.dims) <= budget.params_m * 1e6]
+        best = sorted(found, key=lambda s: (s.score, s.cost))[:self.k]
+        out = {}
+        for s in [*best, *_pareto(front)]:  # the chosen few and the whole front (for the plot)
+            c = evaluate(s.arch)
+            # the solver's sums are the predictor's own figures: a check, not a hope
+            assert abs(c.score - s.score) < 1e-6 * max(1.0, abs(s.score)), (c, s)
+            out[str(s.arch)] = c
+        return list(out.values())
+
+
+def _pareto(front: Sequence[Solution]) -> list[Solution]:
+    """The members of a cost-sorted front that nothing beats on both."""
+    out, best = [], float("inf")
+    for s in front:
+        if s.score < best:
+            out.append(s)
+            best = s.score
+    return out
 
 
 class OptunaSearcher(Searcher):

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.run import RunDir
+from nasbert.search.exact import Solution
 from nasbert.search.searchers import (
     Budget,
     Candidate,
     Evaluator,
+    ExactSearcher,
     OptunaSearcher,
     RayTuneSearcher,
     Searcher,
@@ -76,15 +78,21 @@ def _plot(path: Path, candidates: Sequence[Candidate], front: Sequence[Candidate
     tmp.replace(path)
 
 
-def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str = "optuna",
+def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str = "exact",
            trials: int = 300, top_k: int = 10, protocol: Protocol | None = None,
            predictor: str = "best", allow_foreign: bool = False, export: bool = True,
-           seed: int = 0, progress: bool = True) -> dict[str, Candidate]:
-    """Search every budget; write ``search/`` (study, candidates, Pareto set and plot,
-    chosen) and, with ``export``, ``subnets/<budget>/`` (model + card). Returns the
-    chosen candidate per budget."""
-    from nasbert.extract import save_subnet
-    from nasbert.latency.measure import Protocol, fingerprint, measure_clean
+           measure_top: int = 3, seed: int = 0, progress: bool = True) -> dict[str, Candidate]:
+    """Search every budget; write ``search/`` (candidates, the exact front, Pareto set and
+    plot, chosen; the Optuna study for that back end) and, with ``export``,
+    ``subnets/<budget>/`` (model + card). Returns the chosen candidate per budget.
+
+    ``backend``: ``exact`` (the k best by dynamic programming on the latency lookup
+    table), ``optuna`` (NSGA-II) or ``ray`` (Ray Tune), the last two with ``predictor``.
+    A latency budget is searched with a guard band of the predictor's held-out error;
+    with ``export``, the ``measure_top`` best candidates (end to end) are measured side
+    by side in one clean process and the best that measures within the budget is kept,
+    the next ones tried while none does."""
+    from nasbert.latency.measure import Protocol, fingerprint
     from nasbert.latency.stage import load_predictor
     from nasbert.search.approx import Approximator
 
@@ -93,7 +101,10 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     if not budgets:
         raise ConfigError("give at least one budget (--latency-ms or --params-m)",
                           source="search")
-    pred = load_predictor(run, protocol, predictor)
+    if backend not in ("exact", "optuna", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; use exact, optuna or ray",
+                          source="search")
+    pred = load_predictor(run, protocol, "table" if backend == "exact" else predictor)
     pred.check(fingerprint(protocol), allow_foreign=allow_foreign)
     approx = Approximator.from_run(run)
     space = approx.space
@@ -102,39 +113,40 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
                          lambda archs: pred.predict(archs))
     folder = run.search
     folder.mkdir(parents=True, exist_ok=True)
-    searcher: Searcher = (OptunaSearcher(folder / "study.db") if backend == "optuna"
-                          else RayTuneSearcher(folder / "ray"))
+    searcher: Searcher
+    if backend == "exact":
+        searcher = ExactSearcher(pred.additive(), k=top_k)
+    elif backend == "optuna":
+        searcher = OptunaSearcher(folder / "study.db")
+    else:
+        searcher = RayTuneSearcher(folder / "ray")
+    guard = pred.error.get("mape", 0.0) / 100 if export else 0.0
     everything: dict[str, Candidate] = {}
     chosen: dict[str, Candidate] = {}
     failures: list[str] = []
     for budget in budgets:
-        found = searcher.run(evaluate, space.embed_sizes, approx.choices(), budget, trials,
+        guarded = (dataclasses.replace(budget, latency_ms=budget.latency_ms / (1 + guard))
+                   if budget.latency_ms is not None and guard > 0 else budget)
+        found = searcher.run(evaluate, space.embed_sizes, approx.choices(), guarded, trials,
                              seed=seed)
         for c in found:
             everything[str(c.arch)] = c
-        feasible = sorted((c for c in found if budget.fits(c)), key=lambda c: c.score)
+        feasible = sorted((c for c in found if guarded.fits(c)), key=lambda c: c.score)
         if not feasible:
             smallest = min(found, key=lambda c: budget.violation(c))
             failures.append(f"no candidate fits {budget.name}; the smallest found is "
                             f"{smallest.latency_ms:.2f} ms, {smallest.params / 1e6:.2f}M params "
                             f"({smallest.arch}); raise the budget")
             continue
-        rescored = [dataclasses.replace(c, full_loss=approx.full_loss(c.arch))
-                    for c in feasible[:top_k]]
-        best = min(rescored, key=lambda c: c.full_loss)
+        rescored = sorted((dataclasses.replace(c, full_loss=approx.full_loss(c.arch))
+                           for c in feasible[:top_k]), key=lambda c: c.full_loss)
         for c in rescored:
             everything[str(c.arch)] = c
+        best = rescored[0]
         if export:
-            measured = measure_clean([approx.supernet.extract(best.arch)], protocol)[0]
-            best = dataclasses.replace(best, measured_ms=measured)
-            save_subnet(approx.supernet, best.arch, run.subnet_dir(budget.name), info={
-                "budget": budget.name, "predicted latency (ms)": f"{best.latency_ms:.3f}",
-                "measured latency (ms)": f"{measured:.3f}",
-                "approximated score": f"{best.score:.5f}",
-                "end-to-end dev loss": f"{best.full_loss:.5f}",
-                "latency predictor": f"{pred.kind}, held-out MAPE "
-                                     f"{pred.error.get('mape', float('nan')):.1f}%",
-                "device fingerprint": json.dumps(pred.fingerprint)})
+            best = _measured_within(approx.supernet, rescored, budget, protocol, measure_top,
+                                    progress=progress)
+            _export(run, approx.supernet, best, budget, pred)
         everything[str(best.arch)] = best
         chosen[budget.name] = best
         if progress:
@@ -142,14 +154,55 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
                   f"predicted {best.latency_ms:.2f} ms"
                   + (f"  measured {best.measured_ms:.2f} ms" if best.measured_ms else ""),
                   flush=True)
-    _write(folder, everything, chosen, budgets, pred)
+    fronts = searcher.fronts if isinstance(searcher, ExactSearcher) else {}
+    _write(folder, everything, chosen, budgets, pred, fronts)
     if failures:  # after writing what the other budgets found
         raise ConfigError("; ".join(failures), source="search")
     return chosen
 
 
+def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, protocol,
+                     top: int, *, progress: bool) -> Candidate:
+    """The first of ``ranked`` (best first) whose measurement is within the budget,
+    measuring ``top`` at a time side by side in one clean process; the fastest measured
+    when none is."""
+    from nasbert.latency.measure import measure_clean
+
+    measured: list[Candidate] = []
+    for start in range(0, len(ranked), top):
+        group = ranked[start:start + top]
+        times = measure_clean([supernet.extract(c.arch) for c in group], protocol)
+        group = [dataclasses.replace(c, measured_ms=t) for c, t in zip(group, times)]
+        measured += group
+        if budget.latency_ms is None:
+            return group[0]
+        within = [c for c in group if c.measured_ms <= budget.latency_ms]
+        if within:
+            return within[0]
+        if progress:
+            print(f"{budget.name:<20} {len(group)} candidates measured over budget "
+                  f"({', '.join(f'{c.measured_ms:.2f}' for c in group)} ms); trying the next",
+                  flush=True)
+    logging.getLogger(__name__).warning("%s: no candidate measured within the budget; "
+                                        "keeping the fastest", budget.name)
+    return min(measured, key=lambda c: c.measured_ms)
+
+
+def _export(run: RunDir, supernet, best: Candidate, budget: Budget, pred) -> None:
+    from nasbert.extract import save_subnet
+
+    save_subnet(supernet, best.arch, run.subnet_dir(budget.name), info={
+        "budget": budget.name, "predicted latency (ms)": f"{best.latency_ms:.3f}",
+        "measured latency (ms)": f"{best.measured_ms:.3f}",
+        "approximated score": f"{best.score:.5f}",
+        "end-to-end dev loss": f"{best.full_loss:.5f}",
+        "latency predictor": f"{pred.kind}, held-out MAPE "
+                             f"{pred.error.get('mape', float('nan')):.1f}%",
+        "device fingerprint": json.dumps(pred.fingerprint)})
+
+
 def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Candidate],
-           budgets: Sequence[Budget], pred) -> None:
+           budgets: Sequence[Budget], pred, fronts: dict[str, list[Solution]]) -> None:
     previous = _load_candidates(folder)
     merged = {**previous, **everything}
     cands = list(merged.values())
@@ -165,6 +218,14 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
     atomic_write_text(folder / "chosen.json", json.dumps(
         {**meta, "chosen": {**old_chosen, **{k: v.to_dict() for k, v in chosen.items()}}},
         indent=1))
+    if fronts:  # the exact k-level fronts: what `query` answers any budget from
+        out = {}
+        for name, sols in fronts.items():
+            archs = [s.arch for s in sols]
+            latency = pred.predict(archs) if archs else []
+            out[name] = [Candidate(s.arch, s.score, float(ms), s.arch.num_params(pred.dims))
+                         .to_dict() for s, ms in zip(sols, latency)]
+        atomic_write_text(folder / "front.json", json.dumps({**meta, "fronts": out}))
     _plot(folder / "pareto.png", cands, front, chosen, budgets)
     logging.getLogger(__name__).info("wrote %s", folder)
 
@@ -176,19 +237,23 @@ def _load_candidates(folder: Path) -> dict[str, Candidate]:
     return {c["arch"]: Candidate.from_dict(c) for c in json.loads(path.read_text())["candidates"]}
 
 
-def query(run: RunDir | str | Path, budget: Budget) -> Candidate:
-    """The best stored candidate within ``budget`` (by end-to-end loss where it was
-    computed, else by approximated score), from ``search/`` alone: no model is loaded."""
+def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candidate:
+    """The best candidate within ``budget`` from ``search/`` alone (no model is loaded,
+    no torch imported). From the exact search's front, which holds every budget's ``k``
+    best: of the ``top_k`` best by approximated score within the budget, the best end to
+    end where the search re-scored some of them, else the best score. Without a front
+    (a sampling back end), from the candidates the search evaluated."""
     run = RunDir.of(run)
     folder = run.search
     if not (folder / "candidates.json").is_file():
         raise ConfigError("holds no search results; run `nasbert search RUN_DIR --latency-ms "
                           "...` first", source=str(run))
     try:
-        cands = list(_load_candidates(folder).values())
+        known = _load_candidates(folder)
+        front = _load_front(folder, "params" if budget.latency_ms is None else "latency_ms")
     except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
-        raise ConfigError("is corrupt; re-run `nasbert search`",
-                          source=str(folder / "candidates.json")) from None
+        raise ConfigError("is corrupt; re-run `nasbert search`", source=str(folder)) from None
+    cands = list({**{str(c.arch): c for c in front}, **known}.values())
     feasible = [c for c in cands if budget.fits(c)]
     if not feasible:
         smallest = min(cands, key=lambda c: budget.violation(c))
@@ -197,10 +262,18 @@ def query(run: RunDir | str | Path, budget: Budget) -> Candidate:
             need.append(f"{smallest.latency_ms:.2f} ms")
         if budget.params_m is not None:
             need.append(f"{smallest.params / 1e6:.2f}M params")
-        raise ConfigError(f"is impossible: the smallest feasible candidate needs "
+        raise ConfigError(f"is impossible: the smallest model the search found needs "
                           f"{' and '.join(need)} ({smallest.arch}); raise the budget",
                           source=f"budget {budget.name}")
-    rescored = [c for c in feasible if c.full_loss is not None]
+    top = sorted(feasible, key=lambda c: c.score)[:top_k]
+    rescored = [c for c in top if c.full_loss is not None]
     if rescored:
         return min(rescored, key=lambda c: c.full_loss)
-    return min(feasible, key=lambda c: c.score)
+    return top[0]
+
+
+def _load_front(folder: Path, cost: str) -> list[Candidate]:
+    path = folder / "front.json"
+    if not path.is_file():
+        return []
+    return [Candidate.from_dict(c) for c in json.loads(path.read_text())["fronts"].get(cost, [])]

@@ -29,6 +29,7 @@ from nasbert.provenance import provenance
 from nasbert.recipe import Recipe
 from nasbert.run import RunDir
 from nasbert.space import SearchSpace
+from nasbert.train.inherit import teacher_importance
 from nasbert.train.loop import StepCallback, checkpoint_dirs, train_loop
 
 __all__ = ["StepCallback", "prepare_run", "train_supernet"]
@@ -76,6 +77,11 @@ def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = Tr
         corpus = build_corpus(recipe.corpus, tokenizer, progress=progress)
         corpus.info["key"] = key
         corpus.save(run.corpus_file)
+    if recipe.train.init in ("fisher", "magnitude"):
+        # scored once, here, so that every worker starts from the same permutation
+        from nasbert.teacher import Teacher
+
+        teacher_importance(recipe, run, Teacher.load(recipe.teacher, space), progress=progress)
     return run
 
 

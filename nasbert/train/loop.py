@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from nasbert.compress.importance import Importance
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.losses import masked_mse
@@ -44,6 +45,7 @@ from nasbert.run import RunDir
 from nasbert.space import BlockArch, SearchSpace
 from nasbert.supernet import Supernet
 from nasbert.teacher import Teacher
+from nasbert.train.inherit import inherit
 from nasbert.train.shrink import Shrinker
 
 log = logging.getLogger(__name__)
@@ -130,9 +132,10 @@ class BlockwiseTrainer:
         self.supernet = Supernet(self.space, dropout=tc.dropout,
                                  attention_dropout=tc.dropout).to(worker.device)
         self.initialised_from_teacher: list[str] = []
-        if tc.init_from_teacher:
-            self.initialised_from_teacher = self.supernet.init_from_teacher(
-                self.teacher.model, self.teacher.boundaries)
+        if tc.init != "random":
+            importance = (Importance.load(run.importance) if tc.init in ("fisher", "magnitude")
+                          else None)
+            self.initialised_from_teacher = inherit(self.supernet, self.teacher, importance)
         # fused: one pass per tensor; the unfused AdamW costs more than the step on a CPU
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=tc.lr, betas=tuple(tc.betas),
                                            fused=True)

@@ -10,8 +10,13 @@ from transformers import AutoModel
 
 from nasbert import ConfigError, RunDir
 from nasbert.extract import save_subnet
-from nasbert.latency.measure import cached_ms
 from nasbert.search.baselines import build_baselines, save_teacher_prefix, uniform_archs
+
+
+def test_uniform_stacks_lie_in_the_default_space_too(minilm_prune_space):
+    archs = uniform_archs(minilm_prune_space)
+    assert len(archs) == 12  # 1..6 layers x 2 hidden sizes (blocks may be empty)
+    assert str(archs["uniform-L3-H384"]) == "E384" + "|H384:M,F" * 3 + "|H384:I,I" * 3
 
 
 def test_uniform_stacks_lie_in_the_space(minilm_space, tiny_space):
@@ -26,8 +31,7 @@ def test_uniform_stacks_lie_in_the_space(minilm_space, tiny_space):
 def test_baselines_are_matched_by_measured_latency(tiny_run, protocol):
     run = RunDir(tiny_run)
     save_subnet(run.supernet(), "E16|H16:M,F|H24:S3,I", run.subnet_dir("small"))
-    target = cached_ms(run.subnet_dir("small"), protocol)
-    chosen = build_baselines(run, {"1x": target}, protocol=protocol, progress=False)
+    chosen = build_baselines(run, {"1x": "small"}, protocol=protocol, progress=False)
     ids = chosen["1x"]
     assert ids["uniform"] in ("uniform-L1-H32", "uniform-L2-H32")
     assert ids["teacher-first-k"] == "teacher-first-1"  # the only prefix of 2 layers

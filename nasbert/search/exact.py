@@ -1,0 +1,101 @@
+"""The exact search: the approximator's score and the lookup table's latency (and the
+parameter count) are sums over the embedding, the blocks and the projections between
+consecutive stages, so choosing one path per block under a budget is a multiple-choice
+knapsack along a chain. It is solved exactly by dynamic programming over the blocks,
+whose state is the width of the last stage (the only thing a projection couples).
+
+Per state the programme keeps the partial architectures that fewer than ``k`` others
+dominate (no more costly and no worse), the *k-level Pareto set*: a partial solution
+that ``k`` others dominate has ``k`` completions better than each of its own, so no
+budget's ``k`` best can come from it. What comes out is therefore, for every budget at
+once, exactly the ``k`` best architectures (``k = 1``: the Pareto front). No cost is
+discretised.
+
+>>> front = solve(embeds, choices, embed_losses, tables, cost, dims, k=10)  # doctest: +SKIP
+>>> best_within(front, 8.0, k=3)                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from nasbert.costs import AdditiveCost
+from nasbert.space import Arch, BlockArch, Dims, transition_exists
+
+
+@dataclass(frozen=True)
+class Solution:
+    arch: Arch
+    score: float
+    cost: float  # after ``finish``
+
+
+@dataclass
+class _Partial:
+    score: float
+    cost: float  # raw sum so far
+    width: int
+    parts: tuple  # embed, then the chosen paths
+
+
+def _k_level(partials: list[_Partial], k: int) -> list[_Partial]:
+    """The partials that fewer than ``k`` others dominate (cost <= and score <=)."""
+    partials.sort(key=lambda p: (p.cost, p.score))
+    kept, best = [], []  # best: max-heap (negated) of the k lowest scores seen so far
+    for p in partials:
+        if len(best) == k and -best[0] <= p.score:
+            continue  # k earlier ones cost no more and score no worse
+        kept.append(p)
+        if len(best) < k:
+            heapq.heappush(best, -p.score)
+        else:
+            heapq.heapreplace(best, -p.score)
+    return kept
+
+
+def solve(embeds: Sequence[int], choices: Sequence[Sequence[BlockArch]],
+          embed_losses: Mapping[int, float], tables: Sequence[Mapping[BlockArch, float]],
+          cost: AdditiveCost, dims: Dims, *, k: int = 1,
+          limit: float | None = None) -> list[Solution]:
+    """The k-level Pareto set of (score, cost) over every architecture made of one of
+    ``embeds`` and one of ``choices[i]`` per block, sorted by cost. ``limit`` (on the
+    finished cost) drops what can only exceed it, for speed."""
+    d = dims.hidden_size
+    over = (lambda c: cost.finish(c) > limit) if limit is not None else (lambda c: False)
+    states: dict[int, list[_Partial]] = {}
+    for e in embeds:
+        p = _Partial(embed_losses[e], cost.embed(e), e, (e,))
+        if not over(p.cost):
+            states.setdefault(e, []).append(p)
+    for i, paths in enumerate(choices):
+        nxt: dict[int, list[_Partial]] = {}
+        path_cost = {p: cost.path(p) for p in paths}
+        for width, partials in states.items():
+            for path in paths:
+                h = path.hidden
+                step = path_cost[path] + (cost.transition(width, h)
+                                          if transition_exists(width, h, d) else 0.0)
+                loss = tables[i][path]
+                for q in partials:
+                    c = q.cost + step
+                    if not over(c):
+                        nxt.setdefault(h, []).append(_Partial(q.score + loss, c, h,
+                                                              (*q.parts, path)))
+        states = {h: _k_level(ps, k) for h, ps in nxt.items()}
+    finished = []
+    for width, partials in states.items():
+        tail = cost.transition(width, d) if width != d else 0.0
+        for q in partials:
+            finished.append(_Partial(q.score, q.cost + tail, width, q.parts))
+    return [Solution(Arch(q.parts[0], tuple(q.parts[1:])), q.score, cost.finish(q.cost))
+            for q in _k_level([q for q in finished if not over(q.cost)], k)]
+
+
+def best_within(front: Sequence[Solution], limit: float, *, k: int = 1) -> list[Solution]:
+    """The ``k`` best-scoring solutions of a cost-sorted front within ``limit``."""
+    costs = [s.cost for s in front]
+    within = front[:bisect.bisect_right(costs, limit)]
+    return sorted(within, key=lambda s: (s.score, s.cost))[:k]
