@@ -149,8 +149,8 @@ def _search(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run_dir)
     chosen = search(run, _budgets(args), backend=args.backend, trials=args.trials,
-                    top_k=args.top_k, protocol=_protocol(args), allow_foreign=args.any_device,
-                    export=not args.no_export)
+                    predictor=args.predictor, top_k=args.top_k, protocol=_protocol(args),
+                    allow_foreign=args.any_device, export=not args.no_export)
     print(f"wrote         {run.search}/ (candidates.json, front.json, pareto.json, pareto.png, "
           "chosen.json)")
     if not args.no_export:
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: dynamic programming on the latency table (default); optuna "
                         "(NSGA-II) and ray take --trials and any predictor")
     p.add_argument("--trials", type=int, default=300, help="optuna and ray only")
+    p.add_argument("--predictor", choices=["best", "table", "learned"], default="best",
+                   help="the latency predictor of optuna and ray (exact: the table)")
     p.add_argument("--top-k", type=int, default=10, help="re-scored end to end per budget")
     p.add_argument("--any-device", action="store_true",
                    help="use a latency predictor measured on another device")

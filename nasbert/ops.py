@@ -236,6 +236,32 @@ class Elastic:
             views[k].copy_(v.reshape(views[k].shape))
 
 
+def rotate(p: Mapping[str, Tensor], basis: Tensor, gain: float) -> dict[str, Tensor]:
+    """A layer's weights at the full width re-expressed on ``basis`` (``h x d``, rows
+    orthonormal): inputs read ``x = basis.T z``, outputs write ``z = basis y``. Exact for
+    the linear maps; per-channel weights (LayerNorm's scale, depthwise kernels) take the
+    diagonal of their rotation, and LayerNorm's scale is multiplied by ``gain`` (the
+    statistics over ``h`` coordinates of a projection differ from those over ``d``)."""
+    squared = basis * basis
+    out = {}
+    for key, w in p.items():
+        if key in ("qkv.weight", "fc1.weight"):  # reads the hidden state
+            out[key] = w @ basis.T
+        elif key in ("out.weight", "fc2.weight"):  # writes it
+            out[key] = basis @ w
+        elif key == "pointwise.weight":
+            out[key] = basis @ w @ basis.T
+        elif key == "depthwise.weight":  # (d, 1, k): per channel and tap
+            out[key] = (squared @ w[:, 0, :])[:, None, :]
+        elif key == "norm.weight":
+            out[key] = (squared @ w) * gain
+        elif key in ("out.bias", "fc2.bias", "pointwise.bias", "depthwise.bias", "norm.bias"):
+            out[key] = basis @ w
+        else:  # qkv.bias, fc1.bias: inside the layer, not in the hidden space
+            out[key] = w
+    return out
+
+
 def _norm_slices(norm: nn.LayerNorm, h: int) -> dict[str, Tensor]:
     return {"norm.weight": norm.weight[:h], "norm.bias": norm.bias[:h]}
 
@@ -276,10 +302,13 @@ class ElasticAttention(Elastic, Attention):
 
     def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
                 op: str | None = None) -> Tensor:
-        p = self.sliced(hidden, op)
+        return self.run(x, masks, self.sliced(hidden, op),
+                        self.dims.op_heads(self._op(op), hidden))
+
+    def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int) -> Tensor:
+        """The layer on given weights (``sliced``'s, or a rotation of them)."""
         y = attention_kernel(x, masks, p["qkv.weight"], p["qkv.bias"], p["out.weight"],
-                             p["out.bias"], self.dims.op_heads(self._op(op), hidden),
-                             self.attention_dropout, self.training)
+                             p["out.bias"], heads, self.attention_dropout, self.training)
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 
@@ -303,7 +332,9 @@ class ElasticFeedForward(Elastic, FeedForward):
 
     def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
                 op: str | None = None) -> Tensor:
-        p = self.sliced(hidden, op)
+        return self.run(x, masks, self.sliced(hidden, op))
+
+    def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int = 0) -> Tensor:
         y = feed_forward_kernel(x, p["fc1.weight"], p["fc1.bias"], p["fc2.weight"], p["fc2.bias"])
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
@@ -323,7 +354,9 @@ class ElasticSepConv(Elastic, SepConv):
 
     def forward(self, x: Tensor, masks: Masks, hidden: int,  # type: ignore[override]
                 op: str | None = None) -> Tensor:
-        p = self.sliced(hidden, op)
+        return self.run(x, masks, self.sliced(hidden, op))
+
+    def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int = 0) -> Tensor:
         y = sep_conv_kernel(x, masks, p["depthwise.weight"], p["depthwise.bias"],
                             p["pointwise.weight"], p["pointwise.bias"])
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,

@@ -43,7 +43,10 @@ class TrainConfig:
     # Fisher or magnitude importance (so that pruned ops and narrow slices keep the most
     # important), the teacher's weights as they are ("prefix"), or random
     init: Literal["fisher", "magnitude", "prefix", "random"] = "fisher"
-    init_sequences: int = 128  # training sequences the importance is scored on
+    init_sequences: int = 128  # training sequences importance and bases are fitted on
+    # narrower hidden sizes: on the principal directions of the teacher's hidden states
+    # at the block (a linear autoencoder), or on its first h coordinates
+    basis: Literal["pca", "prefix"] = "pca"
     cache_teacher_gb: float = 2.0  # teacher outputs kept in memory across epochs (0: off)
     dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0

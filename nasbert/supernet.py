@@ -35,7 +35,15 @@ from nasbert.errors import ConfigError
 from nasbert.hf.bert import bert_embeddings, bert_layer, is_bert_like
 from nasbert.io import atomic_dir
 from nasbert.model import NasBertConfig, NasBertModel
-from nasbert.ops import ElasticEmbeddings, ElasticLinear, Masks, elastic_op, load_exact, make_masks
+from nasbert.ops import (
+    ElasticEmbeddings,
+    ElasticLinear,
+    Masks,
+    elastic_op,
+    load_exact,
+    make_masks,
+    rotate,
+)
 from nasbert.provenance import provenance
 from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace, op_family, transition_exists
 
@@ -60,6 +68,50 @@ class SuperBlock(nn.Module):
             })
             for _ in range(spec.layers)
         )
+        self.dims = dims
+        # A basis of the teacher's hidden space at this block (rows by importance) and the
+        # LayerNorm gain per width: narrower widths run on the teacher-width weights
+        # re-expressed on the first h rows (see set_basis). Off until set.
+        self.register_buffer("basis", torch.eye(dims.hidden_size))
+        self.register_buffer("gain", torch.ones(dims.hidden_size + 1))
+        self.register_buffer("rotated", torch.tensor(False))
+
+    def rotates(self, hidden: int) -> bool:
+        d = self.interface
+        return (bool(self.rotated) and hidden < d == self.max_hidden
+                and self.dims.head_dim(hidden) == self.dims.head_dim(d))
+
+    @torch.no_grad()
+    def set_basis(self, basis: Tensor, energy: Tensor) -> None:
+        """Run widths below the teacher's on the teacher-width weights expressed on the
+        leading rows of ``basis`` (``d x d``, orthonormal rows, most energy first; a
+        linear autoencoder's encoder), with the projections in and out starting as that
+        encoder and its transpose. ``energy[h]``: the share of the hidden states' energy
+        the first ``h`` rows hold, which sets LayerNorm's gain at ``h``."""
+        d = self.interface
+        if self.proj_in is None or self.max_hidden != d:
+            return
+        self.basis.copy_(basis)
+        h = torch.arange(1, d + 1, dtype=torch.float64)
+        self.gain[1:].copy_((energy[1:].double() * d / h).sqrt().to(self.gain.dtype))
+        self.proj_in.weight.copy_(basis)
+        self.proj_in.bias.zero_()
+        self.proj_out.weight.copy_(basis.T)
+        self.proj_out.bias.zero_()
+        self.rotated.fill_(True)
+
+    def layer_weights(self, position: int, op: str, hidden: int) -> tuple[nn.Module, dict, int]:
+        """The layer of ``op`` at ``position``, its weights at ``hidden`` (standalone names)
+        and its head count."""
+        layer = self.layers[position][op_family(op)]
+        heads = self.dims.op_heads(op, hidden) if op[0] == "M" else 0
+        if self.rotates(hidden):
+            d = self.interface
+            p = rotate(layer.sliced(d, _same_inner(op, hidden, d, self.dims)),
+                       self.basis[:hidden], float(self.gain[hidden]))
+        else:
+            p = layer.sliced(hidden, op)
+        return layer, p, heads
 
     def forward(self, x: Tensor, masks: Masks, block: BlockArch) -> Tensor:
         """Teacher-space input -> teacher-space output of this block on ``block``'s path."""
@@ -68,10 +120,23 @@ class SuperBlock(nn.Module):
             x = self.proj_in(x, d, h)
         for position, op in enumerate(block.ops):
             if op != IDENTITY:
-                x = self.layers[position][op_family(op)](x, masks, h, op)
+                layer, p, heads = self.layer_weights(position, op, h)
+                x = layer.run(x, masks, p, heads)
         if h != d:
             x = self.proj_out(x, h, d)
         return x
+
+
+def _same_inner(op: str, hidden: int, width: int, dims) -> str:
+    """The op at ``width`` with the inner size ``op`` has at ``hidden`` (heads or
+    neurons): what a narrower width runs on, re-expressed on a basis."""
+    if op[0] == "M":
+        n = dims.op_heads(op, hidden)
+        return "M" if n == dims.num_heads(width) else f"M{n}"
+    if op[0] == "F":
+        i = dims.op_inner(op, hidden)
+        return "F" if i == dims.op_inner("F", width) else f"F{i}"
+    return op
 
 
 class Supernet(nn.Module):
@@ -263,7 +328,7 @@ class Supernet(nn.Module):
                     state[f"blocks.{i}.proj.{k}"] = v
             computing = [(pos, op) for pos, op in enumerate(block.ops) if op != IDENTITY]
             for j, (pos, op) in enumerate(computing):
-                for k, v in block_module.layers[pos][op_family(op)].sliced(h, op).items():
+                for k, v in block_module.layer_weights(pos, op, h)[1].items():
                     state[f"blocks.{i}.layers.{j}.{k}"] = v
             pending = block_module.proj_out.sliced(h, d) if h != d else None
             width = h

@@ -2,7 +2,10 @@
 parameter count) are sums over the embedding, the blocks and the projections between
 consecutive stages, so choosing one path per block under a budget is a multiple-choice
 knapsack along a chain. It is solved exactly by dynamic programming over the blocks,
-whose state is the width of the last stage (the only thing a projection couples).
+whose state is the width of the last stage (the only thing a projection couples) and
+whether a token-mixing layer has been chosen yet (a model of feed-forward layers alone
+never lets its first token see the others, so it cannot classify from it; the
+block-wise score does not see that, so the solver requires one).
 
 Per state the programme keeps the partial architectures that fewer than ``k`` others
 dominate (no more costly and no worse), the *k-level Pareto set*: a partial solution
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nasbert.costs import AdditiveCost
@@ -56,37 +59,48 @@ def _k_level(partials: list[_Partial], k: int) -> list[_Partial]:
     return kept
 
 
+def mixes_tokens(path: BlockArch) -> bool:
+    """Whether a path moves information between positions (attention or convolution):
+    a model with none cannot classify from its first token."""
+    return any(op[0] in "MS" for op in path.layers)
+
+
 def solve(embeds: Sequence[int], choices: Sequence[Sequence[BlockArch]],
           embed_losses: Mapping[int, float], tables: Sequence[Mapping[BlockArch, float]],
-          cost: AdditiveCost, dims: Dims, *, k: int = 1,
-          limit: float | None = None) -> list[Solution]:
+          cost: AdditiveCost, dims: Dims, *, k: int = 1, limit: float | None = None,
+          require: Callable[[BlockArch], bool] | None = mixes_tokens) -> list[Solution]:
     """The k-level Pareto set of (score, cost) over every architecture made of one of
-    ``embeds`` and one of ``choices[i]`` per block, sorted by cost. ``limit`` (on the
-    finished cost) drops what can only exceed it, for speed."""
+    ``embeds`` and one of ``choices[i]`` per block with at least one path that
+    ``require`` accepts (default: one that mixes tokens; None: no condition), sorted by
+    cost. ``limit`` (on the finished cost) drops what can only exceed it, for speed."""
     d = dims.hidden_size
     over = (lambda c: cost.finish(c) > limit) if limit is not None else (lambda c: False)
-    states: dict[int, list[_Partial]] = {}
+    # the state: the last width, and whether a required path has been taken yet
+    states: dict[tuple[int, bool], list[_Partial]] = {}
     for e in embeds:
         p = _Partial(embed_losses[e], cost.embed(e), e, (e,))
         if not over(p.cost):
-            states.setdefault(e, []).append(p)
+            states.setdefault((e, require is None), []).append(p)
     for i, paths in enumerate(choices):
-        nxt: dict[int, list[_Partial]] = {}
+        nxt: dict[tuple[int, bool], list[_Partial]] = {}
         path_cost = {p: cost.path(p) for p in paths}
-        for width, partials in states.items():
+        for (width, done), partials in states.items():
             for path in paths:
                 h = path.hidden
                 step = path_cost[path] + (cost.transition(width, h)
                                           if transition_exists(width, h, d) else 0.0)
                 loss = tables[i][path]
+                key = (h, done or bool(require and require(path)))
                 for q in partials:
                     c = q.cost + step
                     if not over(c):
-                        nxt.setdefault(h, []).append(_Partial(q.score + loss, c, h,
-                                                              (*q.parts, path)))
-        states = {h: _k_level(ps, k) for h, ps in nxt.items()}
+                        nxt.setdefault(key, []).append(_Partial(q.score + loss, c, h,
+                                                                (*q.parts, path)))
+        states = {key: _k_level(ps, k) for key, ps in nxt.items()}
     finished = []
-    for width, partials in states.items():
+    for (width, done), partials in states.items():
+        if not done:
+            continue
         tail = cost.transition(width, d) if width != d else 0.0
         for q in partials:
             finished.append(_Partial(q.score, q.cost + tail, width, q.parts))

@@ -1,6 +1,8 @@
 """How the supernet inherits the teacher: importance scored once per run (on the run's
 own corpus), the teacher's heads and neurons permuted by it, then copied into every path
-that can hold them (:meth:`~nasbert.supernet.Supernet.init_from_teacher`)."""
+that can hold them (:meth:`~nasbert.supernet.Supernet.init_from_teacher`); narrower
+hidden sizes run on the principal directions of the teacher's hidden states at their
+block (:func:`hidden_bases`, :meth:`~nasbert.supernet.SuperBlock.set_basis`)."""
 
 from __future__ import annotations
 
@@ -46,10 +48,47 @@ def teacher_importance(recipe: Recipe, run: RunDir, teacher: Teacher, *,
     return importance
 
 
-def inherit(supernet: Supernet, teacher: Teacher, importance: Importance | None) -> list[str]:
+@torch.no_grad()
+def hidden_bases(teacher: Teacher, ids: torch.Tensor, *, batch_size: int = 16
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block: the principal directions of the teacher's hidden states at the
+    block's boundaries (its input, each of its layers' outputs), as the rows of a
+    ``d x d`` matrix by decreasing energy, and ``energy[h]``, the share the first ``h``
+    rows hold. Uncentred: the best rank-h linear autoencoder ``x -> B_h.T B_h x``."""
+    bounds = teacher.boundaries
+    moments = [0.0] * (len(bounds) - 1)
+    count = 0
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        states = teacher.model(input_ids=chunk, attention_mask=torch.ones_like(chunk),
+                               output_hidden_states=True).hidden_states
+        count += chunk.numel()
+        for b in range(len(bounds) - 1):
+            for s in states[bounds[b]:bounds[b + 1] + 1]:
+                x = s.reshape(-1, s.shape[-1]).double()
+                moments[b] = moments[b] + x.T @ x
+    out = []
+    for m in moments:
+        values, vectors = torch.linalg.eigh(m / count)  # ascending
+        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+        energy = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)]) / values.sum()
+        out.append((vectors.T.float(), energy.float()))
+    return out
+
+
+def inherit(supernet: Supernet, teacher: Teacher, importance: Importance | None, *,
+            basis_sequences: torch.Tensor | None = None) -> list[str]:
     """Initialise ``supernet`` from the teacher, permuted by ``importance`` when given
-    (the teacher itself is left as it is). Returns what was set."""
+    (the teacher itself is left as it is), with bases for the narrower widths fitted on
+    ``basis_sequences`` when given. Returns what was set."""
     model = teacher.model
     if importance is not None:
         model = permute(copy.deepcopy(model), importance)
-    return supernet.init_from_teacher(model, teacher.boundaries)
+    done = supernet.init_from_teacher(model, teacher.boundaries)
+    if basis_sequences is not None:
+        for i, (basis, energy) in enumerate(hidden_bases(teacher, basis_sequences)):
+            block = supernet.blocks[i]
+            block.set_basis(basis, energy)
+            if bool(block.rotated):
+                done.append(f"basis {i}")
+    return done

@@ -135,7 +135,10 @@ class BlockwiseTrainer:
         if tc.init != "random":
             importance = (Importance.load(run.importance) if tc.init in ("fisher", "magnitude")
                           else None)
-            self.initialised_from_teacher = inherit(self.supernet, self.teacher, importance)
+            self.initialised_from_teacher = inherit(
+                self.supernet, self.teacher, importance,
+                basis_sequences=(self.corpus.train[:tc.init_sequences].to(worker.device)
+                                 if tc.basis == "pca" else None))
         # fused: one pass per tensor; the unfused AdamW costs more than the step on a CPU
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=tc.lr, betas=tuple(tc.betas),
                                            fused=True)

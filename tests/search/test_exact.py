@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nasbert.costs import AdditiveCost, params_cost, total
-from nasbert.search.exact import best_within, solve
+from nasbert.search.exact import best_within, mixes_tokens, solve
 
 
 def _problem(space, seed: int):
@@ -35,7 +35,9 @@ def test_exact_solution_equals_brute_force(tiny_space, seed, which):
     archs = list(tiny_space.enumerate())
     assert len(archs) == tiny_space.size()
     scored = [(embed_losses[a.embed] + sum(t[b] for t, b in zip(tables, a.blocks)),
-               total(cost, a, tiny_space.dims), a) for a in archs]
+               total(cost, a, tiny_space.dims), a) for a in archs
+              if any(mixes_tokens(b) for b in a.blocks)]  # what the solver requires
+    assert len(scored) < len(archs)
     if which == "params":  # the additive parameter count is the model's exact one
         assert all(c == a.num_params(tiny_space.dims) for _, c, a in scored)
     k = 5
@@ -55,6 +57,13 @@ def test_exact_solution_equals_brute_force(tiny_space, seed, which):
     for s in solve(tiny_space.embed_sizes, choices, embed_losses, tables, cost,
                    tiny_space.dims, k=1):
         assert not any(c <= s.cost and sc < s.score - 1e-12 for sc, c, _ in scored)
+        assert any(mixes_tokens(b) for b in s.arch.blocks)
+    # without the condition, the front is that of every architecture
+    free = solve(tiny_space.embed_sizes, choices, embed_losses, tables, cost, tiny_space.dims,
+                 k=1, require=None)
+    best = min(embed_losses[a.embed] + sum(t[b] for t, b in zip(tables, a.blocks))
+               for a in archs)
+    assert min(s.score for s in free) == pytest.approx(best)
 
 
 def test_exact_search_is_fast_on_the_default_space(minilm_prune_space):

@@ -36,11 +36,13 @@ def test_training_lowers_the_block_losses(trained):
     start, end = summary["dev_loss_start"], summary["dev_loss_end"]
     assert set(start) == {"embeddings", "block0", "block1"}
     for key in start:
-        # 40 steps on the tiny corpus's real vocabulary: ratios of 0.79 to 0.87 measured
-        # (numerics vary with the thread count); an untrained block stays at ~1.0
-        assert end[key] < 0.92 * start[key], (key, start[key], end[key])
+        # 40 steps on the tiny corpus's real vocabulary. The reference paths start from
+        # the teacher's permuted weights and principal-direction bases, near the teacher
+        # already: ratios of 0.85 to 0.93 measured (numerics vary with the thread count)
+        assert end[key] < 0.97 * start[key], (key, start[key], end[key])
     assert summary["steps"] == 40
-    assert summary["initialised_from_teacher"] == ["embeddings", "block 0", "block 1"]
+    assert summary["initialised_from_teacher"] == ["embeddings", "block 0", "block 1",
+                                                   "basis 0", "basis 1"]
 
 
 def test_shrinking_leaves_m_paths_per_bin_with_losses(trained):
