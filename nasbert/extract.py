@@ -55,7 +55,7 @@ def model_card(arch: Arch, supernet: Supernet, info: dict) -> str:
 
 
 def save_subnet(supernet: Supernet, arch: Arch | str, out_dir: str | Path, *,
-                info: dict | None = None, atol: float = 1e-5,
+                info: dict | None = None, atol: float = 5e-5,
                 rtol: float = 1e-4) -> SubnetReport:
     """Extract ``arch``, save it (config.json, model.safetensors, README.md) to
     ``out_dir`` atomically, reload it with ``AutoModel`` and check it against the
@@ -75,7 +75,9 @@ def save_subnet(supernet: Supernet, arch: Arch | str, out_dir: str | Path, *,
                 want = supernet(ids, attention_mask=mask, arch=arch).last_hidden_state
                 got = reloaded(ids, attention_mask=mask).last_hidden_state
             diff = float((want - got).abs().max())
-            if not torch.allclose(got, want, rtol=rtol, atol=atol):  # float32 rounding only
+            # float32 rounding only: projections folded in float64 and bases applied to
+            # the weights (not the activations) round differently, up to ~1e-5 measured
+            if not torch.allclose(got, want, rtol=rtol, atol=atol):
                 raise AssertionError(f"extracted model differs from the supernet by {diff:.2e}")
             report = SubnetReport(str(out_dir), str(arch), arch.num_params(supernet.dims),
                                   arch.flops(supernet.dims), diff)
