@@ -24,9 +24,12 @@ import bisect
 import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nasbert.costs import AdditiveCost
 from nasbert.space import Arch, BlockArch, Dims, transition_exists
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,16 @@ def solve(embeds: Sequence[int], choices: Sequence[Sequence[BlockArch]],
             finished.append(_Partial(q.score, q.cost + tail, width, q.parts))
     return [Solution(Arch(q.parts[0], tuple(q.parts[1:])), q.score, cost.finish(q.cost))
             for q in _k_level([q for q in finished if not over(q.cost)], k)]
+
+
+def pareto(items: Sequence[T], cost: Callable[[T], float]) -> list[T]:
+    """The items nothing beats on both ``cost`` and ``.score`` (lower is better), by cost."""
+    front, best = [], float("inf")
+    for item in sorted(items, key=lambda i: (cost(i), i.score)):
+        if item.score < best:
+            front.append(item)
+            best = item.score
+    return front
 
 
 def best_within(front: Sequence[Solution], limit: float, *, k: int = 1) -> list[Solution]:

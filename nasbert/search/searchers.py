@@ -22,7 +22,7 @@ from pathlib import Path
 from nasbert.costs import AdditiveCost, params_cost
 from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
-from nasbert.search.exact import Solution, solve
+from nasbert.search.exact import Solution, pareto, solve
 from nasbert.space import Arch, BlockArch, Dims
 
 
@@ -152,22 +152,13 @@ class ExactSearcher(Searcher):
             found = [s for s in found if s.arch.num_params(evaluate.dims) <= budget.params_m * 1e6]
         best = sorted(found, key=lambda s: (s.score, s.cost))[:self.k]
         out = {}
-        for s in [*best, *_pareto(front)]:  # the chosen few and the whole front (for the plot)
+        # the chosen few, and the whole front (for the plot)
+        for s in [*best, *pareto(front, lambda s: s.cost)]:
             c = evaluate(s.arch)
             # the solver's sums are the predictor's own figures: a check, not a hope
             assert abs(c.score - s.score) < 1e-6 * max(1.0, abs(s.score)), (c, s)
             out[str(s.arch)] = c
         return list(out.values())
-
-
-def _pareto(front: Sequence[Solution]) -> list[Solution]:
-    """The members of a cost-sorted front that nothing beats on both."""
-    out, best = [], float("inf")
-    for s in front:
-        if s.score < best:
-            out.append(s)
-            best = s.score
-    return out
 
 
 class OptunaSearcher(Searcher):

@@ -25,6 +25,7 @@ from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.run import RunDir
 from nasbert.search.exact import Solution
+from nasbert.search.exact import pareto as exact_pareto
 from nasbert.search.searchers import (
     Budget,
     Candidate,
@@ -41,12 +42,7 @@ if TYPE_CHECKING:
 
 def pareto(candidates: Sequence[Candidate]) -> list[Candidate]:
     """The candidates no other one beats on both score and predicted latency."""
-    front, best = [], float("inf")
-    for c in sorted(candidates, key=lambda c: (c.latency_ms, c.score)):
-        if c.score < best:
-            front.append(c)
-            best = c.score
-    return front
+    return exact_pareto(candidates, lambda c: c.latency_ms)
 
 
 def _plot(path: Path, candidates: Sequence[Candidate], front: Sequence[Candidate],
@@ -168,6 +164,8 @@ def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, prot
     when none is."""
     from nasbert.latency.measure import measure_clean
 
+    if budget.latency_ms is None:  # nothing to check: the best, measured for its card
+        top = 1
     measured: list[Candidate] = []
     for start in range(0, len(ranked), top):
         group = ranked[start:start + top]

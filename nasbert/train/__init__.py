@@ -79,9 +79,7 @@ def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = Tr
         corpus.save(run.corpus_file)
     if recipe.train.init in ("fisher", "magnitude"):
         # scored once, here, so that every worker starts from the same permutation
-        from nasbert.teacher import Teacher
-
-        teacher_importance(recipe, run, Teacher.load(recipe.teacher, space), progress=progress)
+        teacher_importance(recipe, run, space, progress=progress)
     return run
 
 

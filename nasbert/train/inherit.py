@@ -13,6 +13,7 @@ import torch
 from nasbert.compress.importance import Importance, permute, score
 from nasbert.recipe import Recipe
 from nasbert.run import RunDir
+from nasbert.space import SearchSpace
 from nasbert.supernet import Supernet
 from nasbert.teacher import Teacher
 
@@ -22,11 +23,12 @@ def _key(recipe: Recipe, corpus_key: str | None) -> dict:
             "seed": recipe.train.seed, "corpus": corpus_key}
 
 
-def teacher_importance(recipe: Recipe, run: RunDir, teacher: Teacher, *,
+def teacher_importance(recipe: Recipe, run: RunDir, space: SearchSpace, *,
                        progress: bool = False) -> Importance | None:
     """The teacher's importance for the recipe's ``train.init`` (None for ``prefix`` and
     ``random``), from the run's file when it was scored the same way, else scored on the
-    first ``train.init_sequences`` training sequences and written there."""
+    first ``train.init_sequences`` training sequences (the teacher loaded for ``space``)
+    and written there."""
     if recipe.train.init not in ("fisher", "magnitude"):
         return None
     corpus = run.corpus()
@@ -41,6 +43,7 @@ def teacher_importance(recipe: Recipe, run: RunDir, teacher: Teacher, *,
               f"{len(ids)} sequences)")
     # packed sequences: no padding
     batches = [(ids[i:i + 16], torch.ones_like(ids[i:i + 16])) for i in range(0, len(ids), 16)]
+    teacher = Teacher.load(recipe.teacher, space)
     importance = score(teacher.model, batches, criterion=recipe.train.init,
                        seed=recipe.train.seed)
     importance.info["key"] = key
