@@ -1,10 +1,11 @@
-"""Registering the ``nasbert`` model type with transformers' Auto classes, lazily.
+"""Registering nasbert's model types with transformers' Auto classes, lazily.
 
 ``import nasbert`` must be cheap (the CLI answers queries from JSON in well under a
 second, and torch alone takes longer to import) yet make ``AutoConfig`` /
-``AutoModel`` / ``AutoModelForSequenceClassification`` know our model type. So the
-registration runs when transformers' auto modules are imported, by whoever imports
-them first, or at once if they already are.
+``AutoModel`` / ``AutoModelForSequenceClassification`` know our model types (``nasbert``
+and the low-rank BERT of :mod:`nasbert.compress.lowrank`). So the registration runs
+when transformers' auto modules are imported, by whoever imports them first, or at once
+if they already are.
 """
 
 from __future__ import annotations
@@ -13,17 +14,44 @@ import importlib.abc
 import importlib.util
 import sys
 
-# transformers' auto module -> ours that registers with it when imported
-_HOOKS = {"transformers.models.auto.configuration_auto": "nasbert.configuration_nasbert",
-          "transformers.models.auto.modeling_auto": "nasbert.model"}
+# transformers' auto module -> ours that register with it when it has been executed
+_HOOKS = {"transformers.models.auto.configuration_auto": ("nasbert.configuration_nasbert",),
+          "transformers.models.auto.modeling_auto": ("nasbert.model", "nasbert.compress.lowrank")}
+# ours -> transformers modules it imports that may be mid-import when its hook fires
+# (``BertConfig`` and ``BertModel`` import the auto modeling module from decorators,
+# before they exist): ours then waits for them to finish
+_WAIT = {"nasbert.compress.lowrank": ("transformers.models.bert.configuration_bert",
+                                      "transformers.models.bert.modeling_bert")}
+_pending: dict[str, list[str]] = {}
+_executed: set[str] = set()  # executed, though importlib may still flag them initialising
+
+
+def _initialising(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False)) and name not in _executed
+
+
+def _register(ours: str) -> None:
+    busy = [m for m in _WAIT.get(ours, ()) if _initialising(m)]
+    if busy:
+        _pending.setdefault(busy[0], []).append(ours)
+    else:
+        importlib.import_module(ours)
+
+
+def _after(name: str) -> None:
+    """Import what waited for the transformers module ``name``, now executed."""
+    _executed.add(name)
+    for ours in (*_HOOKS.get(name, ()), *_pending.pop(name, ())):
+        _register(ours)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of transformers' auto modules so that our
-    registering module is imported right after one of them has been executed."""
+    """Finds nothing itself: wraps the loader of the transformers modules named above so
+    that ours are imported right after one of them has been executed."""
 
     def find_spec(self, name, path=None, target=None):
-        if name not in _HOOKS:
+        if name not in _HOOKS and not any(name in w for w in _WAIT.values()):
             return None
         sys.meta_path.remove(self)
         try:
@@ -36,7 +64,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             execute(module)
-            importlib.import_module(_HOOKS[name])
+            _after(name)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -45,7 +73,8 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 def install() -> None:
     for auto, ours in _HOOKS.items():
         if auto in sys.modules:
-            importlib.import_module(ours)
+            for module in ours:
+                _register(module)
     if not all(m in sys.modules for m in _HOOKS) and not any(
             isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterImport())

@@ -236,6 +236,28 @@ def _sweep(args: argparse.Namespace) -> None:
         print(f"wrote         {r['path']}")
 
 
+def _compress(args: argparse.Namespace) -> None:
+    from nasbert.compress.offline import OfflineConfig, compress
+    from nasbert.schema import parse
+
+    given = {"method": args.method, "ratio": args.ratio, "params_m": args.params_m,
+             "calibration": args.calibration, "tune": not args.no_tune}
+    config = parse(OfflineConfig, {k: v for k, v in given.items() if v is not None},
+                   source="nasbert compress")
+    texts = source = None
+    if args.task:
+        from nasbert.data.tasks import load_task
+
+        data = load_task(args.task, args.data_dir, seed=config.seed)
+        texts, source = data.split("train"), data.source
+    record = compress(args.model_dir, args.out, config, texts=texts, source=source)
+    b, a = record["before"], record["after"]
+    print(f"{config.method}: {b['params'] / 1e6:.2f}M -> {a['params'] / 1e6:.2f}M parameters "
+          f"(encoder layers {b['layer_params'] / 1e6:.2f}M -> {a['layer_params'] / 1e6:.2f}M, "
+          f"{record['ratio']:.2f}x) in {record['seconds']:.0f} s")
+    print(f"wrote         {args.out}/")
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from nasbert.data.tasks import task_spec
     from nasbert.pipeline import QuickstartConfig, quickstart, render
@@ -366,6 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=int, default=1)
     p.add_argument("--address", help="an existing Ray cluster to join (e.g. 'auto')")
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("compress", help="offline compression of a fine-tuned BERT classifier "
+                       "(autoencoder, SVD or pruning; no training)")
+    p.add_argument("model_dir",
+                   help="a fine-tuned model folder, e.g. RUN/finetune/sst2/teacher/model")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--method", required=True, choices=["autoencoder", "svd", "prune"])
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--ratio", type=float, help="divide the encoder layers' parameters by R")
+    size.add_argument("--params-m", type=float, help="the whole model's parameters, millions")
+    p.add_argument("--task", help="calibration text: the task's training sentences")
+    p.add_argument("--data-dir", help="the task's folder (default: the hub)")
+    p.add_argument("--calibration", type=int, help="calibration sequences (default 256)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="prune: keep the scales (no least-squares refit)")
+    p.set_defaults(func=_compress)
 
     p = sub.add_parser("quickstart", help="every stage on the embedded default, in minutes")
     p.add_argument("--run", default="runs/quickstart", help="run directory (resumed if present)")

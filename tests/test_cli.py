@@ -60,19 +60,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize("order", ["nasbert first", "transformers first"])
+_ORDERS = {  # what a user's program imports, in order, before the Auto classes
+    "nasbert first": "import sys; import nasbert; light = 'torch' not in sys.modules; ",
+    "transformers first": "from transformers import AutoModel; import nasbert; light = True; ",
+    # BertConfig and BertModel import the auto modeling module from decorators, while
+    # they are themselves half-imported: the low-rank BERT must wait for them
+    "BertConfig after nasbert": "import nasbert; from transformers import BertConfig; light = 1; ",
+    "BertModel after nasbert": "import nasbert; from transformers import BertModel; light = 1; ",
+}
+
+
+@pytest.mark.parametrize("order", list(_ORDERS))
 def test_import_is_light_and_registers_the_auto_classes(tmp_path, order):
+    from transformers import BertConfig
+
     from nasbert import SearchSpace, Supernet
+    from nasbert.compress.lowrank import LowRankBertConfig, LowRankBertModel
 
     Supernet(SearchSpace.from_yaml(SPACES / "tiny.yaml")).extract(
-        "E16|H16:M,F|H24:S3,I").save_pretrained(tmp_path)
-    if order == "nasbert first":  # and importing it pulls in neither torch nor transformers
-        head = "import sys; import nasbert; light = 'torch' not in sys.modules; "
-    else:
-        head = "from transformers import AutoModel; import nasbert; light = True; "
-    code = (head + "from transformers import AutoConfig, AutoModel; "
-            f"m = AutoModel.from_pretrained({str(tmp_path)!r}); "
-            f"print(light, type(AutoConfig.from_pretrained({str(tmp_path)!r})).__name__, "
-            "type(m).__name__)")
+        "E16|H16:M,F|H24:S3,I").save_pretrained(tmp_path / "nas")
+    tiny = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=16).to_dict()
+    LowRankBertModel(LowRankBertConfig(**{**tiny, "low_rank": {
+        "encoder.layer.0.intermediate.dense": 2}})).save_pretrained(tmp_path / "lowrank")
+    code = (_ORDERS[order] + "from transformers import AutoConfig, AutoModel; print(bool(light)); "
+            f"[print(type(AutoConfig.from_pretrained(d)).__name__, "
+            f"type(AutoModel.from_pretrained(d)).__name__) for d in "
+            f"({str(tmp_path / 'nas')!r}, {str(tmp_path / 'lowrank')!r})]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.split() == ["True", "NasBertConfig", "NasBertModel"], out.stderr
+    assert out.stdout.split() == ["True", "NasBertConfig", "NasBertModel", "LowRankBertConfig",
+                                  "LowRankBertModel"], out.stderr

@@ -116,11 +116,12 @@ def _geometry(layer: nn.Module) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
+def score(model: nn.Module, batches: Iterable[tuple[Tensor, ...]], *,
           criterion: str = "fisher", target: str = "layers", seed: int = 0) -> Importance:
     """Score every head and neuron of ``model`` (a BERT-family encoder or classifier) on
-    ``batches`` of ``(input_ids, attention_mask)``; ``target``: ``layers`` (each layer's
-    output, on its own input) or ``logits`` (a classifier's sampled-label likelihood)."""
+    ``batches`` of ``(input_ids, attention_mask)`` or ``(input_ids, attention_mask,
+    token_type_ids)``; ``target``: ``layers`` (each layer's output, on its own input) or
+    ``logits`` (a classifier's sampled-label likelihood)."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; use one of {list(CRITERIA)}",
                           source="importance")
@@ -168,12 +169,13 @@ def _fisher(model: nn.Module, layers: list[nn.Module], batches, *, target: str,
     neurons = [torch.zeros(w2.shape[1], dtype=torch.float64) for _, w2 in gated]
     count = 0
     try:
-        for ids, mask in batches:
+        for ids, mask, *types in batches:
             for i in range(len(ids)):
                 keep = mask[i].bool()
                 x, m = ids[i][keep][None], mask[i][keep][None]  # one sequence, no padding
+                t = types[0][i][keep][None] if types else None
                 outputs.clear()
-                out = model(input_ids=x, attention_mask=m)
+                out = model(input_ids=x, attention_mask=m, token_type_ids=t)
                 if target == "layers":
                     loss = sum((torch.randn(o.shape, generator=gen) * o).sum() for o in outputs)
                 else:
@@ -186,8 +188,8 @@ def _fisher(model: nn.Module, layers: list[nn.Module], batches, *, target: str,
                 grads = torch.autograd.grad(loss, [w for pair in gated for w in pair])
                 for k, (layer, (wo, w2)) in enumerate(zip(layers, gated)):
                     n, w = _geometry(layer)
-                    g_head = (wo * grads[2 * k]).sum(0).view(n, w).sum(1)
-                    g_neuron = (w2 * grads[2 * k + 1]).sum(0)
+                    g_head = (wo.detach() * grads[2 * k]).sum(0).view(n, w).sum(1)
+                    g_neuron = (w2.detach() * grads[2 * k + 1]).sum(0)
                     heads[k] += g_head.double().pow(2)
                     neurons[k] += g_neuron.double().pow(2)
                 count += 1
