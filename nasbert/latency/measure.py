@@ -5,7 +5,8 @@ warm-up, repeats, median; CUDA events on a GPU):
 
 * :func:`time_ms`: a callable (an entry of the lookup table: one op, alone);
 * :func:`measure`: a model, in this process;
-* :func:`measure_clean`: models side by side in a fresh process, in interleaved rounds.
+* :func:`measure_clean`: models side by side in a fresh process, in interleaved rounds,
+  optionally beside a :class:`Reference` whose time rescales each round.
 
 The clean process and the denormal flushing are hand-written on purpose: measured here,
 a process that has just run heavy work (a teacher, training) times the same model up to
@@ -138,27 +139,42 @@ def measure(model: nn.Module, protocol: Protocol, *, vocab_size: int | None = No
     return time_ms(lambda: model(ids, attention_mask=mask), p)
 
 
-def _measure_in_child(paths: list[str], protocol: Protocol, rounds: int) -> list[list[float]]:
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A model measured beside the others in every round (the run's teacher), and its
+    latency as the profile measured it (the median over the whole profile). A round's
+    figures are rescaled by ``ms`` over the reference's time in that round, so that a
+    slow spell of a shared machine, which slows every model alike, cancels out (measured
+    here: the same model timed in clean processes minutes apart differed by up to 2x)."""
+
+    model: str  # what AutoModel loads
+    ms: float
+
+
+def _measure_in_child(paths: list[str], protocol: Protocol, rounds: int,
+                      reference: str | None) -> tuple[list[list[float]], list[float]]:
     from transformers import AutoModel
 
     import nasbert  # noqa: F401 - registers the nasbert model type
 
     with quiet_transformers():
         models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~0
+        ref = AutoModel.from_pretrained(reference) if reference else None
     times: list[list[float]] = [[] for _ in paths]
+    ref_times: list[float] = []
     for _ in range(rounds):  # interleaved, so that a slow spell hits every model alike
+        if ref is not None:
+            ref_times.append(measure(ref, protocol))
         for i, model in enumerate(models):
             times[i].append(measure(model, protocol))
-    return times
+    return times, ref_times
 
 
-def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
-                  rounds: int = 3) -> list[float]:
-    """:func:`measure` of each model (a saved folder that ``AutoModel`` loads, or an
-    in-memory ``PreTrainedModel``), side by side in one fresh process, in ``rounds``
-    interleaved rounds; the median of each. What a deployment sees, and the only
-    figures a ratio between models may be taken from. An error in the child process is
-    raised here."""
+def measure_rounds(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
+                   rounds: int = 3, reference: Reference | None = None
+                   ) -> tuple[list[list[float]], list[float]]:
+    """Each model's time in each of ``rounds`` interleaved rounds in one fresh process,
+    and the reference's time at the start of each round (empty without one)."""
     import multiprocessing
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
@@ -172,8 +188,27 @@ def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, 
                 model = Path(tmp) / str(i)
             paths.append(str(model))
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            times = pool.submit(_measure_in_child, paths, protocol, rounds).result()
-    return [statistics.median(t) for t in times]
+            return pool.submit(_measure_in_child, paths, protocol, rounds,
+                               reference.model if reference else None).result()
+
+
+def corrected(times: list[float], ref_times: list[float], reference: Reference | None
+              ) -> float:
+    """The median over rounds of a model's times, each rescaled by the reference's."""
+    if reference is None or not ref_times:
+        return statistics.median(times)
+    return statistics.median(t * reference.ms / r for t, r in zip(times, ref_times))
+
+
+def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
+                  rounds: int = 3, reference: Reference | None = None) -> list[float]:
+    """:func:`measure` of each model (a saved folder that ``AutoModel`` loads, or an
+    in-memory ``PreTrainedModel``), side by side in one fresh process, in ``rounds``
+    interleaved rounds; the median of each, rescaled round by round against
+    ``reference`` when given. What a deployment sees, and the only figures a ratio
+    between models may be taken from. An error in the child process is raised here."""
+    times, ref_times = measure_rounds(models, protocol, rounds=rounds, reference=reference)
+    return [corrected(t, ref_times, reference) for t in times]
 
 
 def cached_ms(model_dir: str | Path, protocol: Protocol, *, cache: Path | None = None,

@@ -6,7 +6,8 @@
 :func:`profile` measures the lookup table and a sample of subnets into
 ``latency/<device-id>/``; :func:`fit` fits the table's calibration and the learned
 predictor and stores both with their held-out error; :func:`load_predictor` reads one
-back; :func:`teacher_ms` is the teacher's measured latency, the reference of every
+back; :func:`reference` is the teacher as profiled, which rescales later measurements for
+the machine's slow spells, and :func:`teacher_ms` its latency, the reference of every
 speedup.
 
 >>> profile(run, Protocol(), samples=200)    # doctest: +SKIP
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
-from nasbert.latency.measure import Protocol, cached_ms, fingerprint, measure
+from nasbert.latency.measure import Protocol, Reference, cached_ms, fingerprint, measure
 from nasbert.latency.predictors import (
     LatencyPredictor,
     LearnedPredictor,
@@ -85,19 +86,58 @@ def profile(run: RunDir | str | Path, protocol: Protocol, *, samples: int, seed:
         atomic_write_text(samples, "".join(json.dumps(row) + "\n" for row in done))
         torch.manual_seed(seed)
         supernet = (run.supernet() if run.has_supernet() else Supernet(space)).eval()
+        reference = _load_reference(run)
         with open(samples, "a", encoding="utf-8") as f:
-            for r, arch in tqdm(todo, desc="latency samples", disable=not progress):
+            for j, (r, arch) in enumerate(tqdm(todo, desc="latency samples",
+                                               disable=not progress)):
+                if j % REFERENCE_EVERY == 0:
+                    ref_ms = measure(reference, protocol)
                 ms = measure(supernet.extract(arch), protocol)
-                f.write(json.dumps({"arch": str(arch), "ms": ms, "round": r}) + "\n")
+                f.write(json.dumps({"arch": str(arch), "ms": ms, "round": r,
+                                    "ref_ms": ref_ms}) + "\n")
                 f.flush()
     return folder
 
 
+# the teacher is measured every this many subnets of a profile: the reference that
+# rescales them (and every later measurement) for the machine's slow spells
+REFERENCE_EVERY = 10
+
+
+def _load_reference(run: RunDir):
+    from transformers import AutoModel
+
+    from nasbert.hf.quiet import quiet_transformers
+
+    with quiet_transformers():
+        return AutoModel.from_pretrained(run.teacher_name()).eval()
+
+
+def reference(run: RunDir | str | Path, protocol: Protocol) -> Reference | None:
+    """The run's teacher as the reference of later measurements on this device, at its
+    median time over the profile (None for a profile made before references were
+    recorded)."""
+    run = RunDir.of(run)
+    calm = _calm(_read_samples(run.latency_dir(protocol) / "samples.jsonl"))
+    return Reference(run.teacher_name(), calm) if calm else None
+
+
+def _calm(rows: list[dict]) -> float | None:
+    """The reference's median time over a profile's rows."""
+    refs = [row["ref_ms"] for row in rows if "ref_ms" in row]
+    return statistics.median(refs) if refs else None
+
+
 def measured(folder: Path) -> dict[str, float]:
-    """Architecture string -> median of its measured rounds."""
+    """Architecture string -> median of its measured rounds, each rescaled by the
+    reference measured last before it (the teacher's median over the profile / its time
+    then)."""
+    rows = _read_samples(folder / "samples.jsonl")
+    calm = _calm(rows)
     by_arch: dict[str, list[float]] = {}
-    for row in _read_samples(folder / "samples.jsonl"):
-        by_arch.setdefault(row["arch"], []).append(row["ms"])
+    for row in rows:
+        scale = calm / row["ref_ms"] if calm and "ref_ms" in row else 1.0
+        by_arch.setdefault(row["arch"], []).append(row["ms"] * scale)
     return {a: statistics.median(v) for a, v in by_arch.items()}
 
 
@@ -170,8 +210,12 @@ def load_predictor(run: RunDir | str | Path, protocol: Protocol, kind: str = "be
 
 
 def teacher_ms(run: RunDir | str | Path, protocol: Protocol, *, refresh: bool = False) -> float:
-    """The run's teacher's latency on this device, measured in a clean process (cached
-    beside the run's latency table): the reference of every speedup."""
+    """The run's teacher's latency on this device, the reference of every speedup: its
+    median over the profile (the :func:`reference`), or for a profile without one, as
+    measured in a clean process (cached beside the run's latency table)."""
     run = RunDir.of(run)
+    ref = reference(run, protocol)
+    if ref is not None and not refresh:
+        return ref.ms
     return cached_ms(run.teacher_name(), protocol,
                      cache=run.latency_dir(protocol) / "teacher.json", refresh=refresh, rounds=5)

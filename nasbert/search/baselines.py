@@ -99,7 +99,7 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
     the targets, the short-lists and every teacher prefix are then measured side by side
     in one clean process, and matched on those figures."""
     from nasbert.extract import save_subnet
-    from nasbert.latency.stage import load_predictor
+    from nasbert.latency.stage import load_predictor, reference
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
@@ -128,7 +128,8 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
         else:
             save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder)
     every = list(dict.fromkeys([*targets.values(), *ids]))
-    measured = dict(zip(every, measure_clean([run.subnet_dir(i) for i in every], protocol)))
+    measured = dict(zip(every, measure_clean([run.subnet_dir(i) for i in every], protocol,
+                                             reference=reference(run, protocol))))
     if progress:
         print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in every),
               flush=True)

@@ -89,7 +89,7 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     by side in one clean process and the best that measures within the budget is kept,
     the next ones tried while none does."""
     from nasbert.latency.measure import Protocol, fingerprint
-    from nasbert.latency.stage import load_predictor
+    from nasbert.latency.stage import load_predictor, reference
     from nasbert.search.approx import Approximator
 
     run = RunDir.of(run)
@@ -141,7 +141,7 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         best = rescored[0]
         if export:
             best = _measured_within(approx.supernet, rescored, budget, protocol, measure_top,
-                                    progress=progress)
+                                    reference=reference(run, protocol), progress=progress)
             _export(run, approx.supernet, best, budget, pred)
         everything[str(best.arch)] = best
         chosen[budget.name] = best
@@ -158,9 +158,10 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
 
 
 def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, protocol,
-                     top: int, *, progress: bool) -> Candidate:
+                     top: int, *, reference=None, progress: bool) -> Candidate:
     """The first of ``ranked`` (best first) whose measurement is within the budget,
-    measuring ``top`` at a time side by side in one clean process; the fastest measured
+    measuring ``top`` at a time side by side in one clean process (beside the run's
+    reference, which rescales them for the machine's slow spells); the fastest measured
     when none is."""
     from nasbert.latency.measure import measure_clean
 
@@ -169,7 +170,8 @@ def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, prot
     measured: list[Candidate] = []
     for start in range(0, len(ranked), top):
         group = ranked[start:start + top]
-        times = measure_clean([supernet.extract(c.arch) for c in group], protocol)
+        times = measure_clean([supernet.extract(c.arch) for c in group], protocol,
+                              reference=reference)
         group = [dataclasses.replace(c, measured_ms=t) for c, t in zip(group, times)]
         measured += group
         if budget.latency_ms is None:

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from nasbert import ConfigError, RunDir
-from nasbert.latency.measure import cached_ms, fingerprint, measure, measure_clean
+from nasbert.latency.measure import (
+    Reference,
+    cached_ms,
+    corrected,
+    fingerprint,
+    measure,
+    measure_clean,
+)
 from nasbert.latency.predictors import LatencyPredictor, LearnedPredictor, TablePredictor
-from nasbert.latency.stage import fit, load_predictor, profile
+from nasbert.latency.stage import fit, load_predictor, measured, profile, reference, teacher_ms
 from nasbert.recipe import load_recipe
 from nasbert.train import train_supernet
 
@@ -88,6 +95,34 @@ def test_measure_clean_measures_side_by_side_in_a_fresh_process(run, protocol):
     first = cached_ms(path, protocol)
     assert json.loads((path / "latency.json").read_text())  # cached by device id
     assert cached_ms(path, protocol) == first  # read back, not measured again
+
+
+def test_the_reference_rescales_measurements_for_slow_spells(run, protocol, tmp_path):
+    """The profile times the teacher every few subnets; later measurements are taken
+    beside it and rescaled by its profiled time over its time then."""
+    ref = reference(run, protocol)
+    rows = [json.loads(line) for line in
+            (run.latency_dir(protocol) / "samples.jsonl").read_text().splitlines()]
+    assert ref is not None and ref.model == run.teacher_name()
+    assert all(r["ref_ms"] > 0 for r in rows) and ref.ms == pytest.approx(
+        float(np.median([r["ref_ms"] for r in rows])))
+    # a slow spell: the same subnet twice as slow while the teacher was too
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"arch": "a", "ms": 2.0, "round": 0, "ref_ms": 10.0},
+        {"arch": "a", "ms": 4.0, "round": 1, "ref_ms": 20.0},
+        {"arch": "a", "ms": 2.0, "round": 2, "ref_ms": 10.0},
+        {"arch": "b", "ms": 3.0, "round": 0}]))  # a row from before references: as is
+    assert measured(folder) == {"a": pytest.approx(2.0), "b": 3.0}
+    assert corrected([2.0, 4.0, 2.2], [10.0, 20.0, 10.0], Reference("t", 10.0)) == \
+        pytest.approx(2.0)
+    assert corrected([2.0, 4.0, 2.2], [10.0, 20.0, 10.0], None) == 2.2
+    # the teacher measured beside itself: about its profiled time, whatever the machine
+    # does now (loose: a tiny model's times in microseconds, on a busy machine)
+    again = measure_clean([run.teacher_name()], protocol, rounds=5, reference=ref)[0]
+    assert 0.5 * ref.ms < again < 2.0 * ref.ms
+    assert teacher_ms(run, protocol) == ref.ms
 
 
 def test_profile_resumes_and_fit_needs_ten_samples(run, protocol, tmp_path):
