@@ -96,7 +96,7 @@ def render(rows: list[dict], teachers: dict, args) -> str:
     lines = [header("Offline compression, no training afterwards",
                     f"python scripts/bench_offline.py --run {args.run} --glue {args.glue} "
                     f"--tasks {' '.join(args.tasks)} --ratios "
-                    f"{' '.join(str(r) for r in args.ratios)}"), ""]
+                    f"{' '.join(str(r) for r in args.ratios)}")]
     lines += [
         "The fine-tuned teacher (all-MiniLM-L6-v2, 6 layers, hidden 384) compressed with",
         "`nasbert compress` and scored on the whole dev set with no training afterwards.",
@@ -124,7 +124,11 @@ def render(rows: list[dict], teachers: dict, args) -> str:
     seconds = {n: [r["seconds"] for r in rows if r["method"] == n] for n in names}
     lines += ["", "In parentheses: the share of the teacher's score kept (the best of a row in "
               "bold). Mean seconds per compression (calibration, scoring, writing): "
-              + ", ".join(f"{n} {sum(s) / len(s):.0f} s" for n, s in seconds.items() if s) + "."]
+              + ", ".join(f"{n} {sum(s) / len(s):.0f} s" for n, s in seconds.items() if s) + ".",
+              "", "MRPC's F1 is that of the paraphrase class: always answering 'paraphrase' "
+              "scores 0.812 on dev (279 of 408 pairs), so F1 near 0.81 means the task is lost "
+              "and far below it means the model answers 'not a paraphrase' too often. CoLA's "
+              "Matthews correlation is 0 for any constant answer."]
     return "\n".join(lines) + "\n"
 
 

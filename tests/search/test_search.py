@@ -147,6 +147,22 @@ def test_query_cli_is_fast_and_impossible_budgets_fail_cleanly(run, searched):
     assert _cli("query", run, "--latency-ms", "-1").returncode == 2
 
 
+def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp_path, capsys):
+    import shutil
+
+    from nasbert.cli import main
+
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))  # search/ is rewritten
+    with pytest.raises(ConfigError, match="no candidate fits .* the smallest found is .* raise "
+                                          "the budget"):
+        search(copy, [Budget(latency_ms=1e-6)], protocol=protocol, export=False)
+    assert main(["search", str(copy.path), "--latency-ms", "0.000001", "--batch",
+                 str(protocol.batch), "--seq", str(protocol.seq), "--threads",
+                 str(protocol.threads)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasbert: error:") and "raise the budget" in err[0]
+
+
 def test_missing_stage_outputs_name_the_command(run, protocol, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
