@@ -126,12 +126,13 @@ def tune(model: nn.Module, kept: Kept, batches: Sequence[dict[str, Tensor]], *,
     targets = _pre_norm_outputs(model, batches)
     work = copy.deepcopy(model).eval()
     wlayers = list(encoder_of(work).encoder.layer)
+    for k in range(len(wlayers)):
+        _apply(wlayers[k], layers[k], kept, k)  # pruned, at scale 1
     for k, layer in enumerate(wlayers):
         for part in ("attention", "ffn"):
             units = kept.heads[k] if part == "attention" else kept.neurons[k]
             if len(units) == 0:
                 continue
-            _apply(work, layers, kept)  # pruned, earlier sub-layers tuned, this one at 1
             gram, rhs = _normal_equations(work, layer, part, units, targets, k, batches)
             ridge = damping * gram.diagonal().mean().clamp_min(1e-12)
             eye = torch.eye(len(units), dtype=gram.dtype)
@@ -139,18 +140,19 @@ def tune(model: nn.Module, kept: Kept, batches: Sequence[dict[str, Tensor]], *,
             scale = torch.linalg.solve(gram + ridge * eye, rhs + ridge)
             target = kept.head_scale if part == "attention" else kept.neuron_scale
             target[k][units] = scale.float()
+            _apply(layer, layers[k], kept, k)  # what the next sub-layer's fit sees
     return kept
 
 
 @torch.no_grad()
-def _apply(work: nn.Module, original: list[nn.Module], kept: Kept) -> None:
-    """``work``'s output columns = the original's times each unit's scale (0: removed)."""
-    for k, (layer, orig) in enumerate(zip(encoder_of(work).encoder.layer, original)):
-        n, w = _geometry(orig)
-        hs, ns = _scales(kept, k, n, orig.output.dense.weight.shape[1])
-        layer.attention.output.dense.weight.copy_(
-            orig.attention.output.dense.weight * hs.repeat_interleave(w))
-        layer.output.dense.weight.copy_(orig.output.dense.weight * ns)
+def _apply(layer: nn.Module, original: nn.Module, kept: Kept, k: int) -> None:
+    """Layer ``k`` of the working copy: the original's output columns times each unit's
+    scale (0: removed)."""
+    n, w = _geometry(original)
+    hs, ns = _scales(kept, k, n, original.output.dense.weight.shape[1])
+    layer.attention.output.dense.weight.copy_(
+        original.attention.output.dense.weight * hs.repeat_interleave(w))
+    layer.output.dense.weight.copy_(original.output.dense.weight * ns)
 
 
 def _pre_norm_outputs(model: nn.Module, batches) -> list[list[tuple[Tensor, Tensor]]]:

@@ -117,6 +117,7 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     else:
         searcher = RayTuneSearcher(folder / "ray")
     guard = pred.error.get("mape", 0.0) / 100 if export else 0.0
+    ref = reference(run, protocol) if export else None  # read once, not per budget
     everything: dict[str, Candidate] = {}
     chosen: dict[str, Candidate] = {}
     failures: list[str] = []
@@ -141,7 +142,7 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         best = rescored[0]
         if export:
             best = _measured_within(approx.supernet, rescored, budget, protocol, measure_top,
-                                    reference=reference(run, protocol), progress=progress)
+                                    reference=ref, progress=progress)
             _export(run, approx.supernet, best, budget, pred)
         everything[str(best.arch)] = best
         chosen[budget.name] = best
