@@ -100,6 +100,32 @@ def _train_supernet(args: argparse.Namespace) -> None:
           f"{run.summary}")
 
 
+def _distill(args: argparse.Namespace) -> None:
+    from nasbert.recipe import ScalingConfig
+    from nasbert.run import RunDir
+    from nasbert.schema import apply_overrides, parse
+    from nasbert.train import DistillConfig, distill
+
+    source = "nasbert distill"
+    given = apply_overrides({}, args.set, source=source)
+    if args.tokens is not None:
+        given["tokens"] = args.tokens
+    if args.freeze_embeddings:
+        given["freeze_embeddings"] = True
+    config = parse(DistillConfig, given, source=source)
+    scaling = parse(ScalingConfig, {"workers": args.workers or 1, "address": args.address},
+                    source=source)
+    run = RunDir(args.run_dir)
+    records = distill(run, args.subnet, config, scaling=scaling, progress=not args.quiet)
+    for model_id, r in records.items():
+        a, b = r["dev_loss_start"], r["dev_loss_end"]
+        terms = ", ".join(f"{k} {a[k]:.4f} -> {b[k]:.4f}" for k in b if k != "loss")
+        print(f"{model_id:<24} dev loss {a['loss']:.4f} -> {b['loss']:.4f} ({terms}; "
+              f"{r['tokens']:,} tokens)")
+    for model_id in records:
+        print(f"wrote         {run.distilled_dir(model_id)}/")
+
+
 def _protocol(args: argparse.Namespace):
     from nasbert.latency.measure import Protocol
 
@@ -338,6 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any recipe field, e.g. --set shrink.bins=4 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train_supernet)
+
+    p = sub.add_parser("distill", help="stage one: distil extracted models end to end on the "
+                       "run's corpus, one token budget for all (resumes when re-run)")
+    p.add_argument("run_dir")
+    p.add_argument("--subnet", action="append", help="a model under RUN_DIR/subnets/ "
+                   "(repeatable; default: all of them)")
+    p.add_argument("--tokens", type=int, help="the token budget of each model (default 2M)")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the word embeddings as extracted")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
+    p.add_argument("--address", help="an existing Ray cluster to join (e.g. 'auto')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any stage-one field, e.g. --set lr=2e-4 --set attention_weight=0 "
+                        "(repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_distill)
 
     latency = sub.add_parser("latency", help="latency lookup table and predictor").add_subparsers(
         dest="latency_command", required=True, metavar="ACTION")

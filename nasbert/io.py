@@ -63,3 +63,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def cached_record(path: str | Path, key: str) -> dict | None:
+    """The JSON record at ``path`` when it exists, parses and was made with ``key`` (what
+    a cached artefact depends on), else None: a missing, torn or stale record is redone."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None

@@ -16,6 +16,7 @@ thing by construction. Each layer is post-norm as in BERT: ``LayerNorm(x + op(x)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -125,6 +126,20 @@ class Attention(nn.Module):
                              self.out.bias, self.heads, self.attention_dropout, self.training)
         return residual_norm(x, y, self.norm.weight, self.norm.bias, self.norm.eps,
                              self.dropout, self.training)
+
+    def log_probabilities(self, x: Tensor, masks: Masks) -> Tensor:
+        """The attention distributions ``forward`` takes on input ``x``, as log
+        probabilities ``(B, heads, T, T)``, recomputed from the queries and keys (the
+        fused kernel does not return them): what attention distillation compares."""
+        b, t, _ = x.shape
+        inner = self.out.weight.shape[1]
+        d = inner // self.heads
+        qk = F.linear(x, self.qkv.weight[: 2 * inner], self.qkv.bias[: 2 * inner])
+        q, k = qk.view(b, t, 2, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+        if masks.bias is not None:
+            scores = scores + masks.bias
+        return F.log_softmax(scores, dim=-1)
 
 
 class FeedForward(nn.Module):

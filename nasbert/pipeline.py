@@ -2,9 +2,12 @@
 
 :func:`quickstart` trains the supernet (with shrinking), profiles latency on this
 device, searches subnets at fixed speedups over the teacher, builds the
-hand-designed baselines at the same measured latencies, fine-tunes everything on a
-task with distillation and prints the comparison. Each stage skips what a previous
-call finished, so a stopped quickstart resumes.
+hand-designed baselines at the same measured latencies, distils every one of them on
+the corpus (stage one), fine-tunes everything on a task with distillation and prints
+the comparison. :func:`build_results` does the same at the size of the results tables
+(several tasks, students over seeds). Each stage skips what a previous call finished,
+so a stopped pipeline resumes; ``<run>/stages.json`` adds up each stage's wall time
+over the calls that worked on it.
 
 >>> rows = quickstart("runs/quickstart")                      # doctest: +SKIP
 >>> print(render(rows, "tweets", "accuracy"))                  # doctest: +SKIP
@@ -16,6 +19,7 @@ to compare (:func:`plan_models`) and the comparison table (:func:`compare`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -23,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nasbert.errors import ConfigError
+from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.stage import finetune
 from nasbert.io import atomic_write_text
@@ -34,7 +39,7 @@ from nasbert.run import TEACHER, RunDir
 from nasbert.search.baselines import build_baselines
 from nasbert.search.searchers import Budget
 from nasbert.search.stage import search
-from nasbert.train import train_supernet
+from nasbert.train import DistillConfig, distill, train_supernet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,10 @@ class QuickstartConfig:
     search_trials: int = 150
     top_k: int = 5
     baselines: bool = True
+    # stage one: every model distilled on the corpus with the same token budget
+    stage_one: bool = True
+    distill: DistillConfig = DistillConfig(tokens=65_536, batch_size=16, lr=2e-4,
+                                           checkpoint_every=16, log_every=4, dev_batches=1)
     finetune: FinetuneConfig = FinetuneConfig(
         epochs=2, lr=3e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=2,
         teacher_lr=5e-5, max_seq_len=64, max_train_examples=1500, max_dev_examples=600)
@@ -81,6 +90,32 @@ def measure_side_by_side(run: RunDir | str | Path, ids: Sequence[str],
 
 def speedup_name(speedup: float) -> str:
     return f"{speedup:g}x"
+
+
+class StageClock:
+    """Wall time per stage, added up over the calls that worked on it (a resumed stage
+    adds what it spent this time), in ``<run>/stages.json``."""
+
+    def __init__(self, run: RunDir, *, progress: bool = True):
+        self.path, self.progress = run.path / "stages.json", progress
+        self.start = time.time()
+        self.this_call: dict[str, float] = {}
+
+    def total(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.time()
+        yield
+        spent = time.time() - t0
+        self.this_call[name] = round(spent, 1)
+        totals = self.total()
+        totals[name] = round(totals.get(name, 0.0) + spent, 1)
+        atomic_write_text(self.path, json.dumps(totals, indent=1))
+        if self.progress:
+            print(f"[{time.time() - self.start:6.0f} s] {name} done ({spent:.0f} s)",
+                  flush=True)
 
 
 def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: Protocol, *,
@@ -139,6 +174,10 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
     return plan
 
 
+def _plan_ids(plan: Mapping[str, Mapping[str, str]]) -> list[str]:
+    return list(dict.fromkeys(i for group in plan.values() for i in group.values()))
+
+
 def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str, str]], *,
             data_dir: str | Path | None = None, config: FinetuneConfig | None = None,
             protocol: Protocol | None = None, latencies: Mapping[str, float] | None = None,
@@ -152,7 +191,7 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     protocol = protocol or Protocol()
     config = config or FinetuneConfig()
     spec = task_spec(task)
-    ids = list(dict.fromkeys(i for group in plan.values() for i in group.values()))
+    ids = _plan_ids(plan)
     results = finetune(run, task, data_dir=data_dir, models=ids, config=config,
                        progress=progress)
     latency = dict(latencies) if latencies else measure_side_by_side(run, ids, protocol)
@@ -201,35 +240,27 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     config = config or QuickstartConfig()
     recipe = load_recipe(config.recipe)
     spec = task_spec(config.task)
-    start = time.time()
-    stages: dict[str, float] = {}
-
-    def stage(name: str, t0: float) -> None:
-        stages[name] = round(time.time() - t0, 1)
-        if progress:
-            print(f"[{time.time() - start:6.0f} s] {name} done ({stages[name]:.0f} s)", flush=True)
-
-    t0 = time.time()
-    train_supernet(recipe, run, progress=progress)
-    stage("supernet", t0)
-
-    t0 = time.time()
-    profile(run, protocol, samples=config.latency_samples, progress=progress)
-    fit(run, protocol)
-    stage("latency", t0)
-
-    t0 = time.time()
-    plan = plan_models(run, config.speedups, protocol, trials=config.search_trials,
-                       top_k=config.top_k, baselines=config.baselines, progress=progress)
-    stage("search and baselines", t0)
-
-    t0 = time.time()
-    rows = compare(run, config.task, plan, data_dir=config.data_dir,
-                   config=config.finetune, protocol=protocol, progress=progress)
-    stage("fine-tuning", t0)
+    clock = StageClock(run, progress=progress)
+    with clock.stage("supernet"):
+        train_supernet(recipe, run, progress=progress)
+    with clock.stage("latency"):
+        profile(run, protocol, samples=config.latency_samples, progress=progress)
+        fit(run, protocol)
+    with clock.stage("search and baselines"):
+        plan = plan_models(run, config.speedups, protocol, trials=config.search_trials,
+                           top_k=config.top_k, baselines=config.baselines, progress=progress)
+    if config.stage_one:
+        with clock.stage("stage one"):
+            distill(run, _plan_ids(plan), config.distill, progress=progress)
+    finetune_config = config.finetune
+    if not config.stage_one:
+        finetune_config = dataclasses.replace(finetune_config, init="extracted")
+    with clock.stage("fine-tuning"):
+        rows = compare(run, config.task, plan, data_dir=config.data_dir,
+                       config=finetune_config, protocol=protocol, progress=progress)
 
     table = render(rows, spec.name, spec.metric)
-    stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+    stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in clock.this_call.items())
     atomic_write_text(run.results, header(
         "Quickstart results", "nasbert quickstart",
         run=f"`{run}`",
@@ -237,5 +268,135 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
              "training examples)",
         latency=f"batch {protocol.batch}, sequence {protocol.seq}, this machine; all models "
                 "measured side by side in one clean process (5 interleaved rounds, median)",
-        wall_time=f"{time.time() - start:.0f} s ({stage_line})") + f"\n{table}\n")
+        stage_one=(f"every model distilled on the corpus, {config.distill.tokens:,} tokens each"
+                   if config.stage_one else "none (fine-tuned from the extracted weights)"),
+        wall_time=f"{time.time() - clock.start:.0f} s ({stage_line})") + f"\n{table}\n")
     return rows
+
+
+# ----------------------------------------------------------------------------- results run
+
+
+def _tweets_schedule() -> FinetuneConfig:
+    return FinetuneConfig(max_seq_len=64, epochs=2, lr=1e-4, teacher_epochs=2, teacher_lr=3e-5,
+                          alpha=0.5, temperature=2.0, max_train_examples=10_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsConfig:
+    """The run behind ``results/glue.md``: the ``minilm_wiki`` recipe, every planned
+    model distilled on the corpus, then fine-tuned on GLUE's whole training sets (and
+    the default tweets task), the searched and uniform students over ``seeds``, the
+    teacher prefixes over ``baseline_seeds``. Then two studies at seed 0: every model
+    under ``subnets/`` (the uniform stacks short-listed and every teacher prefix too) on
+    ``estimate_task``, to rank them against the search's estimate; and on
+    ``ablation_tasks``, the ``ablation_group``'s models without stage one, with transfer
+    data (``augment``), and with both."""
+
+    recipe: str = "minilm_wiki"
+    glue_dir: str | None = None  # the GLUE root (SST-2/, MRPC/, CoLA/); None: the hub
+    tasks: tuple[str, ...] = ("sst2", "mrpc", "cola", "tweets")
+    speedups: tuple[float, ...] = (2.0, 4.0, 8.0)
+    latency_samples: int = 120
+    top_k: int = 10
+    # 384 steps of 32 sequences of 128 tokens for every model
+    distill: DistillConfig = DistillConfig(tokens=1_572_864)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    baseline_seeds: tuple[int, ...] = (0,)
+    estimate_task: str | None = "sst2"
+    ablation_tasks: tuple[str, ...] = ("mrpc", "cola")
+    ablation_group: str = "4x"
+    augment: AugmentConfig = AugmentConfig(per_example=8, corpus_sentences=2000)
+
+    def schedule(self, task: str) -> FinetuneConfig:
+        from nasbert.finetune.config import GLUE_SCHEDULES
+
+        return GLUE_SCHEDULES.get(task) or _tweets_schedule()
+
+    def variants(self, task: str) -> dict[str, FinetuneConfig]:
+        """The ablation's schedules of ``task``, by name (``"+stage one"`` is the main
+        schedule)."""
+        main = self.schedule(task)
+        return {"without": dataclasses.replace(main, init="extracted"),
+                "+augmentation": dataclasses.replace(main, init="extracted",
+                                                     augment=self.augment),
+                "+stage one": main,
+                "both": dataclasses.replace(main, augment=self.augment)}
+
+
+def seeded(config: FinetuneConfig, seed: int) -> FinetuneConfig:
+    """``config`` for another student seed (the default seed keeps the plain folder)."""
+    return config if seed == config.seed else dataclasses.replace(config, student_seed=seed)
+
+
+def side_by_side(run: RunDir, ids: Sequence[str], protocol: Protocol) -> dict[str, float]:
+    """Every planned model's latency and the teacher's, measured once side by side and
+    kept in ``search/side_by_side.json`` (a resumed run reports the same figures)."""
+    path = run.search / "side_by_side.json"
+    request = {"ids": list(ids), "device": device_id(fingerprint(protocol))}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored["request"] == request:
+            return stored["ms"]
+    ms = measure_side_by_side(run, ids, protocol)
+    atomic_write_text(path, json.dumps({"request": request, "ms": ms}, indent=1))
+    return ms
+
+
+def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None, *,
+                  protocol: Protocol | None = None, progress: bool = True) -> dict:
+    """Every stage of the results run, resumed where it stopped: supernet, latency,
+    search and baselines, their latencies side by side, stage one for every planned
+    model, then fine-tuning in phases, so that a stopped run has the most telling
+    figures first: every task at seed 0; the estimate study; the ablation; the other
+    seeds. Returns ``{"plan", "latency_ms", "stages"}``; the fine-tuned records are under
+    ``finetune/<task>/``, stage one's under ``distill/``."""
+    from nasbert.data.tasks import load_task
+    from nasbert.finetune.stage import finetune_student, finetune_teacher
+
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    config = config or ResultsConfig()
+    clock = StageClock(run, progress=progress)
+    with clock.stage("supernet"):
+        train_supernet(load_recipe(config.recipe), run, progress=progress)
+    with clock.stage("latency"):
+        profile(run, protocol, samples=config.latency_samples, progress=progress)
+        fit(run, protocol)
+    with clock.stage("search and baselines"):
+        plan = plan_models(run, config.speedups, protocol, top_k=config.top_k,
+                           progress=progress)
+        latency = side_by_side(run, _plan_ids(plan), protocol)
+    with clock.stage("stage one"):
+        distill(run, _plan_ids(plan), config.distill, progress=progress)
+    data = {task: load_task(task, None if task == "tweets" else config.glue_dir,
+                            seed=config.schedule(task).seed) for task in config.tasks}
+
+    def train(task: str, model_id: str, schedule: FinetuneConfig) -> None:
+        with clock.stage(f"fine-tuning {task}"):
+            finetune_student(run, model_id, data[task], schedule, progress=progress)
+
+    for task in config.tasks:  # every task at seed 0
+        with clock.stage(f"fine-tuning {task}"):
+            finetune_teacher(run, data[task], config.schedule(task), progress=progress)
+        for model_id in _plan_ids(plan):
+            train(task, model_id, config.schedule(task))
+    if config.estimate_task:  # every model of the run, for the estimate's ranking
+        others = [i for i in run.subnet_ids() if i not in _plan_ids(plan)]
+        with clock.stage("stage one"):
+            distill(run, others, config.distill, progress=progress)
+        for model_id in others:
+            train(config.estimate_task, model_id, config.schedule(config.estimate_task))
+    group = plan.get(config.ablation_group, {})
+    for task in config.ablation_tasks:
+        for schedule in config.variants(task).values():
+            for model_id in group.values():
+                train(task, model_id, schedule)
+    for seed in config.seeds:
+        for task in config.tasks:
+            for group_ids in plan.values():
+                for kind, model_id in group_ids.items():
+                    seeds = config.baseline_seeds if kind == "teacher-first-k" else config.seeds
+                    if seed in seeds:
+                        train(task, model_id, seeded(config.schedule(task), seed))
+    return {"plan": plan, "latency_ms": latency, "stages": clock.total()}

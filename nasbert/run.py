@@ -84,6 +84,7 @@ class RunDir:
     latency = _path("latency")
     search = _path("search")
     subnets = _path("subnets")
+    distill = _path("distill")
     results = _path("results.md")
 
     def latency_dir(self, protocol: Protocol) -> Path:
@@ -111,6 +112,13 @@ class RunDir:
 
     def subnet_dir(self, model_id: str) -> Path:
         return self.subnets / model_id
+
+    def distill_dir(self, model_id: str) -> Path:
+        """``distill/<model_id>/``: stage one's checkpoints and, in ``model/``, its result."""
+        return self.distill / model_id
+
+    def distilled_dir(self, model_id: str) -> Path:
+        return self.distill / model_id / "model"
 
     def finetune_dir(self, task: str, model_id: str | None = None) -> Path:
         """``finetune/<task>/`` or ``finetune/<task>/<model_id>/``."""

@@ -50,10 +50,12 @@ class Teacher:
 
     @classmethod
     def load(cls, name: str, space: SearchSpace, *, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> Teacher:
+             dtype: torch.dtype = torch.float32, attentions: bool = False) -> Teacher:
+        """``attentions``: eager attention, so that forward passes can return the maps."""
         path = load_config(name, space)[0]
         with quiet_transformers():  # e.g. a pooler the checkpoint lacks: never used here
-            model = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=dtype)
+            model = AutoModel.from_pretrained(
+                path, attn_implementation="eager" if attentions else "sdpa", dtype=dtype)
         model = model.to(device).eval().requires_grad_(False)
         bounds = [0]
         for b in space.blocks:

@@ -1,12 +1,14 @@
 """The fine-tuning and sweep settings: frozen dataclasses, checked on construction; and
-``GLUE_SCHEDULES``, the schedules of results/glue.md, sized for 2 CPU cores."""
+``GLUE_SCHEDULES``, the schedules of results/glue.md (whole training sets)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
+from nasbert.finetune.augment import AugmentConfig
 from nasbert.schema import check
 
 
@@ -32,6 +34,13 @@ class FinetuneConfig:
     # a student's own seed (its head's initialisation, its data order), to repeat students
     # over seeds against the same teacher; such a student lands in <id>-seed<n>/
     student_seed: int | None = None
+    # what a student starts from: its stage-one model (distill/<id>/model) when stage one
+    # has made one ("auto"), always ("distilled": an error if missing), or the extracted
+    # weights ("extracted", the ablation without stage one; lands in <id>-extracted/)
+    init: Literal["auto", "distilled", "extracted"] = "auto"
+    # teacher-labelled transfer data for the student (nasbert.finetune.augment); a
+    # student trained with it lands in <id>-aug/
+    augment: AugmentConfig = AugmentConfig()
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "must be positive", field="epochs")
@@ -51,22 +60,24 @@ class FinetuneConfig:
         return digest([identity, {f: getattr(self, f) for f in fields}])
 
 
-# The schedules of results/glue.md (``scripts/results_glue.py``; ``scripts/seed_spread.py``
-# repeats its students with them), sized for 2 CPU cores: about an hour for the three
-# tasks. Seeded subsets of the training sets; dev sets whole. Every student, searched or
-# baseline, gets the same two-stage schedule: an epoch of hidden-state distillation, then
-# logits distillation mixed with the task loss.
+# The schedules of results/glue.md (``nasbert.pipeline.build_results``), on the whole
+# training sets. Sequence lengths from the data (the teacher's tokenizer, measured):
+# SST-2 66 tokens at most (mean 13.3; 64 truncates 0.01 %), CoLA 47 (mean 11.3), MRPC
+# pairs 103 (mean 53.2); batches are padded to their longest (dynamic padding), so short
+# sentences cost what they are.
+# The teacher: 3 epochs at 3e-5 (5 on the small tasks), the usual BERT-family settings.
+# Students: logits distillation mixed with the task loss, after an epoch of hidden-state
+# distillation on the small tasks, where the labelled set alone teaches a shallow student
+# little.
 GLUE_SCHEDULES: dict[str, FinetuneConfig] = {
-    "sst2": FinetuneConfig(max_train_examples=4000, max_seq_len=64, hidden_epochs=1, epochs=2,
-                           lr=2e-4, teacher_epochs=2, teacher_lr=5e-5, alpha=0.5,
-                           temperature=2.0),
-    "mrpc": FinetuneConfig(max_train_examples=1500, max_seq_len=96, hidden_epochs=1, epochs=3,
-                           lr=2e-4, teacher_epochs=3, teacher_lr=5e-5, alpha=0.5,
-                           temperature=2.0, batch_size=16, teacher_batch_size=16),
-    # CoLA on its whole training set: on 2,500 examples for 2 epochs the teacher learnt
-    # only the majority class (Matthews correlation 0.0)
-    "cola": FinetuneConfig(max_seq_len=64, hidden_epochs=1, epochs=2, lr=2e-4,
-                           teacher_epochs=3, teacher_lr=5e-5, alpha=0.5, temperature=2.0),
+    "sst2": FinetuneConfig(max_seq_len=64, epochs=2, lr=1e-4, teacher_epochs=3,
+                           teacher_lr=3e-5, alpha=0.5, temperature=2.0),
+    "mrpc": FinetuneConfig(max_seq_len=128, hidden_epochs=1, epochs=5, lr=1e-4,
+                           teacher_epochs=5, teacher_lr=3e-5, alpha=0.5, temperature=2.0,
+                           batch_size=16, teacher_batch_size=16),
+    "cola": FinetuneConfig(max_seq_len=64, hidden_epochs=1, epochs=5, lr=1e-4,
+                           teacher_epochs=5, teacher_lr=3e-5, alpha=0.5, temperature=2.0,
+                           batch_size=16, teacher_batch_size=16),
 }
 
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nasbert.data.tasks import TaskData, TaskSpec, load_task
+from nasbert.data.tasks import Examples, TaskData, TaskSpec, load_task
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import Encoded, evaluate, predict, train_classifier
 from nasbert.hf.quiet import quiet_transformers
-from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text
+from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
 
@@ -114,14 +114,7 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
 
 
 def _cached(folder: Path, key: str) -> dict | None:
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return record if record.get("key") == key else None
+    return cached_record(folder / "metrics.json", key)
 
 
 class _workdir:
@@ -138,11 +131,63 @@ class _workdir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def student_key(config: FinetuneConfig, teacher_key: str, model_id: str) -> str:
+def teacher_labelled(run: RunDir, data: TaskData, config: FinetuneConfig, *,
+                     progress: bool = True) -> tuple[Examples, torch.Tensor]:
+    """The transfer examples of ``config.augment`` and the fine-tuned teacher's logits on
+    them, made once and kept in ``finetune/<task>/teacher/augmented-<key>.pt`` (beside
+    its training-set logits, and replaced with them when the teacher is)."""
+    from nasbert.finetune.augment import WordPool, augment, corpus_sentences
+
+    if data.spec.is_regression:
+        raise ConfigError("augmentation is for classification tasks (the teacher's soft "
+                          "labels); leave augment out", source=f"task {data.spec.name}")
+    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
+    aug = config.augment
+    key = digest([config.teacher_key(data), dataclasses.asdict(aug),
+                  run.corpus().info.get("key")])
+    path = teacher_dir / f"augmented-{key}.pt"
+    if path.is_file():
+        stored = torch.load(path, weights_only=True)
+        return Examples([tuple(t) for t in stored["texts"]], stored["labels"]), stored["logits"]
+    tokenizer = run.tokenizer()
+    sentences = corpus_sentences(run)
+    pool = WordPool([w for s in sentences for w in s.split()], list(tokenizer.get_vocab()))
+    train = data.split("train").subset(config.max_train_examples, config.seed)
+    examples = augment(train, pool, aug, sentences)
+    model = _load_classifier(teacher_dir / "model", data.spec, config.seed)
+    if progress:
+        print(f"{data.spec.name}: the teacher labels {len(examples):,} transfer examples",
+              flush=True)
+    logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len))
+    atomic_torch_save(path, {"texts": [list(t) for t in examples.texts],
+                             "labels": examples.labels, "logits": logits,
+                             "config": dataclasses.asdict(aug), **provenance()})
+    return examples, logits
+
+
+def student_key(config: FinetuneConfig, teacher_key: str, model_id: str,
+                source: str = "extracted") -> str:
+    """What a fine-tuned student depends on; ``source``: ``"extracted"`` or the key of
+    the stage-one model it started from."""
     fields = dataclasses.asdict(config)
     if fields["student_seed"] is None:  # keys made before the field existed stay valid
         del fields["student_seed"]
-    return digest([teacher_key, model_id, fields])
+    return digest([teacher_key, model_id, fields, source])
+
+
+def student_source(run: RunDir, model_id: str, init: str = "auto") -> tuple[Path, str]:
+    """The folder a student starts from and its identity for :func:`student_key`: the
+    stage-one model when there is one (unless ``init`` is ``"extracted"``), else the
+    extracted one."""
+    folder = run.distilled_dir(model_id)
+    record = folder / "stage_one.json"
+    if init != "extracted" and record.is_file():
+        return folder, json.loads(record.read_text())["key"]
+    if init == "distilled":
+        raise ConfigError(f"holds no stage-one model; run `nasbert distill {run} --subnet "
+                          f"{model_id}` first, or fine-tune from the extracted weights "
+                          "(init: extracted)", source=str(folder))
+    return run.subnet_dir(model_id), "extracted"
 
 
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
@@ -153,7 +198,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     must exist); writes ``finetune/<task>/<model_id>/`` and returns its record. A no-op
     returning the stored record when it was done with the same configuration."""
     run = RunDir.of(run)
-    source = run.subnet_dir(run.model_ids([model_id])[0])
+    source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
     tkey = config.teacher_key(data)
     if not _cached(teacher_dir, tkey):
@@ -161,8 +206,12 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                           "finetune_teacher first", source=str(teacher_dir))
     seed = config.seed if config.student_seed is None else config.student_seed
     name = model_id if config.student_seed is None else f"{model_id}-seed{seed}"
+    if config.init == "extracted":
+        name += "-extracted"
+    if config.augment.enabled:
+        name += "-aug"
     folder = out_dir or run.finetune_dir(data.spec.name, name)
-    key = student_key(config, tkey, model_id)
+    key = student_key(config, tkey, model_id, identity)
     cached = _cached(folder, key)
     if cached:
         return cached
@@ -170,6 +219,12 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     tokenizer = run.tokenizer()
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len, teacher=stored["logits"])
+    augmented = 0
+    if config.augment.enabled:
+        examples, logits = teacher_labelled(run, data, config, progress=progress)
+        augmented = len(examples)
+        train_set = torch.utils.data.ConcatDataset(
+            [train_set, Encoded(tokenizer, examples, config.max_seq_len, teacher=logits)])
     model = _load_classifier(source, data.spec, seed)
     teacher = (_load_classifier(teacher_dir / "model", data.spec, seed)
                if config.hidden_epochs > 0 else None)
@@ -185,10 +240,12 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     if (source / "nasbert.json").is_file():
         card = json.loads((source / "nasbert.json").read_text())
     record = {"id": model_id, "key": key, "teacher_key": tkey, "task": data.spec.name,
-              "data": data.source, "source": str(source), "arch": card.get("arch"),
-              "params": _params(model), "train_examples": len(train_set),
-              "config": dataclasses.asdict(config), "seconds": round(time.time() - start, 1),
-              **metrics, "history": history, **provenance()}
+              "data": data.source, "source": str(source),
+              "stage_one": identity != "extracted", "arch": card.get("arch"),
+              "params": _params(model), "train_examples": len(train_examples),
+              "augmented": augmented, "config": dataclasses.asdict(config),
+              "seconds": round(time.time() - start, 1), **metrics, "history": history,
+              **provenance()}
     _save(folder, model if save_model else None, tokenizer, record, preds)
     return record
 

@@ -62,6 +62,25 @@ def uniform_archs(space: SearchSpace) -> dict[str, Arch]:
     return out
 
 
+def prefix_arch(space: SearchSpace, k: int) -> Arch | None:
+    """The teacher's first ``k`` layers as an architecture of ``space`` (its own layers
+    as ``M, F`` at full width in the first ``k`` one-layer blocks, identity after), so
+    that the search's estimate can score the prefix baseline too; None when the space
+    cannot express it."""
+    d = space.dims.hidden_size
+    blocks, left = [], k
+    for b in space.blocks:
+        pairs = min(left, b.teacher_layers) if b.teacher_layers * 2 <= b.layers else 0
+        blocks.append(BlockArch(d, ("M", "F") * pairs + (IDENTITY,) * (b.layers - 2 * pairs)))
+        left -= pairs
+    if left or d not in space.embed_sizes:
+        return None
+    try:
+        return space.validate(Arch(d, tuple(blocks)))
+    except ConfigError:
+        return None
+
+
 def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path) -> Path:
     """The teacher's embeddings and first ``k`` layers, saved as an ordinary model."""
     from transformers import AutoModel

@@ -1,5 +1,6 @@
 """Stage 1: block-wise supernet training with progressive shrinking, on one process or
-Ray Train.
+Ray Train (:func:`train_supernet`); and stage one of the two-stage distillation, every
+extracted model distilled end to end on the corpus (:func:`distill`), in the same loop.
 
 >>> from nasbert.recipe import load_recipe
 >>> recipe = load_recipe("quickstart", ["train.max_steps=50"])  # doctest: +SKIP
@@ -15,24 +16,28 @@ same run directory resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from nasbert.data.corpus import Corpus, build_corpus, corpus_key
-from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.provenance import provenance
-from nasbert.recipe import Recipe
+from nasbert.recipe import Recipe, ScalingConfig
 from nasbert.run import RunDir
 from nasbert.space import SearchSpace
 from nasbert.train.inherit import teacher_importance
-from nasbert.train.loop import StepCallback, checkpoint_dirs, train_loop
+from nasbert.train.launch import run_on_ray, train_loop
+from nasbert.train.loop import StepCallback
+from nasbert.train.stage_one import DistillConfig, distilled
 
-__all__ = ["StepCallback", "prepare_run", "train_supernet"]
+__all__ = ["DistillConfig", "StepCallback", "distill", "prepare_run", "train_supernet"]
 
 # fields a resumed run may change: how long, and on what
 _MAY_CHANGE = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
@@ -100,29 +105,49 @@ def train_supernet(recipe: Recipe, run: RunDir | str | Path, *, progress: bool =
               "progress": progress, "callbacks": list(callbacks)}
     if recipe.scaling.workers == 1 and recipe.scaling.address is None:
         return train_loop(config)
-    _train_on_ray(recipe, config, run)
+    run_on_ray(config, recipe.scaling, run.path, run.ray_storage, name="supernet",
+               resume_from=run.checkpoints, keep=recipe.train.keep_checkpoints)
     return json.loads(run.summary.read_text())
 
 
-def _train_on_ray(recipe: Recipe, config: dict, run: RunDir) -> None:
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
-    from ray.train import ScalingConfig as RayScaling
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    scaling = recipe.scaling
-    found = checkpoint_dirs(run)  # the run's latest, whichever way it was written
-    with ray_session(run.path, num_cpus=scaling.workers * scaling.cpus_per_worker + 1,
-                     address=scaling.address):
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={**config, "ray": True, "progress": False},
-            scaling_config=RayScaling(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
-                                      resources_per_worker={"CPU": scaling.cpus_per_worker}),
-            torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name="supernet", storage_path=str(run.ray_storage.resolve()),
-                failure_config=FailureConfig(max_failures=scaling.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.keep_checkpoints)),
-            resume_from_checkpoint=Checkpoint.from_directory(found[-1]) if found else None,
-        )
-        trainer.fit()
+def distill(run: RunDir | str | Path, models: Sequence[str] | None = None,
+            config: DistillConfig | None = None, *, scaling: ScalingConfig | None = None,
+            progress: bool = True, callbacks: Sequence[StepCallback] = ()) -> dict[str, dict]:
+    """Stage one for ``models`` (default: every model under ``subnets/``), one after the
+    other, each with the same token budget; returns each one's record. A model already
+    distilled with this configuration is skipped; one stopped midway resumes from its
+    last checkpoint. ``scaling.workers > 1`` runs each on Ray Train."""
+    run = RunDir.of(run)
+    config = config or DistillConfig()
+    scaling = scaling or ScalingConfig()
+    ids = run.model_ids(models)
+    corpus = run.corpus()  # fails here, before any work, when the run has none
+    steps = config.steps(corpus.train.shape[1])
+    out = {}
+    for model_id in ids:
+        done = distilled(run, model_id, config)
+        if done:
+            out[model_id] = done
+            continue
+        start = time.time()
+        loop_config = {"kind": "distill", "run_dir": str(run.path.resolve()),
+                       "model_id": model_id, "distill": dataclasses.asdict(config),
+                       "scaling": dataclasses.asdict(scaling), "progress": progress,
+                       "callbacks": list(callbacks)}
+        if scaling.workers == 1 and scaling.address is None:
+            train_loop(loop_config)
+        else:
+            folder = run.distill_dir(model_id)
+            run_on_ray(loop_config, scaling, run.path, folder / "ray", name="stage-one",
+                       resume_from=folder / "checkpoints", keep=config.keep_checkpoints)
+            shutil.rmtree(folder / "ray", ignore_errors=True)
+        record = distilled(run, model_id, config)
+        if record is None:
+            raise ConfigError("was not written; the stage-one run stopped early",
+                              source=str(run.distilled_dir(model_id)))
+        out[model_id] = record
+        if progress:
+            a, b = record["dev_loss_start"]["loss"], record["dev_loss_end"]["loss"]
+            print(f"{model_id:<24} stage one: dev loss {a:.4f} -> {b:.4f} "
+                  f"({steps} steps, {time.time() - start:.0f} s)", flush=True)
+    return out

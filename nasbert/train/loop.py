@@ -1,17 +1,24 @@
-"""The one training loop of block-wise supernet distillation.
+"""The one training loop: block-wise supernet distillation and end-to-end distillation
+of extracted models (stage one) are two objectives of it.
 
-:func:`train_loop` is a plain function of a ``config`` dict, the shape Ray Train wants:
-one process runs it directly; ``--workers N`` runs it once per worker under
-``TorchTrainer``, with the process group already set up. Workers sample the same paths
-at each step (seeded by the step) and split the batch, so N workers compute what one
+:class:`LoopTrainer` owns what every training shares: the data order (a function of the
+seed and the step), the optimiser step with its all-reduce, checkpoints and resume,
+progress, TensorBoard and callbacks. :class:`BlockwiseTrainer` trains the supernet
+(every block on a sampled path, with progressive shrinking);
+:class:`nasbert.train.stage_one.EndToEndTrainer` distils one extracted model on the corpus.
+
+:func:`nasbert.train.launch.train_loop` runs one of them: in this process, or once per
+worker under Ray Train's ``TorchTrainer``, with the process group already set up
+(:func:`~nasbert.train.launch.run_on_ray`). Workers take the same step
+(seeded by the step) on their share of the batch, so N workers compute what one
 process would with the whole batch; gradients are averaged by one all-reduce.
 
 Everything a step depends on (data order, sampled paths) is a function of the seed and
 the step, so a run resumed from a checkpoint continues exactly where it stopped.
-Checkpoints: one process writes them to ``supernet/checkpoints/step-<n>/`` (atomically,
-the last ``keep_checkpoints`` kept); on Ray Train they are Ray's own (reported with
+Checkpoints: one process writes them to its ``checkpoints/step-<n>/`` (atomically, the
+last ``keep_checkpoints`` kept); on Ray Train they are Ray's own (reported with
 ``ray.train.report``, kept by its ``CheckpointConfig``, resumed with
-``ray.train.get_checkpoint``), stored under ``supernet/ray/``. Either kind resumes
+``ray.train.get_checkpoint``), stored under its ``ray/`` folder. Either kind resumes
 either way.
 """
 
@@ -40,7 +47,7 @@ from nasbert.errors import ConfigError
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.losses import masked_mse
 from nasbert.provenance import provenance
-from nasbert.recipe import Recipe, recipe_from_dict
+from nasbert.recipe import Recipe
 from nasbert.run import RunDir
 from nasbert.space import BlockArch, SearchSpace
 from nasbert.supernet import Supernet
@@ -52,7 +59,7 @@ log = logging.getLogger(__name__)
 
 STATE = "state.pt"  # the file inside a checkpoint folder
 # called with the trainer after every step (logging, tests that stop a worker mid-run)
-StepCallback = Callable[["BlockwiseTrainer"], None]
+StepCallback = Callable[["LoopTrainer"], None]
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,12 @@ class Worker:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_dirs(run: RunDir) -> list[Path]:
-    """The run's checkpoint folders, oldest first: its own and Ray Train's."""
-    found = [*run.checkpoints.glob("step-*"), *run.ray_storage.glob("*/step-*")]
+def checkpoint_dirs(own: Path | RunDir, ray_storage: Path | None = None) -> list[Path]:
+    """Checkpoint folders, oldest first: those under ``own`` and Ray Train's under
+    ``ray_storage`` (given a run directory: its supernet's)."""
+    if isinstance(own, RunDir):
+        own, ray_storage = own.checkpoints, own.ray_storage
+    found = [*own.glob("step-*"), *(ray_storage.glob("*/step-*") if ray_storage else ())]
     return sorted((p for p in found if (p / STATE).is_file()), key=lambda p: p.name)
 
 
@@ -112,17 +122,211 @@ def load_state(folder: Path) -> dict:
                           "--run", source=str(path)) from None
 
 
-# ----------------------------------------------------------------------------- the trainer
+# ----------------------------------------------------------------------------- the loop
 
 
-class BlockwiseTrainer:
-    """State and steps of one worker's block-wise distillation."""
+@dataclass(frozen=True)
+class Schedule:
+    """What the loop needs of a training's configuration."""
+
+    batch_size: int  # global: split across workers
+    max_steps: int
+    epoch_steps: int  # steps per pass over the data (its order is reshuffled each pass)
+    seed: int
+    grad_clip: float
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    dtype: str = "float32"
+
+
+class LoopTrainer:
+    """The loop and its checkpoints; a subclass supplies the objective.
+
+    A subclass sets, in its ``__init__`` (after calling this one's): ``schedule``,
+    ``checkpoints`` and ``ray_storage`` (folders), ``tensorboard`` (a folder or None),
+    ``data`` (the ``(sequences, seq_len)`` training ids), ``optimizer`` and ``scheduler``;
+    and implements :meth:`train_step`, :meth:`start`, :meth:`finish` and the model part
+    of :meth:`state_dict` / :meth:`load_state_dict`. :meth:`after_step` is its hook
+    between steps (shrinking)."""
+
+    desc = "train"  # the progress bar's name
+    schedule: Schedule
+    checkpoints: Path
+    ray_storage: Path
+    tensorboard: Path | None
+    data: Tensor
+
+    def __init__(self, worker: Worker, *, progress: bool = True, on_ray: bool = False,
+                 callbacks: Sequence[StepCallback] = ()):
+        self.worker = worker
+        self.progress, self.on_ray, self.callbacks = progress and worker.main, on_ray, callbacks
+        self.step = 0
+
+    @property
+    def per_worker(self) -> int:
+        return max(1, self.schedule.batch_size // self.worker.world)
+
+    def precision(self):
+        if self.schedule.dtype == "bfloat16":
+            return torch.autocast(self.worker.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batch_indices(self, step: int) -> Tensor:
+        """This worker's share of the global batch of ``step``."""
+        n, bs = len(self.data), self.schedule.batch_size
+        epoch, pos = divmod(step, self.schedule.epoch_steps)
+        g = torch.Generator().manual_seed(self.schedule.seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        idx = perm[(torch.arange(bs) + pos * bs) % n]
+        return idx[self.worker.rank::self.worker.world][: self.per_worker]
+
+    def optimizer_step(self, loss: Tensor, params: Sequence[torch.nn.Parameter]) -> float:
+        """Backward, all-reduce, clip, step; returns the gradient norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.worker.all_reduce_mean([p.grad for p in params if p.grad is not None])
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(grad_norm)
+
+    def mean_over_workers(self, losses: dict[str, float]) -> dict[str, float]:
+        stats = torch.tensor([losses[k] for k in sorted(losses)])
+        stats = self.worker.all_reduce_sum(stats) / self.worker.world
+        return dict(zip(sorted(losses), stats.tolist()))
+
+    # -- to implement --------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One step; returns its losses (``loss`` the one the bar shows)."""
+        raise NotImplementedError
+
+    def start(self, resumed: bool) -> None:
+        """Before the first step (measure where training starts)."""
+
+    def after_step(self, bar, writer) -> None:
+        """Between steps, after logging and before checkpointing."""
+
+    def finish(self, first: dict | None, last: dict, writer) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "provenance": provenance()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self, metrics: dict[str, float]) -> None:
+        """One process: ``<checkpoints>/step-<n>/``, the oldest beyond
+        ``keep_checkpoints`` removed. Ray Train: reported to Ray (every worker reports, the
+        main one with the state), which stores and prunes them."""
+        name = f"step-{self.step:08d}"
+        if not self.on_ray:
+            with atomic_dir(self.checkpoints / name) as tmp:
+                torch.save(self.state_dict(), tmp / STATE)
+            own = sorted(self.checkpoints.glob("step-*"))
+            for old in own[: -self.schedule.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.worker.main:
+                torch.save(self.state_dict(), Path(tmp) / STATE)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"step": self.step, **metrics}, checkpoint=checkpoint,
+                             checkpoint_dir_name=name)
+
+    def resume(self) -> Path | None:
+        """Load the latest checkpoint: on Ray Train the one Ray hands back (after a
+        failure, or the one the driver resumed from), else the latest on disk."""
+        if self.on_ray:
+            import ray.train
+
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is None:
+                return None
+            with checkpoint.as_directory() as folder:
+                self.load_state_dict(load_state(Path(folder)))
+            return Path(checkpoint.path)
+        for tmp in self.checkpoints.glob(".*"):  # a write a kill cut short
+            shutil.rmtree(tmp, ignore_errors=True)
+        found = checkpoint_dirs(self.checkpoints, self.ray_storage)
+        if not found:
+            return None
+        self.load_state_dict(load_state(found[-1]))
+        return found[-1]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        sc = self.schedule
+        resumed = self.resume()
+        self.start(resumed is not None)
+        writer = None
+        if self.worker.main:
+            if self.tensorboard is not None:
+                from tensorboardX import SummaryWriter
+
+                writer = SummaryWriter(str(self.tensorboard))
+            if resumed:
+                print(f"resuming from step {self.step} ({resumed})", flush=True)
+        tokens = sc.batch_size * self.data.shape[1]
+        bar = tqdm(total=sc.max_steps, initial=self.step, desc=self.desc, unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        first_losses: dict[str, float] | None = None
+        last: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < sc.max_steps:
+            last = self.train_step()
+            first_losses = first_losses or dict(last)
+            window_steps += 1
+            elapsed = time.perf_counter() - window_start
+            last["tokens_per_s"] = window_steps * tokens / max(elapsed, 1e-9)
+            bar.update(1)
+            if self.step % sc.log_every == 0 or self.step == sc.max_steps:
+                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if writer is not None:
+                    for k, v in last.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                window_start, window_steps = time.perf_counter(), 0
+            self.after_step(bar, writer)
+            if self.step % sc.checkpoint_every == 0 or self.step == sc.max_steps:
+                self.save_checkpoint(last)
+            for callback in self.callbacks:
+                callback(self)
+        bar.close()
+        summary = self.finish(first_losses, last, writer)
+        if writer is not None:
+            writer.close()
+        return summary
+
+
+class BlockwiseTrainer(LoopTrainer):
+    """The supernet's objective: every block (and the embedding) on a sampled path, each
+    to the teacher block's output from the teacher block's input; shrinking between
+    epochs; the final supernet and the shrink tables at the end."""
+
+    desc = "supernet"
 
     def __init__(self, recipe: Recipe, run: RunDir, worker: Worker, *,
                  progress: bool = True, on_ray: bool = False,
                  callbacks: Sequence[StepCallback] = ()):
-        self.recipe, self.run_dir, self.worker = recipe, run, worker
-        self.progress, self.on_ray, self.callbacks = progress and worker.main, on_ray, callbacks
+        super().__init__(worker, progress=progress, on_ray=on_ray, callbacks=callbacks)
+        self.recipe, self.run_dir = recipe, run
+        self.checkpoints, self.ray_storage = run.checkpoints, run.ray_storage
+        self.tensorboard = run.tensorboard
         tc = recipe.train
         torch.manual_seed(tc.seed)
         space = SearchSpace.from_yaml(recipe.space)
@@ -147,10 +351,12 @@ class BlockwiseTrainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tc.warmup_steps,
                                                          tc.max_steps)
         self.shrinker = self._shrinker()
-        self.per_worker = max(1, tc.batch_size // worker.world)
-        n = len(self.corpus.train)
-        self.epoch_steps = recipe.shrink.epoch_steps or max(1, math.ceil(n / tc.batch_size))
-        self.step = 0
+        self.data = self.corpus.train
+        self.epoch_steps = recipe.shrink.epoch_steps or max(
+            1, math.ceil(len(self.data) / tc.batch_size))
+        self.schedule = Schedule(tc.batch_size, tc.max_steps, self.epoch_steps, tc.seed,
+                                 tc.grad_clip, tc.log_every, tc.checkpoint_every,
+                                 tc.keep_checkpoints, tc.dtype)
         self._cache: dict[int, Tensor] = {}
         width = self.space.dims.hidden_size
         per_seq = (len(self.space.blocks) + 1) * self.corpus.train.shape[1] * width * 2
@@ -189,82 +395,20 @@ class BlockwiseTrainer:
         return self.teacher.batches(self.corpus.dev, self.recipe.train.batch_size,
                                     limit=self.recipe.shrink.dev_batches)
 
-    def _precision(self):
-        if self.recipe.train.dtype == "bfloat16":
-            return torch.autocast(self.worker.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # -- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "supernet": self.supernet.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "shrink": self.shrinker.state_dict(), "torch_rng": torch.get_rng_state(),
-                "start_losses": self.start_losses,
-                "recipe": self.recipe.to_dict(), "provenance": provenance()}
+        return {**super().state_dict(), "supernet": self.supernet.state_dict(),
+                "shrink": self.shrinker.state_dict(), "start_losses": self.start_losses,
+                "recipe": self.recipe.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.supernet.load_state_dict(state["supernet"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.shrinker.load_state_dict(state["shrink"])
-        torch.set_rng_state(state["torch_rng"])
         self.start_losses = state["start_losses"]
-        self.step = state["step"]
-
-    def save_checkpoint(self, metrics: dict[str, float]) -> None:
-        """One process: ``supernet/checkpoints/step-<n>/``, the oldest beyond
-        ``keep_checkpoints`` removed. Ray Train: reported to Ray (every worker reports, the
-        main one with the state), which stores and prunes them."""
-        name = f"step-{self.step:08d}"
-        if not self.on_ray:
-            with atomic_dir(self.run_dir.checkpoints / name) as tmp:
-                torch.save(self.state_dict(), tmp / STATE)
-            own = sorted(self.run_dir.checkpoints.glob("step-*"))
-            for old in own[: -self.recipe.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-            return
-        import ray.train
-
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if self.worker.main:
-                torch.save(self.state_dict(), Path(tmp) / STATE)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"step": self.step, **metrics}, checkpoint=checkpoint,
-                             checkpoint_dir_name=name)
-
-    def resume(self) -> Path | None:
-        """Load the latest checkpoint: on Ray Train the one Ray hands back (after a
-        failure, or the one the driver resumed from), else the run's latest."""
-        if self.on_ray:
-            import ray.train
-
-            checkpoint = ray.train.get_checkpoint()
-            if checkpoint is None:
-                return None
-            with checkpoint.as_directory() as folder:
-                self.load_state_dict(load_state(Path(folder)))
-            return Path(checkpoint.path)
-        for tmp in self.run_dir.checkpoints.glob(".*"):  # a write a kill cut short
-            shutil.rmtree(tmp, ignore_errors=True)
-        found = checkpoint_dirs(self.run_dir)
-        if not found:
-            return None
-        self.load_state_dict(load_state(found[-1]))
-        return found[-1]
+        super().load_state_dict(state)
 
     # -- one step ------------------------------------------------------------------------
-
-    def batch_indices(self, step: int) -> Tensor:
-        """This worker's share of the global batch of ``step``."""
-        n, bs = len(self.corpus.train), self.recipe.train.batch_size
-        epoch, pos = divmod(step, self.epoch_steps)
-        g = torch.Generator().manual_seed(self.recipe.train.seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        idx = perm[(torch.arange(bs) + pos * bs) % n]
-        return idx[self.worker.rank::self.worker.world][: self.per_worker]
 
     def teacher_states(self, idx: Tensor, ids: Tensor, mask: Tensor) -> list[Tensor]:
         """Teacher states of a batch, from the in-memory cache when it holds them. With
@@ -316,7 +460,7 @@ class BlockwiseTrainer:
         embeds, paths = self.sample_paths(self.step)
         self.supernet.train()
         losses: dict[str, float] = {}
-        with self._precision():
+        with self.precision():
             total = 0.0
             emb_loss = sum(masked_mse(self.supernet.embed(ids, size=e), states[0], mask)
                            for e in embeds) / len(embeds)
@@ -327,20 +471,10 @@ class BlockwiseTrainer:
                                 states[i + 1], mask) for p in chosen) / len(chosen)
                 losses[f"block{i}"] = loss.item()
                 total = total + loss
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.worker.all_reduce_mean([p.grad for p in self.supernet.parameters()
-                                     if p.grad is not None])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.supernet.parameters(),
-                                                   self.recipe.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        stats = torch.tensor([losses[k] for k in sorted(losses)])
-        stats = self.worker.all_reduce_sum(stats) / self.worker.world
-        out = dict(zip(sorted(losses), stats.tolist()))
+        grad_norm = self.optimizer_step(total, list(self.supernet.parameters()))
+        out = self.mean_over_workers(losses)
         out["loss"] = sum(v for k, v in out.items() if k.startswith("block"))
-        out["grad_norm"] = float(grad_norm)
+        out["grad_norm"] = grad_norm
         return out
 
     # -- shrinking -----------------------------------------------------------------------
@@ -357,7 +491,7 @@ class BlockwiseTrainer:
                       disable=not self.progress or len(mine) < 100):
             total = 0.0
             for _ids, mask, states in self._dev:
-                with self._precision():
+                with self.precision():
                     out = self.supernet.forward_block(index, states[index], paths[j], mask)
                 total += float(masked_mse(out.float(), states[index + 1], mask))
             losses[j] = total / len(self._dev)
@@ -388,56 +522,23 @@ class BlockwiseTrainer:
         self.supernet.train()
         return out
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the loop's hooks -----------------------------------------------------------------
 
-    def run(self) -> dict:
-        tc = self.recipe.train
-        resumed = self.resume()
+    def start(self, resumed: bool) -> None:
         if not resumed:
             self.start_losses = self.reference_losses()
-        writer = None
-        if self.worker.main:
-            from tensorboardX import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir.tensorboard))
-            if resumed:
-                print(f"resuming from step {self.step} ({resumed})", flush=True)
-        tokens = tc.batch_size * self.corpus.train.shape[1]
-        bar = tqdm(total=tc.max_steps, initial=self.step, desc="supernet", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
-        first_losses: dict[str, float] | None = None
-        last: dict[str, float] = {}
-        window_start, window_steps = time.perf_counter(), 0
-        while self.step < tc.max_steps:
-            last = self.train_step()
-            first_losses = first_losses or dict(last)
-            window_steps += 1
-            elapsed = time.perf_counter() - window_start
-            last["tokens_per_s"] = window_steps * tokens / max(elapsed, 1e-9)
-            bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                if writer is not None:
-                    for k, v in last.items():
-                        writer.add_scalar(f"train/{k}", v, self.step)
-                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                window_start, window_steps = time.perf_counter(), 0
-            if self.step % self.epoch_steps == 0 and self.shrinker.due(
-                    self.step // self.epoch_steps):
-                record = self.shrinker.round(self.score)
-                if self.worker.main:
-                    bar.write(f"shrink round {record['round']} at step {self.step}: paths left "
-                              + ", ".join(str(b["left"]) for b in record["blocks"]))
-                    if writer is not None:
-                        for b in record["blocks"]:
-                            writer.add_scalar(f"shrink/block{b['block']}_paths", b["left"],
-                                              self.step)
-            if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
-                self.save_checkpoint(last)
-            for callback in self.callbacks:
-                callback(self)
-        bar.close()
-        return self.finish(first_losses, last, writer)
+    def after_step(self, bar, writer) -> None:
+        """A shrinking round at the end of each epoch after the warm-up."""
+        if self.step % self.epoch_steps or not self.shrinker.due(self.step // self.epoch_steps):
+            return
+        record = self.shrinker.round(self.score)
+        if self.worker.main:
+            bar.write(f"shrink round {record['round']} at step {self.step}: paths left "
+                      + ", ".join(str(b["left"]) for b in record["blocks"]))
+            if writer is not None:
+                for b in record["blocks"]:
+                    writer.add_scalar(f"shrink/block{b['block']}_paths", b["left"], self.step)
 
     def finish(self, first: dict | None, last: dict, writer) -> dict:
         """Shrink to the end, re-score the survivors, write the final supernet and the
@@ -459,21 +560,4 @@ class BlockwiseTrainer:
             self.supernet.save(self.run_dir.final, recipe=self.recipe.to_dict(),
                                teacher=self.teacher.describe(), steps=self.step)
             atomic_write_text(self.run_dir.summary, json.dumps(summary, indent=1, default=str))
-            if writer is not None:
-                writer.close()
         return summary
-
-
-def train_loop(config: dict) -> dict:
-    """The per-worker entry point (one process, or each Ray Train worker): ``config``
-    holds the resolved recipe, the run directory, ``progress``, ``ray`` (on Ray Train)
-    and ``callbacks`` (see :data:`StepCallback`)."""
-    run = RunDir(config["run_dir"])
-    recipe = recipe_from_dict(config["recipe"], source=str(run.run_yaml))
-    worker = Worker.current(recipe.scaling.use_gpu)
-    if recipe.scaling.workers > 1:
-        torch.set_num_threads(recipe.scaling.cpus_per_worker)
-    trainer = BlockwiseTrainer(recipe, run, worker, progress=config.get("progress", True),
-                               on_ray=bool(config.get("ray")),
-                               callbacks=config.get("callbacks", ()))
-    return trainer.run()
