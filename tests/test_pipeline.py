@@ -67,3 +67,52 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
     out, err = capsys.readouterr()
     assert "already trained" in out and "sst2 teacher" not in err
     assert [(r.model_id, r.metric) for r in again] == [(r.model_id, r.metric) for r in rows]
+
+
+@pytest.mark.slow  # about 70 s alone (20 fine-tunings); the quickstart test covers the stages
+def test_results_run_builds_every_phase_and_resumes(_trained_tiny_run, tiny_teacher,
+                                                    tiny_corpus, glue, tmp_path, protocol):
+    import dataclasses
+    import json
+    import shutil
+
+    from nasbert.finetune.augment import AugmentConfig
+    from nasbert.pipeline import ResultsConfig, build_results
+    from nasbert.train import DistillConfig
+
+    # the trained and profiled tiny run (its recipe again: supernet and latency are done)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=20,
+                                       checkpoint_every=10))
+    shutil.copytree(_trained_tiny_run, tmp_path / "run")
+    quick = dataclasses.replace(quick_finetune(), epochs=2, teacher_epochs=4)
+    config = ResultsConfig(
+        recipe=str(recipe), glue_dir=str(glue), tasks=("sst2",), speedups=(1.0,),
+        latency_samples=30, top_k=2, seeds=(0, 1), ablation_tasks=("sst2",),
+        ablation_group="1x", augment=AugmentConfig(per_example=1),
+        distill=DistillConfig(tokens=4 * 8 * 32, batch_size=8, dev_batches=1),
+        schedules={"sst2": quick})
+    run = RunDir(tmp_path / "run")
+    out = build_results(run, config, protocol=protocol, progress=False)
+    group = out["plan"]["1x"]
+    assert set(group) == {"searched", "uniform", "teacher-first-k"}
+    assert set(out["latency_ms"]) == {"teacher", *group.values()}
+    # stage one for every model of the run, and fine-tuning of each (the estimate study)
+    for model_id in run.subnet_ids():
+        assert (run.distilled_dir(model_id) / "stage_one.json").is_file(), model_id
+        record = json.loads((run.finetune_dir("sst2", model_id) / "metrics.json").read_text())
+        assert record["stage_one"] is True
+    folders = {p.name for p in run.finetune_dir("sst2").iterdir()}
+    for kind, model_id in group.items():
+        ablation = {f"{model_id}-extracted", f"{model_id}-extracted-aug", f"{model_id}-aug"}
+        assert ablation <= folders, (ablation, folders)
+        assert (f"{model_id}-seed1" in folders) == (kind != "teacher-first-k")
+    stages = json.loads((run.path / "stages.json").read_text())
+    assert {"supernet", "latency", "search and baselines", "stage one",
+            "fine-tuning sst2"} <= set(stages)
+    # resumed: nothing is trained again, and the figures are the same
+    again = build_results(run, config, protocol=protocol, progress=False)
+    assert again["latency_ms"] == out["latency_ms"] and again["plan"] == out["plan"]
+    after = json.loads((run.path / "stages.json").read_text())
+    spent = after["fine-tuning sst2"] - stages["fine-tuning sst2"]
+    assert spent < 0.25 * stages["fine-tuning sst2"], (spent, stages)

@@ -214,8 +214,11 @@ class TablePredictor(LatencyPredictor):
                             lambda x, a=self.scale, b=self.offset: a * x + b)
 
     def calibrate(self, archs: Sequence[Arch], measured: Sequence[float]) -> None:
-        raw = self.raw(archs)
-        a, b = np.polyfit(raw, np.asarray(measured, float), 1)
+        """``a * sum + b`` by least squares on the relative error (residuals weighted by
+        ``1 / measured``): budgets are ratios, and unweighted residuals let the large
+        models set an intercept that dwarfs the small ones."""
+        raw, y = self.raw(archs), np.asarray(measured, float)
+        a, b = np.polyfit(raw, y, 1, w=1 / y)
         if a > 0:
             self.scale, self.offset = float(a), float(b)
 

@@ -49,7 +49,14 @@ from nasbert.run import RunDir
 from nasbert.schema import check
 from nasbert.space import SearchSpace
 from nasbert.teacher import Teacher
-from nasbert.train.loop import LoopTrainer, Schedule, StepCallback, Worker
+from nasbert.train.loop import (
+    LoopTrainer,
+    Schedule,
+    StepCallback,
+    Worker,
+    checkpoint_dirs,
+    load_state,
+)
 
 __all__ = ["DistillConfig", "EndToEndTrainer", "distilled", "layer_map"]
 
@@ -233,7 +240,7 @@ class EndToEndTrainer(LoopTrainer):
     @torch.no_grad()
     def _fit_projections(self) -> nn.ModuleList:
         """``P_j``: identity at the teacher's width, else the least-squares map of the
-        student's states onto the teacher's, on the first training batch."""
+        student's states onto the teacher's, on the corpus's first sequences."""
         idx = torch.arange(min(self.config.batch_size, len(self.data)))
         ids = self.data[idx].to(self.worker.device)
         mask = torch.ones_like(ids)
@@ -252,7 +259,8 @@ class EndToEndTrainer(LoopTrainer):
             # dropout noise of training along them (measured: train-mode loss 5,000x the
             # eval-mode one on a narrow student)
             gram = x.T @ x
-            ridge = RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+            ridge = RIDGE * gram.diagonal().mean() * torch.eye(
+                len(gram), dtype=gram.dtype, device=gram.device)
             w = torch.linalg.solve(gram + ridge, x.T @ y)  # (h, d)
             proj = nn.Linear(s.shape[-1], self.width, bias=False)
             proj.weight.copy_(w.T.float())
@@ -314,6 +322,17 @@ class EndToEndTrainer(LoopTrainer):
                 "projections": self.projections.state_dict(),
                 "start_losses": self.start_losses, "config": dataclasses.asdict(self.config),
                 "elapsed": self.elapsed + time.time() - self._since}
+
+    def resume(self) -> Path | None:
+        """The latest checkpoint, unless it was made with another configuration (an
+        interrupted attempt with other settings): then start afresh."""
+        found = [] if self.on_ray else checkpoint_dirs(self.checkpoints, self.ray_storage)
+        if found and DistillConfig(**load_state(found[-1])["config"]).key() != self.config.key():
+            if self.progress:
+                print(f"{self.checkpoints}: made with other settings; starting afresh",
+                      flush=True)
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+        return super().resume()
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

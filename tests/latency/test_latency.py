@@ -140,6 +140,41 @@ def test_profile_resumes_and_fit_needs_ten_samples(run, protocol, tmp_path):
         fit(run, dataclasses.replace(protocol, seq=8))
 
 
+def test_profiled_subnets_spread_over_the_size_range(run, protocol):
+    from nasbert.latency.stage import _spread_archs
+    from nasbert.space import Arch
+
+    table = LatencyPredictor.load(run.latency_dir(protocol) / "table_raw.json")
+    chosen = _spread_archs(run, table, 12, seed=0)
+    space = run.space()
+    assert chosen[:2] == [space.max_arch(), space.min_arch()] and len(set(chosen)) == 12
+    cost = np.log(table.raw(chosen))
+    uniform = np.log(table.raw([space.sample(s) for s in range(200)]))
+    lo, hi = cost[1], cost[0]
+    # a quarter of the chosen lie in the lowest quarter of the log range, where uniform
+    # draws rarely go
+    low = lo + (hi - lo) / 4
+    assert np.mean(cost[2:] <= low) >= 0.2 > np.mean(uniform <= low) - 0.05
+    profiled = [Arch.parse(a) for a in measured(run.latency_dir(protocol))]
+    assert set(chosen[:2]) <= set(profiled)
+
+
+def test_calibration_fits_relative_error():
+    from nasbert.space import Dims
+
+    table = TablePredictor(Dims(vocab_size=8, hidden_size=8, max_position_embeddings=8),
+                           {}, {})
+    # large models flatter than the sums say, as measured on this machine: one small
+    raw = np.array([1.0, 10, 11, 12, 13, 14, 15])
+    measured_ms = np.array([1.2, 13, 13.5, 14, 14.5, 15, 15.5])
+    table.raw = lambda archs: raw  # the calibration only reads the sums
+    table.calibrate(list(range(7)), measured_ms)
+    small = table.scale * 1.0 + table.offset
+    assert abs(small / 1.2 - 1) < 0.05  # 1.21 ms
+    a, b = np.polyfit(raw, measured_ms, 1)
+    assert (a + b) / 1.2 > 1.6  # unweighted: 2.04 ms
+
+
 def test_shrinking_bins_by_latency_once_the_run_has_a_table(run, tiny_teacher, tiny_corpus,
                                                             tmp_path):
     import shutil
