@@ -164,6 +164,14 @@ class RunDir:
                               f"{self.path}` first", source=str(self.corpus_file))
         return Corpus.load(self.corpus_file)
 
+    def corpus_key(self) -> str:
+        """The digest the packed corpus was built under (what caches built on it depend
+        on), from the recipe: no need to load the corpus."""
+        from nasbert.data.corpus import corpus_key
+
+        recipe = self.recipe()
+        return corpus_key(recipe.corpus, recipe.teacher)
+
     def space(self) -> SearchSpace:
         """The search space fitted to the teacher's vocabulary and positions: from the
         trained supernet when there is one, else from the recipe and the teacher's config

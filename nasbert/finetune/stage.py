@@ -144,7 +144,7 @@ def teacher_labelled(run: RunDir, data: TaskData, config: FinetuneConfig, *,
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
     aug = config.augment
     key = digest([config.teacher_key(data), dataclasses.asdict(aug),
-                  run.corpus().info.get("key")])
+                  run.corpus_key()])
     path = teacher_dir / f"augmented-{key}.pt"
     if path.is_file():
         stored = torch.load(path, weights_only=True)

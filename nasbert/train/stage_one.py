@@ -386,7 +386,7 @@ def stage_one_key(run: RunDir, model_id: str, config: DistillConfig) -> str:
     weights = next((source / f for f in ("model.safetensors", "pytorch_model.bin")
                     if (source / f).is_file()), None)
     return digest([file_digest(weights) if weights else None,
-                   run.corpus().info.get("key"), run.recipe().teacher, config.key()])
+                   run.corpus_key(), run.recipe().teacher, config.key()])
 
 
 # ----------------------------------------------------------------------------- the stage
