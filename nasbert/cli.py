@@ -130,7 +130,8 @@ def _protocol(args: argparse.Namespace):
     from nasbert.latency.measure import Protocol
 
     return Protocol(batch=args.batch, seq=args.seq, threads=args.threads,
-                    repeats=args.repeats, rounds=args.rounds, device="cuda" if args.gpu else "cpu")
+                    repeats=args.repeats, rounds=args.rounds, dtype=args.precision,
+                    device="cuda" if args.gpu else "cpu")
 
 
 def _latency_profile(args: argparse.Namespace) -> None:
@@ -306,6 +307,8 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="profile: measurements per subnet")
     p.add_argument("--gpu", action="store_true", help="measure on CUDA (events)")
+    p.add_argument("--precision", choices=("float32", "int8"), default="float32",
+                   help="int8: dynamic quantisation of the linear layers (CPU)")
 
 
 def _add_finetune(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,11 @@ class NasBertConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     provenance: dict | None = None  # what produced the weights (space, supernet, run, ...)
+    # deployment: "int8" quantises the linear layers on load (nasbert.compress.quantize);
+    # length_config, one token retention in (0, 1] per block, drops tokens after each
+    # block (nasbert.compress.length); None keeps every token
+    precision: str = "float32"
+    length_config: list | None = None
 
     @classmethod
     def from_dims(cls, dims: Dims, arch: Arch, **kwargs: Any) -> NasBertConfig:

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 
 from nasbert.configuration_nasbert import NasBertConfig
 from nasbert.errors import ConfigError
-from nasbert.ops import Embeddings, make_masks, make_op
+from nasbert.ops import Attention, Embeddings, check_length_config, drop_tokens, make_masks, make_op
 from nasbert.space import IDENTITY, Arch, transition_exists
 
 __all__ = ["NasBertConfig", "NasBertForSequenceClassification", "NasBertModel", "load_model"]
@@ -43,6 +43,18 @@ class NasBertPreTrainedModel(PreTrainedModel):
     config: NasBertConfig
     base_model_prefix = "nasbert"
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        """transformers' loading, then int8 quantisation when the config says
+        ``"precision": "int8"`` (the folder keeps float32 weights: dynamic quantisation is
+        a function of them, :mod:`nasbert.compress.quantize`)."""
+        model = super().from_pretrained(*args, **kwargs)
+        if getattr(model.config, "precision", "float32") == "int8":
+            from nasbert.compress.quantize import quantize
+
+            model = quantize(model, inplace=True)
+        return model
 
 
 class Block(nn.Module):
@@ -94,17 +106,71 @@ class NasBertModel(NasBertPreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, output_hidden_states: bool = False,
-                return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutput:
+                return_dict: bool | None = None, length_config: Any = None,
+                **kwargs: Any) -> BaseModelOutput:
+        """``length_config``: one token retention per block (default: the config's); a
+        block with retention ``r < 1`` passes on ``ceil(r * n)`` of its ``n`` tokens, those
+        that received the most attention in the last attention layer at or before it
+        ([CLS] always), so the output is shorter than the input."""
         x = self.embeddings(input_ids, token_type_ids)
+        ratios = self.config.length_config if length_config is None else length_config
+        if ratios is not None:
+            ratios = check_length_config(ratios, len(self.blocks))
+            if all(r == 1 for r in ratios):
+                ratios = None
+        if ratios is not None:
+            return self._adaptive(x, attention_mask, ratios, output_hidden_states)
         masks = make_masks(attention_mask, x.dtype)
         states = [x]
         for block in self.blocks:
             x = block(x, masks)
             states.append(x)
+        return self._output(x, states if output_hidden_states else None)
+
+    def _output(self, x: Tensor, states: list[Tensor] | None) -> BaseModelOutput:
         if self.proj_out is not None:
             x = self.proj_out(x)
         return BaseModelOutput(last_hidden_state=x,
-                               hidden_states=tuple(states) if output_hidden_states else None)
+                               hidden_states=tuple(states) if states is not None else None)
+
+    def scorers(self, ratios: tuple[float, ...]) -> set[tuple[int, int]]:
+        """The attention layers (block, layer) whose significance a dropping block uses:
+        the last attention at or before it. A block that drops with none before it is a
+        :class:`ConfigError`."""
+        found, last = set(), None
+        for i, block in enumerate(self.blocks):
+            for j, layer in enumerate(block.layers):
+                if isinstance(layer, Attention):
+                    last = (i, j)
+            if ratios[i] < 1:
+                if last is None:
+                    raise ConfigError(f"block {i} drops tokens before any attention layer "
+                                      "(tokens are kept by the attention they receive); set "
+                                      "its retention to 1", source="length configuration")
+                found.add(last)
+        return found
+
+    def _adaptive(self, x: Tensor, attention_mask: Tensor | None,
+                  ratios: tuple[float, ...], output_hidden_states: bool) -> BaseModelOutput:
+        keep = (attention_mask if attention_mask is not None
+                else torch.ones(x.shape[:2], dtype=torch.long, device=x.device))
+        masks = make_masks(keep, x.dtype)
+        scorers = self.scorers(ratios)
+        significance = torch.zeros(x.shape[:2], device=x.device)
+        states = [x]
+        for i, block in enumerate(self.blocks):
+            if block.proj is not None:
+                x = block.proj(x)
+            for j, layer in enumerate(block.layers):
+                if (i, j) in scorers:
+                    x, significance = layer.scored(x, masks)
+                else:
+                    x = layer(x, masks)
+            if ratios[i] < 1:
+                x, keep, significance = drop_tokens(x, keep, significance, ratios[i])
+                masks = make_masks(keep, x.dtype)
+            states.append(x)
+        return self._output(x, states if output_hidden_states else None)
 
 
 class NasBertForSequenceClassification(NasBertPreTrainedModel):
@@ -126,10 +192,11 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None,
                 output_hidden_states: bool = False, return_dict: bool | None = None,
-                **kwargs: Any) -> SequenceClassifierOutput:
+                length_config: Any = None, **kwargs: Any) -> SequenceClassifierOutput:
         out = self.nasbert(input_ids, attention_mask=attention_mask,
                            token_type_ids=token_type_ids,
-                           output_hidden_states=output_hidden_states)
+                           output_hidden_states=output_hidden_states,
+                           length_config=length_config)
         pooled = torch.tanh(self.dense(self.dropout(out.last_hidden_state[:, 0])))
         logits = self.classifier(self.dropout(pooled))
         loss = None
@@ -198,13 +265,16 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, *, task: str | None = None) -> PreTrainedModel:
+def load_model(path: str | Path, *, task: str | None = None,
+               precision: str | None = None) -> PreTrainedModel:
     """Load a saved NAS-BERT model (``task='classification'`` for the head), with one
-    clear error for a missing or corrupt file."""
+    clear error for a missing or corrupt file; ``precision`` overrides the folder's
+    (``"float32"`` loads an int8 folder unquantised)."""
     path = check_model_dir(path)
     cls = NasBertForSequenceClassification if task == "classification" else NasBertModel
+    extra = {"precision": precision} if precision else {}
     try:
-        return cls.from_pretrained(str(path))
+        return cls.from_pretrained(str(path), **extra)
     except (OSError, ValueError, RuntimeError) as e:
         raise ConfigError(f"could not be loaded ({str(e).splitlines()[0]}); re-export it",
                           source=str(path)) from None

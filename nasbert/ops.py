@@ -17,7 +17,7 @@ thing by construction. Each layer is post-norm as in BERT: ``LayerNorm(x + op(x)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -51,6 +51,45 @@ def make_masks(attention_mask: Tensor | None, dtype: torch.dtype) -> Masks:
     return Masks(bias, keep[:, :, None])
 
 
+def check_length_config(ratios, blocks: int) -> tuple[float, ...]:
+    """A length configuration (one token retention per block, each in (0, 1]) checked
+    against a model of ``blocks`` blocks."""
+    from nasbert.errors import ConfigError
+
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != blocks:
+        raise ConfigError(f"has {len(ratios)} retentions for a model of {blocks} blocks; give "
+                          "one per block", source="length configuration")
+    bad = [r for r in ratios if not 0 < r <= 1]
+    if bad:
+        raise ConfigError(f"retention {bad[0]:g} is outside (0, 1]; a retention is the share "
+                          "of tokens a block keeps", source="length configuration")
+    return ratios
+
+
+def drop_tokens(x: Tensor, keep: Tensor, significance: Tensor, ratio: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep ``ceil(ratio * n)`` of each row's ``n`` real tokens (``keep``: ``(B, T)``, 1 at
+    real tokens), those of highest ``significance``, in their order; the first token
+    ([CLS]) always. Returns the shorter hidden states, their 0/1 mask (kept tokens first,
+    padding after) and their significance; padding is never kept as a real token."""
+    b, t, h = x.shape
+    real = keep.bool()
+    n = real.sum(1)
+    k = torch.ceil(n.to(torch.float64) * ratio).long().clamp(min=1)
+    score = significance.float().masked_fill(~real, float("-inf"))
+    score[:, 0] = float("inf")
+    longest = int(k.max())
+    top = score.topk(longest, dim=1).indices  # (B, K), by score
+    valid = torch.arange(longest, device=x.device)[None, :] < k[:, None]
+    # back into sequence order, the kept ones first: push the rest past the end
+    ordered = torch.where(valid, top, top + t).sort(dim=1).values
+    mask = ordered < t
+    index = torch.where(mask, ordered, ordered - t)
+    kept = x.gather(1, index[:, :, None].expand(b, longest, h))
+    return kept, mask.to(keep.dtype), significance.gather(1, index)
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -59,33 +98,60 @@ def residual_norm(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, eps: float
     return F.layer_norm(x + F.dropout(y, dropout, training), (x.shape[-1],), weight, bias, eps)
 
 
-def attention_kernel(x: Tensor, masks: Masks, qkv_w: Tensor, qkv_b: Tensor, out_w: Tensor,
-                     out_b: Tensor, heads: int, dropout: float, training: bool) -> Tensor:
+Linear = Callable[[Tensor], Tensor]
+
+
+def linear(weight: Tensor, bias: Tensor) -> Linear:
+    """A linear map on given weights (an elastic op's slices) as a callable, the form
+    the kernels take: a standalone op passes its ``nn.Linear`` itself, so that a module
+    swap (int8 quantisation) reaches the kernel."""
+    return lambda x: F.linear(x, weight, bias)
+
+
+def attention_kernel(x: Tensor, masks: Masks, qkv: Linear, out: Linear, heads: int,
+                     dropout: float, training: bool, *, significance: bool = False
+                     ) -> Tensor | tuple[Tensor, Tensor]:
     """Multi-head self-attention with one fused input projection and PyTorch's SDPA. The
-    heads' total width (``out_w``'s columns) may be less than the hidden size (pruned
-    heads)."""
+    heads' total width may be less than the hidden size (pruned heads).
+
+    ``significance``: also return how much attention each token receives, summed over
+    heads and real queries, ``(B, T)`` (what length-adaptive inference keeps tokens by,
+    after PoWER-BERT and LAT); the probabilities are then computed explicitly, as SDPA
+    does not return them."""
     b, t, _ = x.shape
-    inner = out_w.shape[1]
-    qkv = F.linear(x, qkv_w, qkv_b).view(b, t, 3, heads, inner // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.bias,
-                                         dropout_p=dropout if training else 0.0)
-    return F.linear(ctx.transpose(1, 2).reshape(b, t, inner), out_w, out_b)
+    fused = qkv(x)
+    inner = fused.shape[-1] // 3
+    q, k, v = fused.view(b, t, 3, heads, inner // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if not significance:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.bias,
+                                             dropout_p=dropout if training else 0.0)
+        return out(ctx.transpose(1, 2).reshape(b, t, inner))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(inner // heads)
+    if masks.bias is not None:
+        scores = scores + masks.bias
+    probs = scores.softmax(-1)
+    received = probs.sum(1)  # (B, T queries, T keys)
+    if masks.keep is not None:
+        received = received * masks.keep
+    ctx = F.dropout(probs, dropout, training) @ v
+    return out(ctx.transpose(1, 2).reshape(b, t, inner)), received.sum(1)
 
 
-def feed_forward_kernel(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+def feed_forward_kernel(x: Tensor, fc1: Linear, fc2: Linear) -> Tensor:
+    return fc2(F.gelu(fc1(x)))
 
 
-def sep_conv_kernel(x: Tensor, masks: Masks, dw_w: Tensor, dw_b: Tensor, pw_w: Tensor,
-                    pw_b: Tensor) -> Tensor:
+def sep_conv_kernel(x: Tensor, masks: Masks, dw_w: Tensor, dw_b: Tensor,
+                    pointwise: Linear) -> Tensor:
     """Depthwise convolution over the sequence, pointwise linear, GELU. Padded positions
-    are zeroed first so that they cannot leak into real ones."""
+    are zeroed first so that they cannot leak into real ones. The depthwise weights stay
+    tensors: dynamic int8 quantisation has no convolutions (they cost ``k`` multiplies a
+    channel, against ``h`` for the pointwise map)."""
     if masks.keep is not None:
         x = x * masks.keep
     k = dw_w.shape[-1]
     y = F.conv1d(x.transpose(1, 2), dw_w, dw_b, padding=k // 2, groups=x.shape[-1])
-    return F.gelu(F.linear(y.transpose(1, 2), pw_w, pw_b))
+    return F.gelu(pointwise(y.transpose(1, 2)))
 
 
 def embeddings_kernel(words: Tensor, token_type_ids: Tensor | None, position: Tensor,
@@ -122,10 +188,19 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: Tensor, masks: Masks) -> Tensor:
-        y = attention_kernel(x, masks, self.qkv.weight, self.qkv.bias, self.out.weight,
-                             self.out.bias, self.heads, self.attention_dropout, self.training)
+        y = attention_kernel(x, masks, self.qkv, self.out, self.heads, self.attention_dropout,
+                             self.training)
         return residual_norm(x, y, self.norm.weight, self.norm.bias, self.norm.eps,
                              self.dropout, self.training)
+
+    def scored(self, x: Tensor, masks: Masks) -> tuple[Tensor, Tensor]:
+        """``forward`` and the attention each token receives (``attention_kernel``'s
+        ``significance``)."""
+        y, received = attention_kernel(x, masks, self.qkv, self.out, self.heads,
+                                       self.attention_dropout, self.training,
+                                       significance=True)
+        return residual_norm(x, y, self.norm.weight, self.norm.bias, self.norm.eps,
+                             self.dropout, self.training), received
 
     def log_probabilities(self, x: Tensor, masks: Masks) -> Tensor:
         """The attention distributions ``forward`` takes on input ``x``, as log
@@ -151,7 +226,7 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: Tensor, masks: Masks) -> Tensor:
-        y = feed_forward_kernel(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        y = feed_forward_kernel(x, self.fc1, self.fc2)
         return residual_norm(x, y, self.norm.weight, self.norm.bias, self.norm.eps,
                              self.dropout, self.training)
 
@@ -166,7 +241,7 @@ class SepConv(nn.Module):
 
     def forward(self, x: Tensor, masks: Masks) -> Tensor:
         y = sep_conv_kernel(x, masks, self.depthwise.weight, self.depthwise.bias,
-                            self.pointwise.weight, self.pointwise.bias)
+                            self.pointwise)
         return residual_norm(x, y, self.norm.weight, self.norm.bias, self.norm.eps,
                              self.dropout, self.training)
 
@@ -322,8 +397,9 @@ class ElasticAttention(Elastic, Attention):
 
     def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int) -> Tensor:
         """The layer on given weights (``sliced``'s, or a rotation of them)."""
-        y = attention_kernel(x, masks, p["qkv.weight"], p["qkv.bias"], p["out.weight"],
-                             p["out.bias"], heads, self.attention_dropout, self.training)
+        y = attention_kernel(x, masks, linear(p["qkv.weight"], p["qkv.bias"]),
+                             linear(p["out.weight"], p["out.bias"]), heads,
+                             self.attention_dropout, self.training)
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 
@@ -350,7 +426,8 @@ class ElasticFeedForward(Elastic, FeedForward):
         return self.run(x, masks, self.sliced(hidden, op))
 
     def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int = 0) -> Tensor:
-        y = feed_forward_kernel(x, p["fc1.weight"], p["fc1.bias"], p["fc2.weight"], p["fc2.bias"])
+        y = feed_forward_kernel(x, linear(p["fc1.weight"], p["fc1.bias"]),
+                                linear(p["fc2.weight"], p["fc2.bias"]))
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 
@@ -373,7 +450,7 @@ class ElasticSepConv(Elastic, SepConv):
 
     def run(self, x: Tensor, masks: Masks, p: Mapping[str, Tensor], heads: int = 0) -> Tensor:
         y = sep_conv_kernel(x, masks, p["depthwise.weight"], p["depthwise.bias"],
-                            p["pointwise.weight"], p["pointwise.bias"])
+                            linear(p["pointwise.weight"], p["pointwise.bias"]))
         return residual_norm(x, y, p["norm.weight"], p["norm.bias"], self.norm.eps,
                              self.dropout, self.training)
 

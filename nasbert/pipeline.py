@@ -50,17 +50,17 @@ class QuickstartConfig:
     task: str = "tweets"
     data_dir: str | None = None
     speedups: tuple[float, ...] = (2.0, 4.0, 8.0)
-    latency_samples: int = 40
+    latency_samples: int = 32
     search_trials: int = 150
-    top_k: int = 5
+    top_k: int = 4
     baselines: bool = True
     # stage one: every model distilled on the corpus with the same token budget
     stage_one: bool = True
-    distill: DistillConfig = DistillConfig(tokens=32_768, batch_size=16, lr=2e-4,
-                                           checkpoint_every=8, log_every=4, dev_batches=1)
+    distill: DistillConfig = DistillConfig(tokens=16_384, batch_size=16, lr=2e-4,
+                                           checkpoint_every=4, log_every=2, dev_batches=1)
     finetune: FinetuneConfig = FinetuneConfig(
-        epochs=2, lr=3e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=2,
-        teacher_lr=5e-5, max_seq_len=64, max_train_examples=1200, max_dev_examples=600)
+        epochs=2, lr=3e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=1,
+        teacher_lr=1e-4, max_seq_len=64, max_train_examples=1000, max_dev_examples=600)
 
 
 @dataclasses.dataclass(frozen=True)

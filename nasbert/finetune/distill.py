@@ -87,10 +87,11 @@ def _trainer_class():
 
         def __init__(self, *args, alpha: float = 1.0, temperature: float = 1.0,
                      regression: bool = False, mode: str = "logits",
-                     teacher: nn.Module | None = None, **kwargs):
+                     teacher: nn.Module | None = None,
+                     length_configs: Callable[[], list] | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.alpha, self.temperature, self.regression = alpha, temperature, regression
-            self.mode, self.teacher = mode, teacher
+            self.mode, self.teacher, self.length_configs = mode, teacher, length_configs
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             teacher_logits = inputs.pop("teacher_logits", None)
@@ -109,6 +110,14 @@ def _trainer_class():
                 kd = distillation_loss(out.logits, teacher_logits, self.temperature,
                                        self.regression)
                 loss = self.alpha * loss + (1 - self.alpha) * kd
+            if self.length_configs is not None and model.training:
+                # LengthDrop's sandwich: the shorter configurations learn from the full one
+                target = out.logits.detach()
+                enc = {k: v for k, v in inputs.items() if k != "labels"}
+                for config in self.length_configs():
+                    short = model(**enc, length_config=config).logits
+                    loss = loss + distillation_loss(short, target, self.temperature,
+                                                    self.regression)
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer
@@ -129,21 +138,26 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                      train_set: Encoded, lr: float, epochs: float, batch_size: int,
                      alpha: float = 1.0, teacher: nn.Module | None = None,
                      hidden_epochs: float = 0.0, on_epoch: Callable[[dict], None] | None = None,
-                     workdir: Path, progress: str | None = None,
-                     seed: int | None = None) -> list[dict]:
+                     workdir: Path, progress: str | None = None, seed: int | None = None,
+                     length_configs: Callable[[], list] | None = None,
+                     eval_set: torch.utils.data.Dataset | None = None) -> list[dict]:
     """The one fine-tuning loop: ``Trainer`` on the task's training set (with cached
     teacher logits in ``train_set`` for distillation), evaluated on the first dev split
     after every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
     ``hidden_epochs``, a stage of hidden-state distillation from ``teacher`` comes
     first. ``seed`` (default ``config.seed``) seeds the data order. ``progress``: the
     name of the progress bar (one per model and stage, with its loss), or None for
-    none. Returns the log history."""
+    none. ``length_configs``: LengthDrop (:mod:`nasbert.compress.length`), a function
+    giving, at each step, the length configurations that learn from the full-length
+    model beside it. ``eval_set``: what is evaluated after each epoch instead of the dev
+    split. Returns the log history."""
     from transformers import TrainerCallback, TrainingArguments
 
     spec = data.spec
     dev_name = spec.dev_splits[0]
-    dev = Encoded(tokenizer, data.split(dev_name).subset(config.max_dev_examples, config.seed),
-                  config.max_seq_len)
+    dev = eval_set if eval_set is not None else Encoded(
+        tokenizer, data.split(dev_name).subset(config.max_dev_examples, config.seed),
+        config.max_seq_len)
     DistillTrainer = _trainer_class()
 
     class Report(TrainerCallback):
@@ -181,7 +195,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             history += [{"stage": "hidden", **h} for h in t.state.log_history]
         t = DistillTrainer(args=arguments("logits", epochs, lr), eval_dataset=dev, alpha=alpha,
                            temperature=config.temperature, compute_metrics=_metric_fn(spec),
-                           callbacks=[Report()], **common)
+                           callbacks=[Report()], length_configs=length_configs, **common)
         _show(t, progress)
         t.train()
         history += [{"stage": "logits", **h} for h in t.state.log_history]

@@ -34,7 +34,8 @@ from torch import nn
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_write_text
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "int8": torch.float32}  # int8: float32 weights, quantised by prepare()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,17 @@ class Protocol:
     # on the weights and data, which makes latency unpredictable. Deploy with
     # torch.set_flush_denormal(True) to get the measured figures.
     flush_denormal: bool = True
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # the precision models run in; "int8": dynamic int8 quantisation of every linear layer
+    # (activations float32; nasbert.compress.quantize), CPU only
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
     device: Literal["cpu", "cuda"] = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.dtype == "int8" and self.device != "cpu":
+            from nasbert.errors import ConfigError
+
+            raise ConfigError("int8 (dynamic quantisation) runs on the CPU; measure it "
+                              "without --gpu", source="latency protocol", field="dtype")
 
     def resolved(self) -> Protocol:
         if self.threads:
@@ -108,6 +118,17 @@ def _timer(protocol: Protocol):
     return run
 
 
+def prepare(module: nn.Module, protocol: Protocol) -> nn.Module:
+    """``module`` in eval mode on the protocol's device and in its precision (int8: a
+    quantised copy; a module already quantised is left as it is)."""
+    module = module.eval()
+    if protocol.dtype != "int8":
+        return module.to(protocol.device, DTYPES[protocol.dtype])
+    from nasbert.compress.quantize import is_quantized, quantize
+
+    return module if is_quantized(module) else quantize(module)
+
+
 def time_ms(fn, protocol: Protocol) -> float:
     """Median wall time of ``fn()`` in milliseconds under ``protocol``."""
     p = protocol.resolved()
@@ -132,7 +153,7 @@ def measure(model: nn.Module, protocol: Protocol, *, vocab_size: int | None = No
     process."""
     p = protocol.resolved()
     vocab = vocab_size or model.config.vocab_size
-    model = model.eval().to(p.device, DTYPES[p.dtype])
+    model = prepare(model, p)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (p.batch, p.seq), generator=g).to(p.device)
     mask = torch.ones_like(ids)

@@ -29,7 +29,7 @@ from torch import nn
 from nasbert.costs import AdditiveCost
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
-from nasbert.latency.measure import DTYPES, Protocol, fingerprint, time_ms
+from nasbert.latency.measure import DTYPES, Protocol, fingerprint, prepare, time_ms
 from nasbert.ops import Embeddings, make_masks, make_op
 from nasbert.space import Arch, BlockArch, Dims, SearchSpace, transition_exists
 
@@ -156,22 +156,22 @@ class TablePredictor(LatencyPredictor):
         table = {}
         for key in tqdm(_table_keys(space), desc="latency table", disable=not progress):
             if key[0] == "head":  # a sequence-classification head on the first token
-                module = nn.Sequential(nn.Linear(key[1], key[1]), nn.Tanh(),
-                                       nn.Linear(key[1], 2)).eval().to(device, dtype)
+                module = prepare(nn.Sequential(nn.Linear(key[1], key[1]), nn.Tanh(),
+                                               nn.Linear(key[1], 2)), p)
                 x = torch.randn(p.batch, key[1], generator=g).to(device, dtype)
                 fn = lambda m=module, x=x: m(x)  # noqa: E731
             elif key[0] == "embed":
                 module = Embeddings(dims.vocab_size, dims.max_position_embeddings,
                                     dims.type_vocab_size, key[1])
                 ids = torch.randint(0, dims.vocab_size, (p.batch, p.seq), generator=g)
-                module, ids = module.eval().to(device, dtype), ids.to(device)
+                module, ids = prepare(module, p), ids.to(device)
                 fn = lambda m=module, i=ids: m(i)  # noqa: E731
             else:
                 width = key[2] if key[0] == "op" else key[1]
                 module = (make_op(key[1], key[2], dims) if key[0] == "op"
                           else nn.Linear(key[1], key[2]))
                 x = torch.randn(p.batch, p.seq, width, generator=g)
-                module, x = module.eval().to(device, dtype), x.to(device, dtype)
+                module, x = prepare(module, p), x.to(device, dtype)
                 masks = make_masks(None, dtype)
                 fn = ((lambda m=module, x=x: m(x, masks)) if key[0] == "op"  # noqa: E731
                       else (lambda m=module, x=x: m(x)))
