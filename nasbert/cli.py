@@ -191,6 +191,8 @@ def _query(args: argparse.Namespace) -> None:
     from nasbert.search.stage import query
 
     run = RunDir(args.run_dir)
+    if args.task:
+        return _query_deployment(args, run)
     budget = Budget(latency_ms=args.latency_ms, params_m=args.params_m)
     c = query(run, budget)
     print(f"architecture  {c.arch}")
@@ -204,6 +206,47 @@ def _query(args: argparse.Namespace) -> None:
 
         report = save_subnet(run.supernet(), c.arch, args.export, info={"budget": budget.name})
         print(f"wrote         {report.path}/")
+
+
+def _query_deployment(args: argparse.Namespace, run) -> None:
+    from nasbert.compress.deploy import choose, export
+    from nasbert.data.tasks import task_spec
+    from nasbert.latency.stage import teacher_ms
+
+    spec = task_spec(args.task)
+    if args.latency_ms is None or args.params_m is not None:
+        raise ConfigError("with --task, give --latency-ms (the deployable family is chosen by "
+                          "measured latency)", source="nasbert query")
+    protocol = _protocol(args)
+    c = choose(run, spec.name, args.latency_ms, protocol)
+    base = teacher_ms(run, protocol)
+    print(f"model         {c.model_id}  ({c.folder})")
+    print(f"precision     {c.precision}")
+    print("length        " + ("every token" if c.length_config is None else
+                              ", ".join(f"{r:g}" for r in c.length_config) + " (kept per block)"))
+    print(f"dev {spec.metric:<9} {c.metric:.4f}")
+    print(f"latency       measured {c.ms:.2f} ms (batch {protocol.batch}, sequence "
+          f"{protocol.seq}): {base / c.ms:.2f}x the float32 teacher's {base:.2f} ms")
+    if args.export:
+        written = export(run, c, args.export)
+        print(f"wrote         {written['model']}/")
+        if written.get("onnx"):
+            print(f"wrote         {written['onnx']}")
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from nasbert.compress.deploy import prepare_deployment
+    from nasbert.compress.length import LengthSearchConfig
+    from nasbert.data.tasks import load_task
+
+    data = load_task(args.task, args.data_dir)
+    rows = prepare_deployment(
+        args.run_dir, data, models=args.subnet, protocol=_protocol(args),
+        lengths=LengthSearchConfig(trials=args.trials) if args.length_adaptive else None,
+        progress=not args.quiet)
+    print(f"{'deployable':<52} {data.spec.metric:>9} {'ms':>8}")
+    for c in sorted(rows, key=lambda c: c.ms):
+        print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f}")
 
 
 _FINETUNE_FLAGS = (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
@@ -421,7 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float)
     p.add_argument("--params-m", type=float)
     p.add_argument("--export", help="also extract it to this folder")
+    p.add_argument("--task", help="choose among the task's fine-tuned models in every precision "
+                   "and length configuration `nasbert deploy` measured")
+    _add_protocol(p)
     p.set_defaults(func=_query)
+
+    p = sub.add_parser("deploy", help="measure a task's fine-tuned models in float32 and int8, "
+                       "optionally length-adaptive, for `query --task`")
+    p.add_argument("run_dir")
+    p.add_argument("--task", required=True)
+    p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
+    p.add_argument("--subnet", action="append", help="a fine-tuned model (repeatable; default: "
+                   "every subnet's)")
+    p.add_argument("--length-adaptive", action="store_true",
+                   help="LengthDrop training and a search over length configurations")
+    p.add_argument("--trials", type=int, default=60, help="length configurations tried")
+    p.add_argument("--quiet", action="store_true")
+    _add_protocol(p)
+    p.set_defaults(func=_deploy)
 
     p = sub.add_parser("finetune", help="fine-tune the teacher, then subnets with distillation")
     _add_finetune(p)

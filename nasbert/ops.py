@@ -72,14 +72,17 @@ def drop_tokens(x: Tensor, keep: Tensor, significance: Tensor, ratio: float
     """Keep ``ceil(ratio * n)`` of each row's ``n`` real tokens (``keep``: ``(B, T)``, 1 at
     real tokens), those of highest ``significance``, in their order; the first token
     ([CLS]) always. Returns the shorter hidden states, their 0/1 mask (kept tokens first,
-    padding after) and their significance; padding is never kept as a real token."""
+    padding after) and their significance; padding is never kept as a real token.
+
+    The new length is ``ceil(ratio * T)``, from the padded length rather than from the
+    longest row's count, so that it depends on shapes only: no device sync, and the
+    exporter can trace it (a count read from the data cannot be)."""
     b, t, h = x.shape
     real = keep.bool()
-    n = real.sum(1)
-    k = torch.ceil(n.to(torch.float64) * ratio).long().clamp(min=1)
+    k = torch.ceil(real.sum(1).to(torch.float64) * ratio).long().clamp(min=1)
     score = significance.float().masked_fill(~real, float("-inf"))
     score[:, 0] = float("inf")
-    longest = int(k.max())
+    longest = max(1, math.ceil(t * ratio))
     top = score.topk(longest, dim=1).indices  # (B, K), by score
     valid = torch.arange(longest, device=x.device)[None, :] < k[:, None]
     # back into sequence order, the kept ones first: push the rest past the end

@@ -325,7 +325,7 @@ def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: F
                 dev, _ = evaluate(_Configured(runnable, length), tokenizer, data, schedule)
             out.append({"length_config": list(length), "precision": precision,
                         "tokens_kept": tokens_kept(length, protocol.seq),
-                        "heldout": heldout, **dev, "ms": latency,
+                        "heldout": heldout, "metrics": dev, "ms": latency,
                         "device": device_id(fingerprint(p))})
             if progress:
                 print(f"  {precision:<8} {list(length)}  held-out "

@@ -66,7 +66,7 @@ def test_length_drop_then_search_writes_measured_candidates(run, glue, protocol)
     assert configs - {(1.0, 1.0)} <= front
     assert {c["precision"] for c in candidates} == {"float32", "int8"}
     for c in candidates:
-        assert c["ms"] > 0 and 0 <= c["dev"]["accuracy"] <= 1
+        assert c["ms"] > 0 and 0 <= c["metrics"]["dev"]["accuracy"] <= 1
         assert 0 <= c["heldout"]["accuracy"] <= 1 and c["device"].count("int8") == (
             c["precision"] == "int8")
     stored = json.loads((folder / "lengths.json").read_text())

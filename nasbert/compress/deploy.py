@@ -1,0 +1,226 @@
+"""The deployable family of a task, and the joint choice: the most accurate (model,
+precision, length configuration) the run has measured within a latency budget.
+
+:func:`prepare_deployment` measures, for each fine-tuned student of a task, its float32
+and int8 forms at full length: dev metrics (int8 evaluated after quantisation) and
+latency, every model of the call side by side in one clean process per precision.
+Each model's figures go to ``finetune/<task>/<id>/deploy.json``. The length-adaptive
+candidates come from :func:`~nasbert.compress.length.search_lengths`
+(``finetune/<task>/<id>-lat/lengths.json``), measured the same way.
+:func:`deployment_candidates` gathers both; :func:`choose` answers a budget at once
+from them; :func:`export` writes the answer as a model folder that loads with
+``from_pretrained`` (precision and length configuration in its config), and as ONNX
+where the exporter can trace it.
+
+>>> prepare_deployment(run, data)                                   # doctest: +SKIP
+>>> choose(run, "sst2", latency_ms=4.0)                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from nasbert.compress.length import SUFFIX, LengthDropConfig, LengthSearchConfig, search_lengths
+from nasbert.data.tasks import TaskData
+from nasbert.digest import digest
+from nasbert.errors import ConfigError
+from nasbert.finetune.config import FinetuneConfig
+from nasbert.io import atomic_dir, atomic_write_text
+from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean
+from nasbert.provenance import provenance
+from nasbert.run import TEACHER, RunDir
+from nasbert.schema import parse
+
+PRECISIONS = ("float32", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployable:
+    """One way to deploy a fine-tuned model, with what was measured of it."""
+
+    model_id: str
+    folder: str  # the fine-tuned model folder (relative to the run)
+    precision: str
+    length_config: tuple[float, ...] | None
+    metric: float  # the task's metric on its first dev split
+    metrics: dict  # every dev split's metrics
+    ms: float  # measured in a clean process, side by side with the others of its call
+    device: str
+
+    def describe(self) -> str:
+        length = ("full length" if self.length_config is None
+                  else "length " + ", ".join(f"{r:g}" for r in self.length_config))
+        return f"{self.model_id} ({self.precision}, {length})"
+
+
+def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
+    folder = run.finetune_dir(task)
+    if not folder.is_dir():
+        raise ConfigError(f"has no fine-tuned models for {task}; run `nasbert finetune {run} "
+                          f"--task {task}` first", source=str(run))
+    have = sorted(p.name for p in folder.iterdir()
+                  if (p / "metrics.json").is_file() and (p / "model").is_dir()
+                  and p.name != TEACHER and not p.name.endswith(SUFFIX))
+    if models:
+        missing = [m for m in models if m not in have]
+        if missing:
+            raise ConfigError(f"holds no fine-tuned {missing[0]!r}; run `nasbert finetune {run} "
+                              f"--task {task} --subnet {missing[0]}` first", source=str(folder))
+        return list(models)
+    plain = [m for m in have if m in run.subnet_ids()]  # not the seeds' and ablations' copies
+    return plain or have
+
+
+def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
+                       models: list[str] | None = None, protocol: Protocol | None = None,
+                       lengths: LengthSearchConfig | None = None,
+                       drop: LengthDropConfig | None = None,
+                       progress: bool = True) -> list[Deployable]:
+    """float32 and int8 of each fine-tuned student of the task (default: every subnet's
+    plain fine-tuned model), measured and evaluated; with ``lengths``, each NAS-BERT
+    student also trained with LengthDrop (``drop``) and searched for length
+    configurations. What is done with the same inputs is skipped. Returns the students'
+    deployable forms."""
+    import torch
+
+    from nasbert.compress.quantize import quantize
+    from nasbert.finetune.distill import evaluate
+    from nasbert.finetune.stage import _load_classifier
+
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    task = data.spec.name
+    ids = _students(run, task, models)
+    records = {m: json.loads((run.finetune_dir(task, m) / "metrics.json").read_text())
+               for m in ids}
+    keys = {m: digest([records[m]["key"], dataclasses.asdict(protocol),
+                       device_id(fingerprint(protocol))]) for m in ids}
+    todo = [m for m in ids if _stored(run, task, m).get("key") != keys[m]]
+    if todo:
+        tokenizer = run.tokenizer()
+        dirs = [run.finetune_dir(task, m) / "model" for m in todo]
+        ms = {p: measure_clean(dirs, dataclasses.replace(protocol, dtype=p),
+                               rounds=protocol.rounds) for p in PRECISIONS}
+        for i, m in enumerate(todo):
+            schedule = parse(FinetuneConfig, records[m]["config"], source=str(dirs[i]))
+            rows = []
+            for p in PRECISIONS:
+                if p == "float32":
+                    metrics = {s: records[m][s] for s in data.spec.dev_splits}
+                else:
+                    model = quantize(_load_classifier(dirs[i], data.spec, schedule.seed))
+                    with torch.inference_mode():
+                        metrics, _ = evaluate(model, tokenizer, data, schedule)
+                rows.append({"precision": p, "length_config": None, "metrics": metrics,
+                             "ms": ms[p][i],
+                             "device": device_id(fingerprint(dataclasses.replace(protocol,
+                                                                                 dtype=p)))})
+                if progress:
+                    print(f"{m:<24} {p:<8} {data.spec.metric} "
+                          f"{metrics[data.spec.dev_splits[0]][data.spec.metric]:.4f}  "
+                          f"{ms[p][i]:.2f} ms", flush=True)
+            atomic_write_text(run.finetune_dir(task, m) / "deploy.json", json.dumps(
+                {"key": keys[m], "id": m, "task": task, "protocol": dataclasses.asdict(protocol),
+                 "candidates": rows, **provenance()}, indent=1))
+    if lengths is not None:
+        for m in ids:
+            folder = run.finetune_dir(task, m)
+            if json.loads((folder / "model" / "config.json").read_text()).get(
+                    "model_type") != "nasbert":
+                continue  # a teacher prefix (transformers' BERT) has no token dropping
+            schedule = parse(FinetuneConfig, records[m]["config"], source=str(folder))
+            search_lengths(run, data, m, schedule, lengths, drop=drop, protocol=protocol,
+                           progress=progress)
+    return [c for c in deployment_candidates(run, task, protocol) if c.model_id in ids]
+
+
+def _stored(run: RunDir, task: str, model_id: str) -> dict:
+    path = run.finetune_dir(task, model_id) / "deploy.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def deployment_candidates(run: RunDir | str | Path, task: str,
+                          protocol: Protocol | None = None) -> list[Deployable]:
+    """Every deployable form of the task's students measured under ``protocol``'s batch
+    and sequence (either precision): full-length ones from ``deploy.json``, length
+    configurations from ``lengths.json``."""
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    folder = run.finetune_dir(task)
+    spec_metric = _metric(task)
+    devices = {device_id(fingerprint(dataclasses.replace(protocol, dtype=p))) for p in PRECISIONS}
+    out = []
+    files = sorted(folder.glob("*/deploy.json")) + sorted(folder.glob(f"*{SUFFIX}/lengths.json"))
+    for path in files:
+        stored = json.loads(path.read_text())
+        model_id = stored["id"]
+        for c in stored["candidates"]:
+            if c["device"] not in devices:
+                continue
+            metrics = c["metrics"]
+            length = c.get("length_config")
+            full = length is None or all(r == 1 for r in length)
+            first = next(iter(metrics.values()))
+            out.append(Deployable(model_id, str(path.parent.relative_to(run.path)),
+                                  c["precision"], None if full else tuple(length),
+                                  first[spec_metric], metrics, c["ms"], c["device"]))
+    return out
+
+
+def _metric(task: str) -> str:
+    from nasbert.data.tasks import task_spec
+
+    return task_spec(task).metric
+
+
+def choose(run: RunDir | str | Path, task: str, latency_ms: float,
+           protocol: Protocol | None = None) -> Deployable:
+    """The most accurate deployable form of the task's students whose measured latency
+    is within ``latency_ms`` (ties: the faster)."""
+    run = RunDir.of(run)
+    if not run.finetune_dir(task).is_dir():
+        raise ConfigError(f"has no models fine-tuned on {task}; run `nasbert finetune {run} "
+                          f"--task {task}` then `nasbert deploy {run} --task {task}`",
+                          source=str(run))
+    candidates = deployment_candidates(run, task, protocol)
+    if not candidates:
+        raise ConfigError(f"has no measured deployment candidates for {task} on this device; "
+                          f"run `nasbert deploy {run} --task {task}`", source=str(run))
+    fits = [c for c in candidates if c.ms <= latency_ms]
+    if not fits:
+        fastest = min(candidates, key=lambda c: c.ms)
+        raise ConfigError(f"is impossible: the fastest deployable model measured "
+                          f"{fastest.ms:.2f} ms ({fastest.describe()}); raise the budget",
+                          source=f"budget {latency_ms:g} ms")
+    return max(fits, key=lambda c: (c.metric, -c.ms))
+
+
+def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
+           onnx: bool = True) -> dict:
+    """Write ``choice`` to ``out``: the fine-tuned model folder with its precision and
+    length configuration in ``config.json`` (``AutoModelForSequenceClassification.
+    from_pretrained(out)`` loads it as chosen), and the encoder as ONNX where the
+    exporter can trace it (int8: ONNX Runtime's quantisation beside it). Returns what
+    was written."""
+    run = RunDir.of(run)
+    source = run.path / choice.folder / "model"
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        config = json.loads((tmp / "config.json").read_text())
+        config["precision"] = choice.precision
+        config["length_config"] = list(choice.length_config) if choice.length_config else None
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        atomic_write_text(tmp / "deployment.json", json.dumps(
+            {**dataclasses.asdict(choice), "run": str(run.path), **provenance()}, indent=1))
+    written: dict = {"model": str(out)}
+    if onnx and config.get("model_type") == "nasbert":
+        from nasbert.export import export_onnx
+
+        written["onnx"] = export_onnx(out, out / "model.onnx", precision=choice.precision).path
+    elif onnx:  # a teacher prefix: transformers' BERT, which nasbert's exporter does not take
+        written["onnx"] = None
+    return written

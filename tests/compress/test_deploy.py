@@ -1,0 +1,114 @@
+"""The deployable family of a task and the joint query: float32 and int8 of each
+fine-tuned student, measured, chosen by budget, exported so that it loads as chosen."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from nasbert import ConfigError, RunDir
+from nasbert.cli import main
+from nasbert.compress.deploy import choose, deployment_candidates, export, prepare_deployment
+from nasbert.compress.quantize import is_quantized
+from nasbert.data.tasks import load_task
+from nasbert.extract import save_subnet
+from nasbert.finetune.stage import finetune
+
+from conftest import quick_finetune
+
+QUICK = quick_finetune()
+ARCHS = {"big": "E32|H32:M,F|H32:M,F", "small": "E16|H16:M,F|H24:S3,I"}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run, glue, protocol):
+    run = RunDir(tiny_run)
+    for model_id, arch in ARCHS.items():
+        save_subnet(run.supernet(), arch, run.subnet_dir(model_id))
+    finetune(run, "sst2", data_dir=glue, models=list(ARCHS), config=QUICK, progress=False)
+    prepare_deployment(run, load_task("sst2", glue), protocol=protocol, progress=False)
+    return run
+
+
+def test_each_student_is_measured_in_both_precisions(run, glue, protocol):
+    found = deployment_candidates(run, "sst2", protocol)
+    assert {(c.model_id, c.precision) for c in found} == {
+        (m, p) for m in ARCHS for p in ("float32", "int8")}
+    for c in found:
+        assert c.ms > 0 and 0 <= c.metric <= 1 and c.length_config is None
+        assert ("int8" in c.device) == (c.precision == "int8")
+    fp32 = {c.model_id: c for c in found if c.precision == "float32"}
+    for model_id, c in fp32.items():  # the float32 figures are the fine-tuning's own
+        record = json.loads((run.finetune_dir("sst2", model_id) / "metrics.json").read_text())
+        assert c.metric == record["dev"]["accuracy"]
+    # measured once: a second call with the same inputs keeps the stored figures
+    before = (run.finetune_dir("sst2", "big") / "deploy.json").read_text()
+    prepare_deployment(run, load_task("sst2", glue), protocol=protocol, progress=False)
+    assert (run.finetune_dir("sst2", "big") / "deploy.json").read_text() == before
+
+
+def test_choose_takes_the_most_accurate_within_the_budget(run, protocol):
+    found = deployment_candidates(run, "sst2", protocol)
+    slowest = max(c.ms for c in found)
+    best = choose(run, "sst2", slowest * 1.01, protocol)
+    assert best.metric == max(c.metric for c in found)
+    for budget in sorted({c.ms for c in found}):
+        picked = choose(run, "sst2", budget, protocol)
+        fits = [c for c in found if c.ms <= budget]
+        assert picked.ms <= budget and picked.metric == max(c.metric for c in fits)
+    fastest = min(found, key=lambda c: c.ms)
+    with pytest.raises(ConfigError, match=f"fastest deployable model measured {fastest.ms:.2f}"):
+        choose(run, "sst2", fastest.ms * 0.5, protocol)
+
+
+def test_an_exported_choice_loads_as_chosen(run, protocol, tmp_path):
+    int8 = next(c for c in deployment_candidates(run, "sst2", protocol)
+                if c.model_id == "big" and c.precision == "int8")
+    written = export(run, int8, tmp_path / "out")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert is_quantized(loaded) and loaded.config.precision == "int8"
+    assert written["onnx"].endswith("model.int8.onnx")
+    deployment = json.loads((tmp_path / "out" / "deployment.json").read_text())
+    assert deployment["model_id"] == "big" and deployment["ms"] == int8.ms
+    ids = torch.tensor([[2, 5, 7, 9, 3]])
+    source = AutoModelForSequenceClassification.from_pretrained(
+        run.finetune_dir("sst2", "big") / "model")
+    from nasbert.compress.quantize import quantize
+
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, quantize(source)(ids).logits)
+
+
+def test_a_length_configuration_is_exported_in_the_config(run, protocol, tmp_path):
+    from nasbert.compress.deploy import Deployable
+
+    fp32 = next(c for c in deployment_candidates(run, "sst2", protocol)
+                if c.model_id == "big" and c.precision == "float32")
+    chosen = Deployable(**{**fp32.__dict__, "length_config": (1.0, 0.5)})
+    written = export(run, chosen, tmp_path / "out")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    assert loaded.config.length_config == [1.0, 0.5] and not is_quantized(loaded)
+    assert written["onnx"].endswith("model.onnx")  # traced: the kept length is from shapes
+    ids = torch.tensor([[2, 5, 7, 9, 3, 4, 6, 8]])
+    with torch.no_grad():
+        out = loaded.nasbert(ids).last_hidden_state
+    assert out.shape[1] == 4
+
+
+def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_path):
+    quick = ["--repeats", "3", "--seq", "32", "--quiet"]
+    assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick]) == 0
+    table = capsys.readouterr().out
+    assert "big (int8, full length)" in table and "small (float32, full length)" in table
+    budget = 1e6  # anything fits: the most accurate of all
+    assert main(["query", str(run), "--task", "sst2", "--latency-ms", str(budget),
+                 "--seq", "32", "--repeats", "3", "--export", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "x the float32 teacher" in out and "wrote" in out
+    assert (tmp_path / "q" / "config.json").is_file()
+    assert main(["query", str(run), "--task", "cola", "--latency-ms", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"nasbert finetune {run} --task cola" in err and len(err.strip().splitlines()) == 1
