@@ -177,6 +177,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             logging_steps=max(1, steps // 4), report_to="none",
             seed=config.seed if seed is None else seed,
             disable_tqdm=True, remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
             label_names=["labels"])
 
