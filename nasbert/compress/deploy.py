@@ -29,12 +29,10 @@ from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.io import atomic_dir, atomic_write_text
-from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean
+from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
 from nasbert.schema import parse
-
-PRECISIONS = ("float32", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +100,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     if todo:
         tokenizer = run.tokenizer()
         dirs = [run.finetune_dir(task, m) / "model" for m in todo]
-        ms = {p: measure_clean(dirs, dataclasses.replace(protocol, dtype=p),
-                               rounds=protocol.rounds) for p in PRECISIONS}
+        ms = measure_precisions(dirs, protocol)
         for i, m in enumerate(todo):
             schedule = parse(FinetuneConfig, records[m]["config"], source=str(dirs[i]))
             rows = []

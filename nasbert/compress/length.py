@@ -46,7 +46,14 @@ from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import Encoded, _decide, evaluate, predict, train_classifier
 from nasbert.finetune.stage import _cached, _load_classifier, _save, _workdir
 from nasbert.io import atomic_write_text
-from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean, prepare
+from nasbert.latency.measure import (
+    PRECISIONS,
+    Protocol,
+    device_id,
+    fingerprint,
+    measure_precisions,
+    prepare,
+)
 from nasbert.ops import Attention
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
@@ -83,7 +90,6 @@ class LengthSearchConfig:
     grid: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # retentions a block may take
     rounds: int = 5  # timings per trial, interleaved with the full-length model
     keep: int = 8  # Pareto members measured cleanly and evaluated on dev
-    precisions: tuple[str, ...] = ("float32", "int8")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -306,20 +312,21 @@ def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: F
                         config: LengthSearchConfig, protocol: Protocol, *,
                         progress: bool) -> list[dict]:
     """Every chosen configuration at every precision: metrics on the held-out slice and
-    on dev, and latency measured side by side in one clean process per precision."""
+    on dev, and latency, every configuration and precision side by side in one clean
+    process."""
     import copy
 
+    encoders = []
+    for length in chosen:  # saved with its configuration, which forward then applies
+        encoder = copy.deepcopy(model.base_model)
+        encoder.config.length_config = list(length)
+        encoders.append(encoder)
+    times = measure_precisions(encoders, protocol)
     out = []
-    for precision in config.precisions:
+    for precision in PRECISIONS:
         p = dataclasses.replace(protocol, dtype=precision)
         runnable = prepare(model, p)
-        encoders = []
-        for length in chosen:  # saved with its configuration, which forward then applies
-            encoder = copy.deepcopy(model.base_model)
-            encoder.config.length_config = list(length)
-            encoders.append(encoder)
-        ms = measure_clean(encoders, p, rounds=protocol.rounds)
-        for length, latency in zip(chosen, ms):
+        for length, latency in zip(chosen, times[precision]):
             with torch.inference_mode():
                 heldout = _score(runnable, held, labels, data, length)
                 dev, _ = evaluate(_Configured(runnable, length), tokenizer, data, schedule)

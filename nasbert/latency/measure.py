@@ -120,13 +120,17 @@ def _timer(protocol: Protocol):
 
 def prepare(module: nn.Module, protocol: Protocol) -> nn.Module:
     """``module`` in eval mode on the protocol's device and in its precision (int8: a
-    quantised copy; a module already quantised is left as it is)."""
-    module = module.eval()
-    if protocol.dtype != "int8":
-        return module.to(protocol.device, DTYPES[protocol.dtype])
+    quantised copy), or in int8 when its config says ``"precision": "int8"`` (any model
+    type), so that float32 and int8 forms are measured side by side in one process."""
     from nasbert.compress.quantize import is_quantized, quantize
 
-    return module if is_quantized(module) else quantize(module)
+    module = module.eval()
+    if is_quantized(module):  # a NAS-BERT folder that says int8 quantises on load
+        return module
+    said = getattr(getattr(module, "config", None), "precision", "float32")
+    if protocol.dtype != "int8" and said != "int8":
+        return module.to(protocol.device, DTYPES[protocol.dtype])
+    return quantize(module)
 
 
 def time_ms(fn, protocol: Protocol) -> float:
@@ -230,6 +234,34 @@ def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, 
     between models may be taken from. An error in the child process is raised here."""
     times, ref_times = measure_rounds(models, protocol, rounds=rounds, reference=reference)
     return [corrected(t, ref_times, reference) for t in times]
+
+
+PRECISIONS = ("float32", "int8")  # what deployment measures every model in
+
+
+def measure_precisions(models: Sequence[str | Path | nn.Module], protocol: Protocol
+                       ) -> dict[str, list[float]]:
+    """Each model in float32 and in int8, all in one clean process, interleaved (so the
+    ratio between precisions is a side-by-side one): ``{precision: times}``. The int8
+    forms are copies saved with ``"precision": "int8"``, which :func:`prepare` honours."""
+    import copy
+
+    from transformers import AutoModel
+
+    int8 = []
+    for m in models:
+        if isinstance(m, nn.Module):
+            m = copy.deepcopy(m)
+        else:  # a NAS-BERT folder that says int8 would quantise on load: float32 here
+            kind = json.loads((Path(m) / "config.json").read_text()).get("model_type")
+            extra = {"precision": "float32"} if kind == "nasbert" else {}
+            with quiet_transformers():
+                m = AutoModel.from_pretrained(str(m), **extra)
+        m.config.precision = "int8"
+        int8.append(m)
+    ms = measure_clean([*models, *int8], dataclasses.replace(protocol, dtype="float32"),
+                       rounds=protocol.rounds)
+    return {"float32": ms[:len(models)], "int8": ms[len(models):]}
 
 
 def cached_ms(model_dir: str | Path, protocol: Protocol, *, cache: Path | None = None,

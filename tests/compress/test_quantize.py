@@ -97,3 +97,16 @@ def test_onnx_int8_graph_is_smaller_and_close_to_float32(model_dir, tmp_path):
     b = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert 0 < _relative(torch.from_numpy(a), torch.from_numpy(b)) < 0.1
     assert report.int8_relative_error < 0.1
+
+
+def test_both_precisions_are_measured_side_by_side(model_dir, tiny_teacher):
+    """One clean process times every model in float32 and in int8; a config that says
+    int8 is honoured for any model type (here transformers' BERT, the tiny teacher)."""
+    from nasbert.latency.measure import measure_precisions, prepare
+
+    bert = AutoModel.from_pretrained(tiny_teacher)
+    bert.config.precision = "int8"
+    assert is_quantized(prepare(bert, Protocol()))
+    times = measure_precisions([model_dir, tiny_teacher], Protocol(seq=32, repeats=3, rounds=1))
+    assert set(times) == {"float32", "int8"}
+    assert all(len(t) == 2 and min(t) > 0 for t in times.values())
