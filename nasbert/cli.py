@@ -129,7 +129,7 @@ def _distill(args: argparse.Namespace) -> None:
 def _protocol(args: argparse.Namespace):
     from nasbert.latency.measure import Protocol
 
-    return Protocol(batch=args.batch, seq=args.seq, threads=args.threads,
+    return Protocol(batch=args.batch, seq=args.seq, threads=args.threads, warmup=args.warmup,
                     repeats=args.repeats, rounds=args.rounds, dtype=args.precision,
                     device="cuda" if args.gpu else "cpu")
 
@@ -347,6 +347,7 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs before the timed ones")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="profile: measurements per subnet")
     p.add_argument("--gpu", action="store_true", help="measure on CUDA (events)")

@@ -27,7 +27,7 @@ from nasbert.space import Arch, BlockArch, SearchSpace
 from nasbert.supernet import Supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER_SHAPE = Arch(384, (BlockArch(384, ("M", "F", "M", "F")),) * 3)
+TEACHER_SHAPE = Arch(384, (BlockArch(384, ("M", "F")),) * 6)  # the space: a block a layer
 
 
 def bert_state_to_nasbert(bert: BertModel) -> dict[str, torch.Tensor]:
@@ -36,9 +36,9 @@ def bert_state_to_nasbert(bert: BertModel) -> dict[str, torch.Tensor]:
     out = {f"embeddings.{k}": v for k, v in bert_embeddings(state).items()}
     for i in range(bert.config.num_hidden_layers):
         attention, ffn = bert_layer(state, i)
-        prefix = f"blocks.{i // 2}.layers.{2 * (i % 2)}"
+        prefix = f"blocks.{i}.layers.0"
         out.update({f"{prefix}.{k}": v for k, v in attention.items()})
-        prefix = f"blocks.{i // 2}.layers.{2 * (i % 2) + 1}"
+        prefix = f"blocks.{i}.layers.1"
         out.update({f"{prefix}.{k}": v for k, v in ffn.items()})
     return out
 

@@ -236,3 +236,34 @@ def quick_finetune():
 
     return FinetuneConfig(epochs=8, lr=3e-3, batch_size=16, teacher_epochs=8, teacher_lr=1e-3,
                           teacher_batch_size=16, max_seq_len=24, alpha=0.0, temperature=2.0)
+
+
+# ----------------------------------------------------------------------------- deployment
+
+DEPLOY_ARCHS = {"big": "E32|H32:M,F|H32:M,F", "small": "E16|H16:M,F|H24:S3,I"}
+
+
+def deploy_schedule():
+    """Half the quick schedule: the deployment tests need fine-tuned students, not good
+    ones."""
+    import dataclasses
+
+    return dataclasses.replace(quick_finetune(), epochs=4, teacher_epochs=4)
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(_trained_tiny_run, glue, tmp_path_factory):
+    """The tiny run with two subnets fine-tuned on the generated SST-2, built once for
+    the deployment tests (int8, length-adaptive, the joint query), which add to it."""
+    import shutil
+
+    from nasbert import RunDir
+    from nasbert.extract import save_subnet
+    from nasbert.finetune.stage import finetune
+
+    run = RunDir(shutil.copytree(_trained_tiny_run, tmp_path_factory.mktemp("deploy") / "run"))
+    for model_id, arch in DEPLOY_ARCHS.items():
+        save_subnet(run.supernet(), arch, run.subnet_dir(model_id))
+    finetune(run, "sst2", data_dir=glue, models=list(DEPLOY_ARCHS), config=deploy_schedule(),
+             progress=False)
+    return run

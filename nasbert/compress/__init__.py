@@ -3,5 +3,7 @@
 neurons, and the permutation by it, which the supernet inherits through), and
 :mod:`~nasbert.compress.offline` (``nasbert compress``: autoencoder and SVD factorisation,
 :mod:`~nasbert.compress.lowrank`, and pruning, :mod:`~nasbert.compress.prune`, with no
-training afterwards). int8, length-adaptive inference and n-gram students come with
-their issues."""
+training afterwards); and for deployment :mod:`~nasbert.compress.quantize` (int8),
+:mod:`~nasbert.compress.length` (length-adaptive inference: LengthDrop and the search
+over length configurations) and :mod:`~nasbert.compress.deploy` (the measured family of
+a task and the joint choice under a budget). n-gram students come with their issue."""

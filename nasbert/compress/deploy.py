@@ -3,10 +3,12 @@ precision, length configuration) the run has measured within a latency budget.
 
 :func:`prepare_deployment` measures, for each fine-tuned student of a task, its float32
 and int8 forms at full length: dev metrics (int8 evaluated after quantisation) and
-latency, every model of the call side by side in one clean process per precision.
+latency, every model of the call in both precisions side by side in one clean process.
 Each model's figures go to ``finetune/<task>/<id>/deploy.json``. The length-adaptive
 candidates come from :func:`~nasbert.compress.length.search_lengths`
-(``finetune/<task>/<id>-lat/lengths.json``), measured the same way.
+(``finetune/<task>/<id>-lat/lengths.json``), measured the same way. Every latency is
+rescaled against the run's teacher as profiled (the latency stage's reference), so the
+figures of separate calls, and a later measurement of the answer, compare.
 :func:`deployment_candidates` gathers both; :func:`choose` answers a budget at once
 from them; :func:`export` writes the answer as a model folder that loads with
 ``from_pretrained`` (precision and length configuration in its config), and as ONNX
@@ -30,6 +32,7 @@ from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
+from nasbert.latency.stage import reference
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
 from nasbert.schema import parse
@@ -100,7 +103,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     if todo:
         tokenizer = run.tokenizer()
         dirs = [run.finetune_dir(task, m) / "model" for m in todo]
-        ms = measure_precisions(dirs, protocol)
+        ms = measure_precisions(dirs, protocol, reference=reference(run, protocol))
         for i, m in enumerate(todo):
             schedule = parse(FinetuneConfig, records[m]["config"], source=str(dirs[i]))
             rows = []

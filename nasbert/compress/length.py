@@ -49,11 +49,13 @@ from nasbert.io import atomic_write_text
 from nasbert.latency.measure import (
     PRECISIONS,
     Protocol,
+    Reference,
     device_id,
     fingerprint,
     measure_precisions,
     prepare,
 )
+from nasbert.latency.stage import reference
 from nasbert.ops import Attention
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
@@ -300,7 +302,8 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
     chosen = list(dict.fromkeys([full, *chosen]))  # the full length is always a candidate
 
     candidates = _measure_candidates(model, run.tokenizer(), data, schedule, chosen, held,
-                                     labels, config, protocol, progress=progress)
+                                     labels, protocol, reference(run, protocol),
+                                     progress=progress)
     atomic_write_text(out, json.dumps({"key": key, "id": model_id, "task": task,
                                        "protocol": dataclasses.asdict(protocol),
                                        "candidates": candidates, **provenance()}, indent=1))
@@ -309,7 +312,7 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
 
 def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: FinetuneConfig,
                         chosen: list[tuple[float, ...]], held, labels: list,
-                        config: LengthSearchConfig, protocol: Protocol, *,
+                        protocol: Protocol, ref: Reference | None, *,
                         progress: bool) -> list[dict]:
     """Every chosen configuration at every precision: metrics on the held-out slice and
     on dev, and latency, every configuration and precision side by side in one clean
@@ -321,7 +324,7 @@ def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: F
         encoder = copy.deepcopy(model.base_model)
         encoder.config.length_config = list(length)
         encoders.append(encoder)
-    times = measure_precisions(encoders, protocol)
+    times = measure_precisions(encoders, protocol, reference=ref)
     out = []
     for precision in PRECISIONS:
         p = dataclasses.replace(protocol, dtype=precision)

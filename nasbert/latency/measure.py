@@ -239,11 +239,13 @@ def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, 
 PRECISIONS = ("float32", "int8")  # what deployment measures every model in
 
 
-def measure_precisions(models: Sequence[str | Path | nn.Module], protocol: Protocol
-                       ) -> dict[str, list[float]]:
+def measure_precisions(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
+                       reference: Reference | None = None) -> dict[str, list[float]]:
     """Each model in float32 and in int8, all in one clean process, interleaved (so the
-    ratio between precisions is a side-by-side one): ``{precision: times}``. The int8
-    forms are copies saved with ``"precision": "int8"``, which :func:`prepare` honours."""
+    ratio between precisions is a side-by-side one), rescaled round by round against
+    ``reference`` when given (so that figures of separate calls compare):
+    ``{precision: times}``. The int8 forms are copies saved with ``"precision": "int8"``,
+    which :func:`prepare` honours."""
     import copy
 
     from transformers import AutoModel
@@ -260,7 +262,7 @@ def measure_precisions(models: Sequence[str | Path | nn.Module], protocol: Proto
         m.config.precision = "int8"
         int8.append(m)
     ms = measure_clean([*models, *int8], dataclasses.replace(protocol, dtype="float32"),
-                       rounds=protocol.rounds)
+                       rounds=protocol.rounds, reference=reference)
     return {"float32": ms[:len(models)], "int8": ms[len(models):]}
 
 

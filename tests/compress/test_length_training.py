@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from nasbert import ConfigError, RunDir
+from nasbert import ConfigError
 from nasbert.compress.length import (
     LengthDropConfig,
     LengthSearchConfig,
@@ -22,21 +22,19 @@ from nasbert.compress.length import (
 )
 from nasbert.data.tasks import Examples, TaskData, load_task, task_spec
 from nasbert.extract import save_subnet
-from nasbert.finetune.stage import _load_classifier, finetune
+from nasbert.finetune.stage import _load_classifier
 
-from conftest import quick_finetune
+from conftest import deploy_schedule
 
-ARCH = "E16|H16:M,F|H24:M,F"  # block 1 attends over what block 0 kept
-QUICK = quick_finetune()
+QUICK = deploy_schedule()  # what the shared fixture fine-tuned with
 DROP = LengthDropConfig(epochs=3, lr=1e-3, heldout=0.25, max_heldout=48)
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, glue):
-    run = RunDir(tiny_run)
-    save_subnet(run.supernet(), ARCH, run.subnet_dir("small"))
-    finetune(run, "sst2", data_dir=glue, models=["small"], config=QUICK, progress=False)
-    return run
+def run(finetuned_run):
+    """The subnets fine-tuned on SST-2 (conftest): "big" attends in both blocks, so its
+    second block reads only what the first kept."""
+    return finetuned_run
 
 
 def test_sandwich_draws_the_smallest_then_random_configurations():
@@ -50,14 +48,14 @@ def test_sandwich_draws_the_smallest_then_random_configurations():
 
 def test_length_drop_then_search_writes_measured_candidates(run, glue, protocol):
     data = load_task("sst2", glue)
-    record = train_length_adaptive(run, data, "small", QUICK, DROP, progress=False)
+    record = train_length_adaptive(run, data, "big", QUICK, DROP, progress=False)
     assert (record["train_examples"], record["heldout_examples"]) == (144, 48)
     assert record["droppable"] == [True, True]
-    folder = lat_dir(run, "sst2", "small")
+    folder = lat_dir(run, "sst2", "big")
     model = _load_classifier(folder / "model", data.spec, 0)
     assert model.config.length_config is None  # the trained model keeps every token by default
     search = LengthSearchConfig(trials=6, grid=(0.5, 1.0), keep=3, rounds=1)
-    candidates = search_lengths(run, data, "small", QUICK, search, drop=DROP, protocol=protocol,
+    candidates = search_lengths(run, data, "big", QUICK, search, drop=DROP, protocol=protocol,
                                 progress=False)
     configs = {tuple(c["length_config"]) for c in candidates}
     assert (1.0, 1.0) in configs  # always; the others only where the search found them faster
@@ -73,7 +71,7 @@ def test_length_drop_then_search_writes_measured_candidates(run, glue, protocol)
     stored = json.loads((folder / "lengths.json").read_text())
     assert stored["candidates"] == candidates
     # done: the same call returns what is stored, without training or searching again
-    again = search_lengths(run, data, "small", QUICK, search, drop=DROP, protocol=protocol,
+    again = search_lengths(run, data, "big", QUICK, search, drop=DROP, protocol=protocol,
                            progress=False)
     assert again == candidates
 
@@ -110,9 +108,11 @@ def test_length_drop_makes_short_configurations_agree_with_the_full_one(run, tmp
     train = Encoded(tok, data.split("train"), QUICK.max_seq_len)
     dev = Encoded(tok, data.split("dev"), QUICK.max_seq_len)
     schedule = dataclasses.replace(QUICK, alpha=1.0)
+    source = tmp_path / "counting"  # the gaps above were measured on this architecture
+    save_subnet(run.supernet(), "E16|H16:M,F|H24:M,F", source)
 
     def gap(length_drop: bool) -> float:
-        model = _load_classifier(run.subnet_dir("small"), data.spec, 0)
+        model = _load_classifier(source, data.spec, 0)
         configs = (sandwich([True, True], LengthDropConfig(max_drop=0.5)) if length_drop
                    else None)
         train_classifier(model, tok, data, schedule, train_set=train, lr=1e-3, epochs=20,

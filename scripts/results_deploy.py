@@ -1,0 +1,208 @@
+"""Deployment speed: every fine-tuned model of the results run in float32 and int8, with
+and without length-adaptive inference, accuracy against measured speedup over the
+float32 teacher; and the joint query checked against measurement.
+
+For each task: ``nasbert deploy`` (``prepare_deployment``: float32 and int8 measured
+and evaluated, LengthDrop training and the length search for every NAS-BERT student),
+then per model four rows: float32; int8; length-adaptive (the fastest length
+configuration of the Pareto set within 1 point of the full length on the held-out
+slice of the training set); both. Those rows and the float32 teacher are measured again
+side by side in one clean process at batch 1 and at batch 32 (sequence 128): the
+speedups are those ratios. Then 20 budgets, log-spaced over the candidates' range, are
+queried and each answer measured again (rescaled against the teacher as profiled, as
+the candidates were): met when within 1.05 x the budget.
+
+    python scripts/results_deploy.py --run runs/wiki --data-dir ../shared/data/glue
+
+Writes results/deploy.md and results/deploy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nasbert.compress.deploy import Deployable, choose, prepare_deployment
+from nasbert.compress.length import LengthSearchConfig, lat_dir
+from nasbert.data.tasks import load_task
+from nasbert.io import atomic_write_bytes, atomic_write_text
+from nasbert.latency.measure import Protocol, measure_clean
+from nasbert.latency.stage import reference
+from nasbert.reporting import header
+from nasbert.run import TEACHER, RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1.05
+
+
+def variants(run: RunDir, task: str, metric: str, candidates: list[Deployable],
+             model_id: str) -> list[tuple[str, Deployable]]:
+    """float32, int8, length-adaptive and both, for one model."""
+    mine = [c for c in candidates if c.model_id == model_id]
+    full = {c.precision: c for c in mine if c.length_config is None and "-lat" not in c.folder}
+    out = [(name, full[p]) for name, p in (("float32", "float32"), ("int8", "int8"))
+           if p in full]
+    lengths = lat_dir(run, task, model_id) / "lengths.json"
+    if not lengths.is_file():
+        return out
+    stored = json.loads(lengths.read_text())["candidates"]
+    base = next(c["heldout"][metric] for c in stored
+                if c["precision"] == "float32" and all(r == 1 for r in c["length_config"]))
+    short = [c for c in stored if c["precision"] == "float32"
+             and not all(r == 1 for r in c["length_config"])
+             and c["heldout"][metric] >= base - 0.01]
+    if not short:
+        return out
+    best = min(short, key=lambda c: c["ms"])["length_config"]
+    for name, p in (("length-adaptive", "float32"), ("length-adaptive + int8", "int8")):
+        out += [(name, c) for c in mine
+                if c.length_config == tuple(best) and c.precision == p]
+    return out
+
+
+def encoder_of(run: RunDir, c: Deployable):
+    """The candidate as an encoder that a clean process measures as deployed (the int8
+    form quantises there, by its config)."""
+    from transformers import AutoModel
+
+    from nasbert.hf.quiet import quiet_transformers
+
+    folder = run.path / c.folder / "model"
+    kind = json.loads((folder / "config.json").read_text()).get("model_type")
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(
+            str(folder), **({"precision": "float32"} if kind == "nasbert" else {}))
+    model.config.precision = c.precision
+    if c.length_config is not None:
+        model.config.length_config = list(c.length_config)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/wiki")
+    parser.add_argument("--data-dir", default="../shared/data/glue")
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"])
+    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--models", nargs="+", help="fine-tuned models (default: every "
+                        "subnet's)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run = RunDir(args.run)
+    protocol = Protocol()
+    sections, points = [], {}
+    for task in args.tasks:
+        data = load_task(task, None if task == "tweets" else args.data_dir)
+        candidates = prepare_deployment(run, data, models=args.models, protocol=protocol,
+                                        lengths=LengthSearchConfig(trials=args.trials))
+        teacher = json.loads((run.finetune_dir(task, TEACHER) / "metrics.json").read_text())
+        metric, split = data.spec.metric, data.spec.dev_splits[0]
+        t_metric = teacher[split][metric]
+        rows = [(m, name, c) for m in sorted({c.model_id for c in candidates})
+                for name, c in variants(run, task, metric, candidates, m)]
+        models = [encoder_of(run, c) for _, _, c in rows]
+        ms = {batch: measure_clean([run.teacher_name(), *models],
+                                   Protocol(batch=batch, repeats=20 if batch == 1 else 5),
+                                   rounds=3)
+              for batch in (1, 32)}
+        lines = [f"## {task} (dev {metric}; float32 teacher {t_metric:.4f}, "
+                 f"{ms[1][0]:.2f} ms at batch 1, {ms[32][0]:.1f} ms at batch 32)", "",
+                 f"| model | form | dev {metric} | lost (points) | batch 1 ms | speedup | "
+                 "batch 32 ms | speedup |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for i, (m, name, c) in enumerate(rows, start=1):
+            form = name if c.length_config is None else f"{name} {list(c.length_config)}"
+            lines.append(f"| {m} | {form} | {c.metric:.4f} | {100 * (t_metric - c.metric):.1f} "
+                         f"| {ms[1][i]:.2f} | {ms[1][0] / ms[1][i]:.2f}x | {ms[32][i]:.1f} | "
+                         f"{ms[32][0] / ms[32][i]:.2f}x |")
+        points[task] = [(ms[1][0] / ms[1][i], c.metric, name) for i, (_, name, c)
+                        in enumerate(rows, start=1)]
+        goals = goal_lines(rows, ms, t_metric, task)
+        budgets = budget_check(run, task, candidates, protocol)
+        sections.append("\n".join(lines + ["", *goals, "", *budgets]))
+    text = header("Deployment: int8 and length-adaptive inference, chosen with the architecture",
+                  "python scripts/results_deploy.py " + " ".join(
+                      f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(v)}"
+                      for k, v in vars(args).items() if v is not None),
+                  run=f"`{args.run}`",
+                  protocol="sequence 128; batch 1 and 32 side by side with the float32 teacher "
+                           "in one clean process (3 interleaved rounds, median)") + "\n" + \
+        "\n\n".join(sections) + "\n"
+    atomic_write_text(ROOT / "results" / "deploy.md", text)
+    plot(points, ROOT / "results" / "deploy.png")
+    print(text)
+
+
+def goal_lines(rows, ms, t_metric: float, task: str) -> list[str]:
+    """int8 alone against the same model in float32; the whole stack against the teacher."""
+    out = []
+    by_model: dict[str, dict] = {}
+    for i, (m, name, c) in enumerate(rows, start=1):
+        by_model.setdefault(m, {})[name] = (ms[1][i], c.metric)
+    for m, forms in by_model.items():
+        if "float32" in forms and "int8" in forms:
+            (a, x), (b, y) = forms["float32"], forms["int8"]
+            ok = a / b >= 1.8 and (x - y) * 100 <= 1
+            out.append(f"- int8 alone, {m}: {a / b:.2f}x over float32 at {100 * (x - y):.1f} "
+                       f"points lost (goal >= 1.8x at <= 1 point): **{'met' if ok else 'missed'}**")
+    if task == "sst2":
+        for speed, loss in ((10, 2), (20, 4)):
+            best = [ms[1][0] / ms[1][i] for i, (_, _, c) in enumerate(rows, start=1)
+                    if (t_metric - c.metric) * 100 <= loss]
+            top = max(best, default=0.0)
+            out.append(f"- the whole stack: {top:.2f}x the float32 teacher at <= {loss} points "
+                       f"lost (goal >= {speed}x): **{'met' if top >= speed else 'missed'}**")
+    return out
+
+
+def budget_check(run: RunDir, task: str, candidates: list[Deployable], protocol: Protocol
+                 ) -> list[str]:
+    """20 budgets queried, each answer measured again beside the profiled teacher."""
+    lo, hi = min(c.ms for c in candidates), max(c.ms for c in candidates)
+    budgets = np.geomspace(lo * 1.001, hi * 1.2, 20)
+    answers = [choose(run, task, float(b), protocol) for b in budgets]
+    models = [encoder_of(run, c) for c in answers]
+    again = measure_clean(models, protocol, rounds=3, reference=reference(run, protocol))
+    met = [m <= TOLERANCE * b for m, b in zip(again, budgets)]
+    worst = max(m / b for m, b in zip(again, budgets))
+    return [f"- budgets: {sum(met)} of 20 answers measured within {TOLERANCE} x their budget "
+            f"(worst {worst:.3f} x; goal: all 20): **{'met' if all(met) else 'missed'}**"]
+
+
+def plot(points: dict, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(6 * len(points), 4.5), squeeze=False)
+    for ax, (task, pts) in zip(axes[0], points.items()):
+        for form, marker in (("float32", "o"), ("int8", "s"), ("length-adaptive", "^"),
+                             ("length-adaptive + int8", "D")):
+            xs = [x for x, _, f in pts if f == form]
+            ys = [y for _, y, f in pts if f == form]
+            ax.scatter(xs, ys, marker=marker, label=form)
+        front, best = [], -1.0
+        for x, y, _ in sorted(pts, key=lambda p: -p[0]):
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.plot(*zip(*sorted(front)), color="gray", lw=1, label="frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel("speedup over the float32 teacher (batch 1, CPU)")
+        ax.set_ylabel(f"{task} dev metric")
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+if __name__ == "__main__":
+    main()
