@@ -99,6 +99,7 @@ def test_onnx_int8_graph_is_smaller_and_close_to_float32(model_dir, tmp_path):
     assert report.int8_relative_error < 0.1
 
 
+@pytest.mark.slow  # ~9 s; measure_precisions also runs in every deployment test
 def test_both_precisions_are_measured_side_by_side(model_dir, tiny_teacher):
     """One clean process times every model in float32 and in int8; a config that says
     int8 is honoured for any model type (here transformers' BERT, the tiny teacher)."""
