@@ -221,6 +221,9 @@ def _query_deployment(args: argparse.Namespace, run) -> None:
     c = choose(run, spec.name, args.latency_ms, protocol)
     base = teacher_ms(run, protocol)
     print(f"model         {c.model_id}  ({c.folder})")
+    if c.kind == "ngram":
+        print(f"kind          a sparse n-gram student: task-specific, it classifies "
+              f"{spec.name} only")
     print(f"precision     {c.precision}")
     print("length        " + ("every token" if c.length_config is None else
                               ", ".join(f"{r:g}" for r in c.length_config) + " (kept per block)"))
@@ -247,6 +250,33 @@ def _deploy(args: argparse.Namespace) -> None:
     print(f"{'deployable':<52} {data.spec.metric:>9} {'ms':>8}")
     for c in sorted(rows, key=lambda c: c.ms):
         print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f}")
+
+
+def _ngram(args: argparse.Namespace) -> None:
+    from nasbert.compress.ngram import MiningConfig
+    from nasbert.compress.ngram_distill import (
+        NgramStudentConfig,
+        measure_ngram,
+        train_ngram_student,
+    )
+    from nasbert.data.tasks import load_task
+    from nasbert.finetune.augment import AugmentConfig
+
+    data = load_task(args.task, args.data_dir)
+    config = NgramStudentConfig(
+        mining=MiningConfig(max_n=args.max_n, min_count=args.min_count,
+                            max_ngrams=args.max_ngrams),
+        hidden_size=args.dim, texts=tuple(args.text or ()), max_texts=args.max_texts,
+        augment=AugmentConfig(per_example=args.augment), unlabelled_epochs=args.unlabelled_epochs,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    record = train_ngram_student(args.run_dir, data, config, progress=not args.quiet)
+    deploy = measure_ngram(args.run_dir, data.spec.name, _protocol(args))
+    split, metric = data.spec.dev_splits[0], data.spec.metric
+    print(f"n-gram student  {args.run_dir}/finetune/{data.spec.name}/ngram/  "
+          f"({record['rows']:,} n-grams, table {record['memory_mb']['table']:,} MB)")
+    print(f"{split} {metric:<11} {record[split][metric]:.4f}")
+    print(f"latency         {deploy['candidates'][0]['ms']:.3f} ms (batch {args.batch}, "
+          f"{args.seq} words)")
 
 
 _FINETUNE_FLAGS = (("epochs", float), ("lr", float), ("batch-size", int), ("alpha", float),
@@ -355,11 +385,15 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                    help="int8: dynamic quantisation of the linear layers (CPU)")
 
 
-def _add_finetune(p: argparse.ArgumentParser) -> None:
+def _add_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, "
                    "wnli, or tweets (the embedded default)")
     p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
+
+
+def _add_finetune(p: argparse.ArgumentParser) -> None:
+    _add_task(p)
     p.add_argument("--subnet", action="append", help="a model under RUN_DIR/subnets/ "
                    "(repeatable; default: all of them)")
     p.add_argument("--all", action="store_true", help="every model under RUN_DIR/subnets/")
@@ -472,9 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="measure a task's fine-tuned models in float32 and int8, "
                        "optionally length-adaptive, for `query --task`")
-    p.add_argument("run_dir")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
+    _add_task(p)
     p.add_argument("--subnet", action="append", help="a fine-tuned model (repeatable; default: "
                    "every subnet's)")
     p.add_argument("--length-adaptive", action="store_true",
@@ -483,6 +515,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_protocol(p)
     p.set_defaults(func=_deploy)
+
+    p = sub.add_parser("ngram", help="distil a task's fine-tuned teacher into a sparse n-gram "
+                       "student (far below any transformer's latency; task-specific)")
+    _add_task(p)
+    p.add_argument("--text", action="append", help="in-domain unlabelled text the teacher "
+                   "labels: a file, a folder or hf:NAME (repeatable)")
+    p.add_argument("--max-texts", type=int, default=100_000,
+                   help="sentences of that text labelled")
+    p.add_argument("--augment", type=int, default=0,
+                   help="perturbed copies of each training example, teacher-labelled")
+    p.add_argument("--max-ngrams", type=int, default=1_000_000, help="rows of the table, at most")
+    p.add_argument("--min-count", type=int, default=2, help="times an n-gram must occur")
+    p.add_argument("--max-n", type=int, default=4, help="n-grams of 1 to N words")
+    p.add_argument("--dim", type=int, default=128, help="embedding width")
+    p.add_argument("--unlabelled-epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=0.05, help="Adagrad's learning rate")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_protocol(p)
+    p.set_defaults(func=_ngram)
 
     p = sub.add_parser("finetune", help="fine-tune the teacher, then subnets with distillation")
     _add_finetune(p)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from nasbert.teacher import Teacher
 
 TEACHER = "teacher"  # the fine-tuned teacher's id beside the students under finetune/<task>/
+NGRAM = "ngram"  # the task's sparse n-gram student's id there (nasbert.compress.ngram_distill)
 
 
 def _path(*parts: str) -> property:

@@ -6,4 +6,6 @@ neurons, and the permutation by it, which the supernet inherits through), and
 training afterwards); and for deployment :mod:`~nasbert.compress.quantize` (int8),
 :mod:`~nasbert.compress.length` (length-adaptive inference: LengthDrop and the search
 over length configurations) and :mod:`~nasbert.compress.deploy` (the measured family of
-a task and the joint choice under a budget). n-gram students come with their issue."""
+a task and the joint choice under a budget); and far below any transformer,
+:mod:`~nasbert.compress.ngram` (sparse n-gram students) distilled by
+:mod:`~nasbert.compress.ngram_distill` (``nasbert ngram``)."""

@@ -34,7 +34,7 @@ from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
 from nasbert.latency.stage import reference
 from nasbert.provenance import provenance
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import NGRAM, TEACHER, RunDir
 from nasbert.schema import parse
 
 
@@ -50,8 +50,11 @@ class Deployable:
     metrics: dict  # every dev split's metrics
     ms: float  # measured in a clean process, side by side with the others of its call
     device: str
+    kind: str = "transformer"  # or "ngram": a sparse n-gram student, task-specific
 
     def describe(self) -> str:
+        if self.kind == "ngram":
+            return f"{self.model_id} (an n-gram student: task-specific, {self.precision})"
         length = ("full length" if self.length_config is None
                   else "length " + ", ".join(f"{r:g}" for r in self.length_config))
         return f"{self.model_id} ({self.precision}, {length})"
@@ -64,7 +67,7 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
                           f"--task {task}` first", source=str(run))
     have = sorted(p.name for p in folder.iterdir()
                   if (p / "metrics.json").is_file() and (p / "model").is_dir()
-                  and p.name != TEACHER and not p.name.endswith(SUFFIX))
+                  and p.name not in (TEACHER, NGRAM) and not p.name.endswith(SUFFIX))
     if models:
         missing = [m for m in models if m not in have]
         if missing:
@@ -146,7 +149,8 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
                           protocol: Protocol | None = None) -> list[Deployable]:
     """Every deployable form of the task's students measured under ``protocol``'s batch
     and sequence (either precision): full-length ones from ``deploy.json``, length
-    configurations from ``lengths.json``."""
+    configurations from ``lengths.json``, and the task's n-gram student
+(:mod:`~nasbert.compress.ngram_distill`) once measured."""
     run = RunDir.of(run)
     protocol = protocol or Protocol()
     folder = run.finetune_dir(task)
@@ -166,7 +170,8 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
             first = next(iter(metrics.values()))
             out.append(Deployable(model_id, str(path.parent.relative_to(run.path)),
                                   c["precision"], None if full else tuple(length),
-                                  first[spec_metric], metrics, c["ms"], c["device"]))
+                                  first[spec_metric], metrics, c["ms"], c["device"],
+                                  stored.get("kind", "transformer")))
     return out
 
 
@@ -217,7 +222,11 @@ def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
         atomic_write_text(tmp / "deployment.json", json.dumps(
             {**dataclasses.asdict(choice), "run": str(run.path), **provenance()}, indent=1))
     written: dict = {"model": str(out)}
-    if onnx and config.get("model_type") == "nasbert":
+    if onnx and choice.kind == "ngram":
+        from nasbert.compress.ngram import export_ngram_onnx
+
+        written["onnx"] = str(export_ngram_onnx(out, out / "model.onnx"))
+    elif onnx and config.get("model_type") == "nasbert":
         from nasbert.export import export_onnx
 
         written["onnx"] = export_onnx(out, out / "model.onnx", precision=choice.precision).path

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from nasbert.data.metrics import compute_metrics
 from nasbert.data.tasks import Examples, TaskData, TaskSpec
+from nasbert.finetune.augment import IGNORE
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
@@ -93,6 +94,15 @@ def _trainer_class():
             self.alpha, self.temperature, self.regression = alpha, temperature, regression
             self.mode, self.teacher, self.length_configs = mode, teacher, length_configs
 
+        def _get_grad_norm(self, model, grad_norm=None):
+            # the Trainer logs the norm through clip_grad_norm_, which takes no sparse
+            # gradient (an n-gram student's table): computed here for those
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grad_norm is None and any(g.is_sparse for g in grads):
+                return float(sum((g.coalesce().values() if g.is_sparse else g).float().pow(2).sum()
+                                 for g in grads) ** 0.5)
+            return super()._get_grad_norm(model, grad_norm)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             teacher_logits = inputs.pop("teacher_logits", None)
             if self.mode == "hidden":
@@ -104,16 +114,25 @@ def _trainer_class():
                 loss = masked_mse(states, target, enc["attention_mask"])
                 inputs["labels"] = labels
                 return (loss, None) if return_outputs else loss
-            out = model(**inputs)
-            loss = out.loss
-            if teacher_logits is not None and self.alpha < 1:
-                kd = distillation_loss(out.logits, teacher_logits, self.temperature,
-                                       self.regression)
-                loss = self.alpha * loss + (1 - self.alpha) * kd
+            labels = inputs.get("labels")
+            # distillation alone when the task loss weighs nothing or the batch holds only
+            # teacher-labelled transfer examples (cross-entropy over no label is NaN)
+            kd_only = teacher_logits is not None and labels is not None and (
+                self.alpha == 0 or (not self.regression and bool((labels == IGNORE).all())))
+            enc = {k: v for k, v in inputs.items() if k != "labels"}
+            out = model(**(enc if kd_only else inputs))
+            if kd_only:
+                loss = distillation_loss(out.logits, teacher_logits, self.temperature,
+                                         self.regression)
+            else:
+                loss = out.loss
+                if teacher_logits is not None and self.alpha < 1:
+                    kd = distillation_loss(out.logits, teacher_logits, self.temperature,
+                                           self.regression)
+                    loss = self.alpha * loss + (1 - self.alpha) * kd
             if self.length_configs is not None and model.training:
                 # LengthDrop's sandwich: the shorter configurations learn from the full one
                 target = out.logits.detach()
-                enc = {k: v for k, v in inputs.items() if k != "labels"}
                 for config in self.length_configs():
                     short = model(**enc, length_config=config).logits
                     loss = loss + distillation_loss(short, target, self.temperature,
@@ -140,7 +159,9 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                      hidden_epochs: float = 0.0, on_epoch: Callable[[dict], None] | None = None,
                      workdir: Path, progress: str | None = None, seed: int | None = None,
                      length_configs: Callable[[], list] | None = None,
-                     eval_set: torch.utils.data.Dataset | None = None) -> list[dict]:
+                     eval_set: torch.utils.data.Dataset | None = None,
+                     optimizer: Callable[[float], torch.optim.Optimizer] | None = None,
+                     max_grad_norm: float = 1.0) -> list[dict]:
     """The one fine-tuning loop: ``Trainer`` on the task's training set (with cached
     teacher logits in ``train_set`` for distillation), evaluated on the first dev split
     after every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
@@ -150,7 +171,9 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
     none. ``length_configs``: LengthDrop (:mod:`nasbert.compress.length`), a function
     giving, at each step, the length configurations that learn from the full-length
     model beside it. ``eval_set``: what is evaluated after each epoch instead of the dev
-    split. Returns the log history."""
+    split. ``optimizer``: makes each stage's optimiser from its learning rate (default:
+    the Trainer's AdamW), e.g. one for sparse gradients, which take no clipping
+    (``max_grad_norm`` 0). Returns the log history."""
     from transformers import TrainerCallback, TrainingArguments
 
     spec = data.spec
@@ -179,7 +202,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             disable_tqdm=True, remove_unused_columns=False,
             train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-            label_names=["labels"])
+            label_names=["labels"], max_grad_norm=max_grad_norm)
 
     history: list[dict] = []
     with quiet_transformers():
@@ -190,13 +213,14 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                 raise ValueError("hidden-state distillation needs the teacher model")
             args = arguments("hidden", hidden_epochs, lr)
             t = DistillTrainer(args=args, mode="hidden", teacher=teacher.eval().to(args.device),
-                               **common)
+                               optimizers=(optimizer and optimizer(lr), None), **common)
             _show(t, progress and f"{progress} (hidden states)")
             t.train()
             history += [{"stage": "hidden", **h} for h in t.state.log_history]
         t = DistillTrainer(args=arguments("logits", epochs, lr), eval_dataset=dev, alpha=alpha,
                            temperature=config.temperature, compute_metrics=_metric_fn(spec),
-                           callbacks=[Report()], length_configs=length_configs, **common)
+                           callbacks=[Report()], length_configs=length_configs,
+                           optimizers=(optimizer and optimizer(lr), None), **common)
         _show(t, progress)
         t.train()
         history += [{"stage": "logits", **h} for h in t.state.log_history]
@@ -236,16 +260,24 @@ def _collator(tokenizer) -> Callable:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Encoded, *, batch_size: int = 128) -> Tensor:
-    """Logits for every example, in order."""
+def predict(model: nn.Module, dataset: Encoded, *, batch_size: int = 128,
+            progress: str | None = None) -> Tensor:
+    """Logits for every example, in order; computed in batches of similar lengths (less
+    padding), with a progress bar named ``progress``."""
     model.eval()
-    out = []
-    for i in range(0, len(dataset), batch_size):
-        batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset.features["input_ids"][i]))
+    out = torch.empty(0)
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="batch",
+                      disable=not progress, dynamic_ncols=True):
+        idx = order[start:start + batch_size]
+        batch = collate([dataset[j] for j in idx])
         batch.pop("labels")
         batch.pop("teacher_logits", None)
-        out.append(model(**batch).logits.float())
-    return torch.cat(out)
+        logits = model(**batch).logits.float()
+        if not out.numel():
+            out = torch.empty(len(dataset), logits.shape[-1])
+        out[idx] = logits
+    return out
 
 
 def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig

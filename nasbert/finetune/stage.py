@@ -131,38 +131,56 @@ class _workdir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: str,
+                   identity: list, make: Callable[[], Examples], *, teacher_key: str | None = None,
+                   progress: bool = True) -> tuple[Examples, torch.Tensor]:
+    """Examples that ``make`` builds (identified by ``identity``) and the fine-tuned
+    teacher's logits on them, made once and kept in
+    ``finetune/<task>/teacher/<name>-<key>.pt`` (beside its training-set logits, and
+    replaced with them when the teacher is). ``teacher_key``: the teacher's stored key
+    (default: the one ``config`` gives)."""
+    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
+    teacher_key = teacher_key or config.teacher_key(data)
+    if not _cached(teacher_dir, teacher_key):
+        raise ConfigError(f"holds no teacher fine-tuned on {data.spec.name} with this schedule; "
+                          f"run `nasbert finetune {run} --task {data.spec.name}` first",
+                          source=str(teacher_dir))
+    key = digest([teacher_key, *identity])
+    path = teacher_dir / f"{name}-{key}.pt"
+    if path.is_file():
+        stored = torch.load(path, weights_only=True)
+        return Examples([tuple(t) for t in stored["texts"]], stored["labels"]), stored["logits"]
+    examples = make()
+    model = _load_classifier(teacher_dir / "model", data.spec, config.seed)
+    label = f"{data.spec.name}: the teacher labels {len(examples):,} {name} examples"
+    logits = predict(model, Encoded(run.tokenizer(), examples, config.max_seq_len),
+                     progress=label if progress else None)
+    atomic_torch_save(path, {"texts": [list(t) for t in examples.texts],
+                             "labels": examples.labels, "logits": logits,
+                             "identity": identity, **provenance()})
+    return examples, logits
+
+
 def teacher_labelled(run: RunDir, data: TaskData, config: FinetuneConfig, *,
                      progress: bool = True) -> tuple[Examples, torch.Tensor]:
-    """The transfer examples of ``config.augment`` and the fine-tuned teacher's logits on
-    them, made once and kept in ``finetune/<task>/teacher/augmented-<key>.pt`` (beside
-    its training-set logits, and replaced with them when the teacher is)."""
+    """The transfer examples of ``config.augment`` (from the training set and the run's
+    corpus) and the fine-tuned teacher's logits on them (:func:`teacher_labels`)."""
     from nasbert.finetune.augment import WordPool, augment, corpus_sentences
 
     if data.spec.is_regression:
         raise ConfigError("augmentation is for classification tasks (the teacher's soft "
                           "labels); leave augment out", source=f"task {data.spec.name}")
-    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
-    aug = config.augment
-    key = digest([config.teacher_key(data), dataclasses.asdict(aug),
-                  run.corpus_key()])
-    path = teacher_dir / f"augmented-{key}.pt"
-    if path.is_file():
-        stored = torch.load(path, weights_only=True)
-        return Examples([tuple(t) for t in stored["texts"]], stored["labels"]), stored["logits"]
-    tokenizer = run.tokenizer()
-    sentences = corpus_sentences(run)
-    pool = WordPool([w for s in sentences for w in s.split()], list(tokenizer.get_vocab()))
-    train = data.split("train").subset(config.max_train_examples, config.seed)
-    examples = augment(train, pool, aug, sentences)
-    model = _load_classifier(teacher_dir / "model", data.spec, config.seed)
-    if progress:
-        print(f"{data.spec.name}: the teacher labels {len(examples):,} transfer examples",
-              flush=True)
-    logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len))
-    atomic_torch_save(path, {"texts": [list(t) for t in examples.texts],
-                             "labels": examples.labels, "logits": logits,
-                             "config": dataclasses.asdict(aug), **provenance()})
-    return examples, logits
+
+    def make() -> Examples:
+        sentences = corpus_sentences(run)
+        pool = WordPool([w for s in sentences for w in s.split()],
+                        list(run.tokenizer().get_vocab()))
+        train = data.split("train").subset(config.max_train_examples, config.seed)
+        return augment(train, pool, config.augment, sentences)
+
+    return teacher_labels(run, data, config, "augmented",
+                          [dataclasses.asdict(config.augment), run.corpus_key()], make,
+                          progress=progress)
 
 
 def student_key(config: FinetuneConfig, teacher_key: str, model_id: str,

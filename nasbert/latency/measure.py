@@ -154,12 +154,16 @@ def time_ms(fn, protocol: Protocol) -> float:
 def measure(model: nn.Module, protocol: Protocol, *, vocab_size: int | None = None) -> float:
     """Latency of a model (any encoder that takes token ids and an attention mask) on a
     batch of ``protocol.batch`` x ``protocol.seq`` token ids (no padding), in this
-    process."""
+    process; random ids, so a large table is read where a real text would read it.
+    """
     p = protocol.resolved()
     vocab = vocab_size or model.config.vocab_size
+    # a model that reads more than one id per word (an n-gram student: up to max_n per
+    # word) is measured on as many as a text of ``seq`` words gives it
+    width = p.seq * getattr(model.config, "ids_per_token", 1)
     model = prepare(model, p)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (p.batch, p.seq), generator=g).to(p.device)
+    ids = torch.randint(0, vocab, (p.batch, width), generator=g).to(p.device)
     mask = torch.ones_like(ids)
     return time_ms(lambda: model(ids, attention_mask=mask), p)
 

@@ -91,3 +91,32 @@ def test_regression_tasks_refuse_augmentation(run, glue):
     config = dataclasses.replace(quick_finetune(), augment=AugmentConfig(per_example=1))
     with pytest.raises(ConfigError, match="classification"):
         teacher_labelled(run, data, config)
+
+
+def test_a_batch_of_transfer_examples_alone_trains_on_distillation(tmp_path):
+    """Batches holding only teacher-labelled examples (no label: cross-entropy over none
+    is NaN) learn from the teacher's logits alone, whatever the task loss's weight."""
+    from nasbert.compress.configuration_ngram import NgramConfig
+    from nasbert.compress.ngram import (
+        MiningConfig,
+        NgramForSequenceClassification,
+        NgramTokenizer,
+        mine_ngrams,
+    )
+    from nasbert.data.tasks import TASKS, TaskData
+    from nasbert.finetune.config import FinetuneConfig
+    from nasbert.finetune.distill import Encoded, train_classifier
+
+    texts = [(f"word{i % 7} word{i % 5} word{i % 3}",) for i in range(64)]
+    teacher = torch.randn(64, 2)
+    examples = Examples(texts, [IGNORE] * 64)
+    data = TaskData(TASKS["sst2"], {"train": examples, "dev": Examples(texts[:8], [0, 1] * 4)}, {})
+    tok = NgramTokenizer.from_mining(mine_ngrams((t for (t,) in texts), MiningConfig(max_n=1)))
+    model = NgramForSequenceClassification(NgramConfig(vocab_size=len(tok), hidden_size=8,
+                                                       mlp_sizes=[8], num_labels=2, sparse=False))
+    history = train_classifier(model, tok, data, FinetuneConfig(max_seq_len=8), lr=1e-2,
+                               train_set=Encoded(tok, examples, 8, teacher=teacher), epochs=2,
+                               batch_size=16, alpha=0.5, workdir=tmp_path)
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
