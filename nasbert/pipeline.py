@@ -26,6 +26,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nasbert.compress.ngram import MiningConfig
+from nasbert.compress.ngram_distill import NgramStudentConfig, train_ngram_student
 from nasbert.errors import ConfigError
 from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
@@ -35,7 +37,7 @@ from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_cl
 from nasbert.latency.stage import fit, profile, teacher_ms
 from nasbert.recipe import load_recipe
 from nasbert.reporting import header
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import NGRAM, TEACHER, RunDir
 from nasbert.search.baselines import build_baselines
 from nasbert.search.searchers import Budget
 from nasbert.search.stage import search
@@ -61,6 +63,10 @@ class QuickstartConfig:
     finetune: FinetuneConfig = FinetuneConfig(
         epochs=2, lr=3e-4, batch_size=32, alpha=0.5, temperature=2.0, teacher_epochs=1,
         teacher_lr=1e-4, max_seq_len=64, max_train_examples=1000, max_dev_examples=600)
+    # a sparse n-gram student of the task, distilled on its training text (the tweets
+    # the teacher did not see read without labels); None: none
+    ngram: NgramStudentConfig | None = NgramStudentConfig(
+        task_texts=5000, unlabelled_epochs=3, epochs=2, lr=0.1, mining=MiningConfig(min_count=2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +75,7 @@ class Row:
 
     model: str  # what a person reads: "searched 4x", "uniform-L3-H192 (4x)"
     model_id: str
-    kind: str  # teacher | searched | uniform | teacher-first-k
+    kind: str  # teacher | searched | uniform | teacher-first-k | ngram
     target: str  # the speedup group, "" for the teacher
     params: int
     latency_ms: float
@@ -79,13 +85,15 @@ class Row:
     others: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's other metrics
 
 
-def measure_side_by_side(run: RunDir | str | Path, ids: Sequence[str],
-                         protocol: Protocol) -> dict[str, float]:
-    """The teacher's and each model's latency, measured now, side by side in one clean
-    process (interleaved rounds): the ratios a table shows."""
+def measure_side_by_side(run: RunDir | str | Path, ids: Sequence[str], protocol: Protocol,
+                         *, others: Mapping[str, Path] | None = None) -> dict[str, float]:
+    """The teacher's and each model's latency (subnets by id, ``others`` by folder),
+    measured now, side by side in one clean process (interleaved rounds): the ratios a
+    table shows."""
     run = RunDir.of(run)
-    paths = [run.teacher_name(), *(run.subnet_dir(i) for i in ids)]
-    return dict(zip([TEACHER, *ids], measure_clean(paths, protocol, rounds=5)))
+    others = dict(others or {})
+    paths = [run.teacher_name(), *(run.subnet_dir(i) for i in ids), *others.values()]
+    return dict(zip([TEACHER, *ids, *others], measure_clean(paths, protocol, rounds=5)))
 
 
 def speedup_name(speedup: float) -> str:
@@ -184,7 +192,8 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
             progress: bool = True) -> list[Row]:
     """Fine-tune the teacher and every planned model on ``task`` and tabulate them with
     their latencies on this device: ``latencies`` (model id -> ms, the teacher's under
-    ``"teacher"``) or, by default, measured side by side after the fine-tuning."""
+    ``"teacher"``) or, by default, measured side by side after the fine-tuning. The
+    task's n-gram student, when the run has one, is the last row."""
     from nasbert.data.tasks import task_spec
 
     run = RunDir.of(run)
@@ -194,7 +203,12 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     ids = _plan_ids(plan)
     results = finetune(run, task, data_dir=data_dir, models=ids, config=config,
                        progress=progress)
-    latency = dict(latencies) if latencies else measure_side_by_side(run, ids, protocol)
+    ngram = run.finetune_dir(spec.name, NGRAM)
+    ngram = ngram if (ngram / "metrics.json").is_file() else None
+    if ngram is not None:
+        results[NGRAM] = json.loads((ngram / "metrics.json").read_text())
+    latency = dict(latencies) if latencies else measure_side_by_side(
+        run, ids, protocol, others={NGRAM: ngram / "model"} if ngram else None)
     base_ms = latency[TEACHER]
     dev, metric = spec.dev_splits[0], spec.metric
     teacher_metric = results[TEACHER][dev][metric]
@@ -212,6 +226,12 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
                             base_ms / latency[model_id], r[dev][metric],
                             r[dev][metric] / teacher_metric if teacher_metric else float("nan"),
                             others(model_id)))
+    if ngram is not None and NGRAM in latency:
+        r = results[NGRAM]
+        rows.append(Row("n-gram student (task-specific)", NGRAM, NGRAM, "", r["params"],
+                        latency[NGRAM], base_ms / latency[NGRAM], r[dev][metric],
+                        r[dev][metric] / teacher_metric if teacher_metric else float("nan"),
+                        others(NGRAM)))
     return rows
 
 
@@ -256,6 +276,15 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     if not config.stage_one:
         finetune_config = dataclasses.replace(finetune_config, init="extracted")
     with clock.stage("fine-tuning"):
+        finetune(run, config.task, data_dir=config.data_dir, models=_plan_ids(plan),
+                 config=finetune_config, progress=progress)
+    if config.ngram is not None:
+        from nasbert.data.tasks import load_task
+
+        with clock.stage("n-gram student"):
+            data = load_task(config.task, config.data_dir, seed=finetune_config.seed)
+            train_ngram_student(run, data, config.ngram, progress=progress)
+    with clock.stage("latency of the table"):
         rows = compare(run, config.task, plan, data_dir=config.data_dir,
                        config=finetune_config, protocol=protocol, progress=progress)
 

@@ -29,7 +29,7 @@ from nasbert.io import atomic_write_bytes, atomic_write_text
 from nasbert.latency.measure import Protocol
 from nasbert.pipeline import ResultsConfig, build_results, seeded, speedup_name
 from nasbert.reporting import header, md_cell
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import NGRAM, TEACHER, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = {"sst2": ("MiniLM-L6-H384 (microsoft/unilm README)", 0.915)}
@@ -111,6 +111,14 @@ def task_section(run, task, plan, latency, config, data_dir) -> tuple[list[str],
                          f"{share} |")
             if len(values) == len(seeds):
                 means[(group, kind)] = statistics.mean(values)
+    ngram = record(run, spec.name, NGRAM)
+    deploy = run.finetune_dir(spec.name, NGRAM) / "deploy.json"
+    if ngram is not None and deploy.is_file():  # `nasbert ngram` measured it (its own call)
+        ms = json.loads(deploy.read_text())["candidates"][0]["ms"]
+        value = ngram[spec.dev_splits[0]][spec.metric]
+        lines.append(f"| n-gram student (task-specific; results/ngram.md) | "
+                     f"{ngram['params'] / 1e6:.2f}M, sparse | {ms:.3f} | {base / ms:,.0f}x | "
+                     f"{value:.4f} (1 seed) | {value / t_metric:.1%} |")
     return lines + [""], means
 
 

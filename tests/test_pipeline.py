@@ -45,9 +45,14 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
                                                  protocol, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=20))
+    from nasbert.compress.ngram import MiningConfig
+    from nasbert.compress.ngram_distill import NgramStudentConfig
+
+    ngram = NgramStudentConfig(unlabelled_epochs=2, epochs=2, hidden_size=16, mlp_sizes=(16,),
+                               mining=MiningConfig(min_count=1))
     config = QuickstartConfig(recipe=str(recipe), task="sst2", data_dir=str(glue),
                               speedups=(1.0, 1e4), latency_samples=12, search_trials=20,
-                              top_k=2, finetune=quick_finetune())
+                              top_k=2, finetune=quick_finetune(), ngram=ngram)
     run = RunDir(tmp_path / "run")
     rows = quickstart(run, config, protocol=protocol, progress=True)
     out, err = capsys.readouterr()
@@ -56,6 +61,7 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
     kinds = [r.kind for r in rows]
     assert kinds[0] == "teacher" and kinds.count("searched") == 1
     assert {"uniform", "teacher-first-k"} <= set(kinds)
+    assert kinds[-1] == "ngram" and rows[-1].latency_ms > 0  # measured beside the others
     searched = next(r for r in rows if r.kind == "searched")
     assert searched.target == "1x" and run.subnet_dir(searched.model_id).is_dir()
     text = run.results.read_text()

@@ -67,7 +67,8 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
                           f"--task {task}` first", source=str(run))
     have = sorted(p.name for p in folder.iterdir()
                   if (p / "metrics.json").is_file() and (p / "model").is_dir()
-                  and p.name not in (TEACHER, NGRAM) and not p.name.endswith(SUFFIX))
+                  and p.name != TEACHER and not p.name.endswith(SUFFIX)
+                  and p.name.split("-")[0] != NGRAM)
     if models:
         missing = [m for m in models if m not in have]
         if missing:

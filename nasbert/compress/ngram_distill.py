@@ -1,7 +1,8 @@
 """Distilling a task's fine-tuned teacher into a sparse n-gram student
 (:mod:`nasbert.compress.ngram`), as Sparse Distillation does (Ye et al., NAACL 2022):
 
-1. **distillation text**: the task's training text, in-domain text the user points at
+1. **distillation text**: the task's training text (all of it, when the teacher was
+   fine-tuned on a subset: the rest is read without its labels), in-domain text the user points at
    (files, folders or ``hf:NAME``, read like a corpus; cut into sentences, or pairs of
    consecutive sentences for pair tasks) and, optionally, perturbed training examples
    (:mod:`nasbert.finetune.augment`); the teacher labels it once (cached beside its
@@ -20,7 +21,7 @@
 Pair tasks (the paper's variant): each sentence's bag is averaged apart and the MLP reads
 ``[u, v, |u - v|, u * v]``.
 
-Stage one's model is kept (``finetune/<task>/.ngram-stage-one/``), so an interrupted
+Stage one's model is kept (``finetune/<task>/.<id>-stage-one/``), so an interrupted
 run resumes with stage two; a finished student is not trained again for the same inputs.
 
 >>> record = train_ngram_student("runs/wiki", load_task("sst2", "glue"),
@@ -56,7 +57,6 @@ from nasbert.provenance import provenance
 from nasbert.run import NGRAM, TEACHER, RunDir
 from nasbert.schema import check, parse
 
-STAGE_ONE = ".ngram-stage-one"
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -71,6 +71,9 @@ class NgramStudentConfig:
     # in-domain unlabelled text: files, folders (.txt, .jsonl) or hf:NAME, as corpora are
     texts: tuple[str, ...] = ()
     max_texts: int = 100_000  # sentences (pairs) of that text the teacher labels
+    # the task's training examples the teacher was not fine-tuned on (a subset schedule),
+    # read as unlabelled text: at most this many (None: all of them)
+    task_texts: int | None = None
     augment: AugmentConfig = AugmentConfig()  # perturbed training examples, teacher-labelled
     unlabelled_epochs: float = 3.0  # stage one: soft targets on all the distillation text
     epochs: float = 3.0  # stage two: the labelled training set, the students' loss
@@ -83,6 +86,8 @@ class NgramStudentConfig:
         check(all(s > 0 for s in self.mlp_sizes), "must list positive sizes", field="mlp_sizes")
         check(0 <= self.dropout < 1, "must be in [0, 1)", field="dropout")
         check(self.max_texts >= 0, "must not be negative", field="max_texts")
+        check(self.task_texts is None or self.task_texts >= 0, "must not be negative",
+              field="task_texts")
         check(self.unlabelled_epochs >= 0, "must not be negative", field="unlabelled_epochs")
         check(self.epochs >= 0, "must not be negative", field="epochs")
         check(self.unlabelled_epochs + self.epochs > 0, "and epochs cannot both be 0",
@@ -130,20 +135,26 @@ def _transfer(run: RunDir, data: TaskData, schedule: FinetuneConfig, teacher: di
     from nasbert.finetune.augment import WordPool, augment
     from nasbert.finetune.stage import teacher_labels
 
-    if not config.texts and not config.augment.enabled:
+    train = data.split("train").subset(schedule.max_train_examples, schedule.seed)
+    seen = set(train.texts)
+    unused = [t for t in data.split("train").texts if t not in seen]
+    if config.task_texts is not None and len(unused) > config.task_texts:
+        unused = random.Random(config.seed).sample(unused, config.task_texts)
+    if not config.texts and not config.augment.enabled and not unused:
         return Examples([], []), torch.empty(0, data.spec.num_labels), []
     pair = len(data.spec.columns) == 2
     docs, records = read_documents(CorpusConfig(sources=config.texts)) if config.texts else ([], [])
-    identity = [records, config.max_texts, pair, dataclasses.asdict(config.augment), config.seed]
+    identity = [records, config.max_texts, pair, dataclasses.asdict(config.augment), config.seed,
+                len(unused), digest(unused)]
 
     def make() -> Examples:
         texts = sentences(docs, pair=pair, limit=config.max_texts, seed=config.seed)
         if not texts and config.texts:
             raise ConfigError("holds no sentence of 3 to 64 words; give text to distil on",
                               source="distillation text " + ", ".join(config.texts))
+        texts += unused
         made = Examples(texts, [IGNORE] * len(texts))
         if config.augment.enabled:
-            train = data.split("train").subset(schedule.max_train_examples, schedule.seed)
             words = [w for t in texts for s in t for w in s.split()]
             words += [w for t in train.texts for s in t for w in s.split()]
             pool = WordPool(words, list(run.tokenizer().get_vocab()))
@@ -167,14 +178,18 @@ def student_key(teacher_key: str, config: NgramStudentConfig, records: list) -> 
 
 def train_ngram_student(run: RunDir | str | Path, data: TaskData,
                         config: NgramStudentConfig = NgramStudentConfig(), *,
-                        progress: bool = True) -> dict:
+                        model_id: str = NGRAM, progress: bool = True) -> dict:
     """Distil the task's fine-tuned teacher into an n-gram student; writes
-    ``finetune/<task>/ngram/`` and returns its record (the stored one when it was made
-    from the same inputs)."""
+    ``finetune/<task>/<model_id>/`` (``ngram``, or ``ngram-<variant>`` for a study's
+    others) and returns its record (the stored one when it was made from the same
+    inputs)."""
     from nasbert.finetune.distill import Encoded, evaluate, train_classifier
     from nasbert.finetune.stage import _workdir
     from nasbert.hf.quiet import quiet_transformers
 
+    if model_id != NGRAM and not model_id.startswith(NGRAM + "-"):
+        raise ConfigError(f"must be {NGRAM!r} or start with '{NGRAM}-' (the family tells n-gram "
+                          "students by their id)", source=f"model id {model_id!r}")
     run = RunDir.of(run)
     task = data.spec.name
     schedule, teacher = teacher_schedule(run, task)
@@ -185,7 +200,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
                           source=str(run.finetune_dir(task, TEACHER)))
     examples, logits, records = _transfer(run, data, schedule, teacher, config,
                                           progress=progress)
-    folder = run.finetune_dir(task, NGRAM)
+    folder = run.finetune_dir(task, model_id)
     key = student_key(teacher["key"], config, records)
     stored = cached_record(folder / "metrics.json", key)
     if stored:
@@ -194,7 +209,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     train = data.split("train").subset(schedule.max_train_examples, schedule.seed)
     train_logits = torch.load(run.finetune_dir(task, TEACHER) / "train_logits.pt",
                               weights_only=True)["logits"]
-    stage_one = run.finetune_dir(task, STAGE_ONE)
+    stage_one = run.finetune_dir(task, f".{model_id}-stage-one")
     done = cached_record(stage_one / "stage.json", key)
     history: list[dict] = []
     if done:
@@ -227,7 +242,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
             [labelled, Encoded(tokenizer, examples, L, teacher=logits)] if len(examples)
             else [labelled])
         history = [{**h, "stage": "unlabelled"} for h in fit(
-            everything, config.unlabelled_epochs, 0.0, f"{NGRAM} (teacher's soft targets)")]
+            everything, config.unlabelled_epochs, 0.0, f"{model_id} (teacher's soft targets)")]
         with atomic_dir(stage_one) as tmp, quiet_transformers():
             model.save_pretrained(tmp / "model")
             tokenizer.save_pretrained(tmp / "model")
@@ -235,11 +250,11 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
                 {"key": key, "mining": mined_stats, "history": history}, indent=1))
     if config.epochs > 0:
         history += [{**h, "stage": "labelled"} for h in fit(labelled, config.epochs,
-                                                             schedule.alpha, NGRAM)]
+                                                             schedule.alpha, model_id)]
     model.eval()
     metrics, preds = evaluate(model, tokenizer, data, schedule)
     memory = model.memory_bytes()
-    record = {"id": NGRAM, "kind": NGRAM, "key": key, "teacher_key": teacher["key"],
+    record = {"id": model_id, "kind": NGRAM, "key": key, "teacher_key": teacher["key"],
               "task": task, "data": data.source, "rows": len(tokenizer),
               "params": sum(p.numel() for p in model.parameters()),
               "memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
@@ -321,7 +336,8 @@ def model_card(record: dict, teacher: dict) -> str:
     ]) + "\n"
 
 
-def measure_ngram(run: RunDir | str | Path, task: str, protocol=None) -> dict:
+def measure_ngram(run: RunDir | str | Path, task: str, protocol=None, *,
+                  model_id: str = NGRAM) -> dict:
     """The student's latency under ``protocol`` (in a clean process, rescaled against
     the run's teacher as profiled, as every deployment figure is), stored as its
     ``deploy.json`` (float32: the table is read, not multiplied; the MLP is tiny), where
@@ -331,7 +347,7 @@ def measure_ngram(run: RunDir | str | Path, task: str, protocol=None) -> dict:
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
-    folder = run.finetune_dir(task, NGRAM)
+    folder = run.finetune_dir(task, model_id)
     record_file = folder / "metrics.json"
     if not record_file.is_file():
         raise ConfigError(f"has no n-gram student for {task}; run `nasbert ngram {run} "
@@ -347,7 +363,7 @@ def measure_ngram(run: RunDir | str | Path, task: str, protocol=None) -> dict:
     from nasbert.data.tasks import task_spec
 
     metrics = {s: record[s] for s in task_spec(task).dev_splits}
-    deploy = {"key": key, "id": NGRAM, "kind": NGRAM, "task": task,
+    deploy = {"key": key, "id": model_id, "kind": NGRAM, "task": task,
               "protocol": dataclasses.asdict(protocol),
               "candidates": [{"precision": "float32", "length_config": None,
                               "metrics": metrics, "ms": ms, "device": device}],
