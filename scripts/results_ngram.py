@@ -46,25 +46,22 @@ def student_config(task: str, text: tuple[str, ...]) -> NgramStudentConfig:
     """Each task's student: its training text, the in-domain text (``--text``) and
     perturbed training examples (pairs: 2 a pair, the sets are small), labelled by the
     teacher."""
-    base = NgramStudentConfig(texts=text, max_texts=30_000, lr=0.1, unlabelled_epochs=3,
-                              epochs=2, augment=AugmentConfig(per_example=2))
+    base = NgramStudentConfig(texts=text, max_texts=30_000, lr=0.1, unlabelled_epochs=2,
+                              epochs=1, augment=AugmentConfig(per_example=2))
     if task == "tweets":  # the 24,342 tweets the teacher did not see are its in-domain text
         return dataclasses.replace(base, texts=(), augment=AugmentConfig(per_example=1))
     return base
 
 
 def text_study(text: tuple[str, ...]) -> dict[str, NgramStudentConfig]:
-    """SST-2 students on more and more distillation text (the paper's main lever)."""
-    base = NgramStudentConfig(lr=0.1, unlabelled_epochs=3, epochs=2)
-    return {"training text only": base,
-            "+ 10,000 in-domain sentences": dataclasses.replace(base, texts=text,
-                                                                max_texts=10_000),
-            "+ 30,000 in-domain sentences": dataclasses.replace(base, texts=text,
-                                                                max_texts=30_000),
-            "+ 2 perturbed copies of each example": dataclasses.replace(
-                base, augment=AugmentConfig(per_example=2)),
-            "+ both": dataclasses.replace(base, texts=text, max_texts=30_000,
-                                          augment=AugmentConfig(per_example=2))}
+    """SST-2 students on more and more distillation text (the paper's main lever); the
+    last is the main student."""
+    main = student_config("sst2", text)
+    none = dataclasses.replace(main, texts=(), augment=AugmentConfig())
+    return {"training text only": none,
+            "+ 30,000 in-domain sentences": dataclasses.replace(main, augment=AugmentConfig()),
+            "+ 2 perturbed copies of each example": dataclasses.replace(main, texts=()),
+            "+ both (the main student)": main}
 
 
 def slug(name: str) -> str:
@@ -87,6 +84,43 @@ def tokenize_us(run: RunDir, task: str, data) -> tuple[float, float]:
             times.append((time.perf_counter() - start) / len(texts) * 1e6)
         out.append(statistics.median(times))
     return out[0], out[1]
+
+
+def mining_at_scale(sources: tuple[str, ...], max_ngrams: int = 4_000_000) -> dict:
+    """Every sentence of ``sources`` mined (at most ``max_ngrams`` rows), then a student
+    with that table built and timed at batch 1, in a fresh process, so that its peak
+    memory is the mining's and the table's alone."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_mine_and_time, sources, max_ngrams).result()
+
+
+def _mine_and_time(sources: tuple[str, ...], max_ngrams: int) -> dict:
+    import torch
+
+    from nasbert.compress.configuration_ngram import NgramConfig
+    from nasbert.compress.ngram import (
+        MiningConfig,
+        NgramForSequenceClassification,
+        mine_ngrams,
+        peak_rss_mb,
+    )
+    from nasbert.compress.ngram_distill import sentences
+    from nasbert.data.corpus import CorpusConfig, read_documents
+    from nasbert.latency.measure import measure
+
+    docs, _ = read_documents(CorpusConfig(sources=sources))
+    texts = [t for (t,) in sentences(docs, pair=False, limit=10**9, seed=0)]
+    mined = mine_ngrams(texts, MiningConfig(max_ngrams=max_ngrams))
+    torch.manual_seed(0)
+    model = NgramForSequenceClassification(NgramConfig(vocab_size=mined.stats["kept"] + 2,
+                                                       num_labels=2))
+    ms = measure(model, Protocol(batch=1))
+    return {**mined.stats, "sentences": len(texts), "ms": ms,
+            "table_mb": model.memory_bytes()["table"] / 2**20,
+            "peak_rss_mb_after_model": peak_rss_mb()}
 
 
 def main() -> None:
@@ -115,7 +149,8 @@ def main() -> None:
     study = {}
     if not args.no_study and "sst2" in datas:
         for name, config in text_study(text).items():
-            study[name] = train_ngram_student(run, datas["sst2"], config, model_id=slug(name))
+            study[name] = (records["sst2"] if config == student_config("sst2", text) else
+                           train_ngram_student(run, datas["sst2"], config, model_id=slug(name)))
 
     def model_dir(task: str, model_id: str) -> Path:
         return run.finetune_dir(task, model_id) / "model"
@@ -175,6 +210,23 @@ def main() -> None:
             acc = r["dev"]["accuracy"]
             lines.append(f"| {name} | {r['transfer_examples']:,} | {r['rows']:,} | {acc:.4f} | "
                          f"{acc / t:.1%} |")
+        curve = [(h["stage"], h["eval_accuracy"]) for h in records["sst2"]["history"]
+                 if "eval_accuracy" in h]
+        lines += ["", "The main student's dev accuracy after each epoch: "
+                  + ", ".join(f"{acc:.4f} ({stage})" for stage, acc in curve)
+                  + " (unlabelled: the teacher's soft targets on all the text; labelled: the "
+                  "training set with the transformer students' loss)."]
+    if text:
+        scale = mining_at_scale(text)
+        lines += ["", "## Millions of rows", "",
+                  f"All {scale['sentences']:,} sentences of {', '.join(text)} mined (n-grams of 1 "
+                  f"to 4 words, seen at least twice, at most 4,000,000): {scale['distinct']:,} "
+                  f"distinct, {scale['above_floor']:,} above the floor, {scale['kept']:,} kept, "
+                  f"in {scale['seconds']:.0f} s at a peak of {scale['peak_rss_mb']:,.0f} MB "
+                  f"resident. A student with that table ({scale['table_mb']:,.0f} MB, width 128) "
+                  f"runs a 128-word text in {scale['ms'] * 1000:.0f} us at batch 1 (peak "
+                  f"{scale['peak_rss_mb_after_model']:,.0f} MB with it); training adds Adagrad's "
+                  "state, as large as the table."]
     configs = "; ".join(f"{task}: {json.dumps(records[task]['config'])}" for task in args.tasks)
     text_out = header(
         "Sparse n-gram students", "python scripts/results_ngram.py " + " ".join(

@@ -151,7 +151,7 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
     """Every deployable form of the task's students measured under ``protocol``'s batch
     and sequence (either precision): full-length ones from ``deploy.json``, length
     configurations from ``lengths.json``, and the task's n-gram student
-(:mod:`~nasbert.compress.ngram_distill`) once measured."""
+    (:mod:`~nasbert.compress.ngram_distill`) once measured."""
     run = RunDir.of(run)
     protocol = protocol or Protocol()
     folder = run.finetune_dir(task)

@@ -120,11 +120,12 @@ def mine_ngrams(texts: Iterable[str], config: MiningConfig = MiningConfig()) -> 
     stats = {"texts": n_texts, "distinct": len(counts), "above_floor": len(kept),
              "kept": len(ngrams), "by_order": {str(n): by_order[n] for n in sorted(by_order)},
              "config": dataclasses.asdict(config), "seconds": round(time.time() - start, 1),
-             "peak_rss_mb": round(_peak_rss_mb(), 1)}
+             "peak_rss_mb": round(peak_rss_mb(), 1)}
     return Mined(ngrams, stats)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -145,7 +145,7 @@ def ngram_run(finetuned_run, glue, tmp_path_factory):
     text.write_text("\n".join(t for (t,) in data.split("train").texts[:60]) + "\n")
     config = NgramStudentConfig(texts=(str(text),), max_texts=40,
                                 augment=AugmentConfig(per_example=1), hidden_size=32,
-                                mlp_sizes=(32,), unlabelled_epochs=4, epochs=4, lr=0.1,
+                                mlp_sizes=(32,), unlabelled_epochs=3, epochs=3, lr=0.1,
                                 batch_size=16, mining=MiningConfig(min_count=1))
     record = train_ngram_student(run, data, config, progress=False)
     return run, data, config, record
