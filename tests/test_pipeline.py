@@ -48,7 +48,7 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
     from nasbert.compress.ngram import MiningConfig
     from nasbert.compress.ngram_distill import NgramStudentConfig
 
-    ngram = NgramStudentConfig(unlabelled_epochs=2, epochs=2, hidden_size=16, mlp_sizes=(16,),
+    ngram = NgramStudentConfig(unlabelled_epochs=1, epochs=1, hidden_size=16, mlp_sizes=(16,),
                                mining=MiningConfig(min_count=1))
     config = QuickstartConfig(recipe=str(recipe), task="sst2", data_dir=str(glue),
                               speedups=(1.0, 1e4), latency_samples=12, search_trials=20,

@@ -35,8 +35,8 @@ def _archs(space, n, seed):
     return fixed + [space.sample(rng) for _ in range(n - len(fixed))]
 
 
-def test_fifty_architectures_match_after_extraction_and_reload(minilm_space, minilm_supernet,
-                                                               tmp_path):
+def test_fifty_architectures_match_after_extraction_ten_after_a_reload(
+        minilm_space, minilm_supernet, tmp_path):
     ids, mask = check_batch(minilm_space.dims.vocab_size, batch=4, seq=24)
     worst = 0.0
     for i, arch in enumerate(_archs(minilm_space, 50, seed=0)):
@@ -50,6 +50,8 @@ def test_fifty_architectures_match_after_extraction_and_reload(minilm_space, min
                 assert got.shape == (4, 24, minilm_space.dims.hidden_size)
                 worst = max(worst, float((want - got).abs().max()))
                 assert torch.allclose(want, got, atol=ATOL, rtol=0), (str(arch), worst)
+        if i % 5:  # a save and a reload for one in five (the suite's time)
+            continue
         path = tmp_path / f"m{i}"
         model.save_pretrained(path)
         reloaded = AutoModel.from_pretrained(path).eval()

@@ -260,12 +260,12 @@ def _collator(tokenizer) -> Callable:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Encoded, *, batch_size: int = 128,
+def predict(model: nn.Module, dataset: torch.utils.data.Dataset, *, batch_size: int = 128,
             progress: str | None = None) -> Tensor:
     """Logits for every example, in order; computed in batches of similar lengths (less
     padding), with a progress bar named ``progress``."""
     model.eval()
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset.features["input_ids"][i]))
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     out = torch.empty(0)
     for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="batch",
                       disable=not progress, dynamic_ncols=True):
