@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from nasbert.compress.ngram import NgramTokenizer
-from nasbert.compress.ngram_distill import NgramStudentConfig, train_ngram_student
+from nasbert.compress.ngram_distill import NgramStudentConfig, measure_ngram, train_ngram_student
 from nasbert.data.tasks import load_task, task_spec
 from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.stage import finetune_teacher
@@ -145,6 +145,7 @@ def main() -> None:
         teacher_dir = finetune_teacher(run, data, schedule)
         teachers[task] = json.loads((teacher_dir / "metrics.json").read_text())
         records[task] = train_ngram_student(run, data, student_config(task, text))
+        measure_ngram(run, task, Protocol())  # into its deploy.json: query and glue.md read it
         datas[task] = data
     study = {}
     if not args.no_study and "sst2" in datas:
