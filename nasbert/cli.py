@@ -522,16 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="in-domain unlabelled text the teacher "
                    "labels: a file, a folder or hf:NAME (repeatable)")
     p.add_argument("--max-texts", type=int, default=100_000,
-                   help="sentences of that text labelled")
+                   help="sentences of that text labelled (default 100,000)")
     p.add_argument("--augment", type=int, default=0,
                    help="perturbed copies of each training example, teacher-labelled")
     p.add_argument("--max-ngrams", type=int, default=1_000_000, help="rows of the table, at most")
     p.add_argument("--min-count", type=int, default=2, help="times an n-gram must occur")
     p.add_argument("--max-n", type=int, default=4, help="n-grams of 1 to N words")
     p.add_argument("--dim", type=int, default=128, help="embedding width")
-    p.add_argument("--unlabelled-epochs", type=float, default=3.0)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=0.05, help="Adagrad's learning rate")
+    p.add_argument("--unlabelled-epochs", type=float, default=2.0,
+                   help="stage one: the teacher's soft targets on all the text")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="stage two: the labelled training set")
+    p.add_argument("--lr", type=float, default=0.1, help="Adagrad's learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -26,7 +26,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nasbert.compress.ngram import MiningConfig
 from nasbert.compress.ngram_distill import NgramStudentConfig, train_ngram_student
 from nasbert.errors import ConfigError
 from nasbert.finetune.augment import AugmentConfig
@@ -65,8 +64,7 @@ class QuickstartConfig:
         teacher_lr=1e-4, max_seq_len=64, max_train_examples=1000, max_dev_examples=600)
     # a sparse n-gram student of the task, distilled on its training text (the tweets
     # the teacher did not see read without labels); None: none
-    ngram: NgramStudentConfig | None = NgramStudentConfig(
-        task_texts=5000, unlabelled_epochs=3, epochs=2, lr=0.1, mining=MiningConfig(min_count=2))
+    ngram: NgramStudentConfig | None = NgramStudentConfig(task_texts=5000)
 
 
 @dataclasses.dataclass(frozen=True)
