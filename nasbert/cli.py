@@ -240,12 +240,15 @@ def _query_deployment(args: argparse.Namespace, run) -> None:
 def _deploy(args: argparse.Namespace) -> None:
     from nasbert.compress.deploy import prepare_deployment
     from nasbert.compress.length import LengthSearchConfig
+    from nasbert.compress.qat import QatConfig
     from nasbert.data.tasks import load_task
 
     data = load_task(args.task, args.data_dir)
+    qat = args.quantisation_aware
     rows = prepare_deployment(
         args.run_dir, data, models=args.subnet, protocol=_protocol(args),
         lengths=LengthSearchConfig(trials=args.trials) if args.length_adaptive else None,
+        qat=None if qat is None else QatConfig(threshold=qat / 100),
         progress=not args.quiet)
     print(f"{'deployable':<52} {data.spec.metric:>9} {'ms':>8}")
     for c in sorted(rows, key=lambda c: c.ms):
@@ -512,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-adaptive", action="store_true",
                    help="LengthDrop training and a search over length configurations")
     p.add_argument("--trials", type=int, default=60, help="length configurations tried")
+    p.add_argument("--quantisation-aware", type=float, metavar="POINTS", nargs="?", const=1.0,
+                   help="fine-tune quantisation-aware each model whose int8 form loses more "
+                   "than POINTS of the task's metric (default 1)")
     p.add_argument("--quiet", action="store_true")
     _add_protocol(p)
     p.set_defaults(func=_deploy)

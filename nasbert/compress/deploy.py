@@ -4,7 +4,9 @@ precision, length configuration) the run has measured within a latency budget.
 :func:`prepare_deployment` measures, for each fine-tuned student of a task, its float32
 and int8 forms at full length: dev metrics (int8 evaluated after quantisation) and
 latency, every model of the call in both precisions side by side in one clean process.
-Each model's figures go to ``finetune/<task>/<id>/deploy.json``. The length-adaptive
+Each model's figures go to ``finetune/<task>/<id>/deploy.json``. Where int8 loses more
+than a threshold, quantisation-aware fine-tuning (:mod:`~nasbert.compress.qat`) gives a
+second int8 form (``finetune/<task>/<id>-qat/deploy.json``). The length-adaptive
 candidates come from :func:`~nasbert.compress.length.search_lengths`
 (``finetune/<task>/<id>-lat/lengths.json``), measured the same way. Every latency is
 rescaled against the run's teacher as profiled (the latency stage's reference), so the
@@ -26,6 +28,8 @@ import shutil
 from pathlib import Path
 
 from nasbert.compress.length import SUFFIX, LengthDropConfig, LengthSearchConfig, search_lengths
+from nasbert.compress.qat import SUFFIX as QAT_SUFFIX
+from nasbert.compress.qat import QatConfig, qat_dir, train_quantization_aware
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
@@ -51,13 +55,15 @@ class Deployable:
     ms: float  # measured in a clean process, side by side with the others of its call
     device: str
     kind: str = "transformer"  # or "ngram": a sparse n-gram student, task-specific
+    quantisation_aware: bool = False  # int8 after quantisation-aware fine-tuning
 
     def describe(self) -> str:
         if self.kind == "ngram":
             return f"{self.model_id} (an n-gram student: task-specific, {self.precision})"
         length = ("full length" if self.length_config is None
                   else "length " + ", ".join(f"{r:g}" for r in self.length_config))
-        return f"{self.model_id} ({self.precision}, {length})"
+        precision = self.precision + (" quantisation-aware" if self.quantisation_aware else "")
+        return f"{self.model_id} ({precision}, {length})"
 
 
 def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
@@ -67,7 +73,7 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
                           f"--task {task}` first", source=str(run))
     have = sorted(p.name for p in folder.iterdir()
                   if (p / "metrics.json").is_file() and (p / "model").is_dir()
-                  and p.name != TEACHER and not p.name.endswith(SUFFIX)
+                  and p.name != TEACHER and not p.name.endswith((SUFFIX, QAT_SUFFIX))
                   and p.name.split("-")[0] != NGRAM)
     if models:
         missing = [m for m in models if m not in have]
@@ -82,13 +88,14 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
 def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                        models: list[str] | None = None, protocol: Protocol | None = None,
                        lengths: LengthSearchConfig | None = None,
-                       drop: LengthDropConfig | None = None,
+                       drop: LengthDropConfig | None = None, qat: QatConfig | None = None,
                        progress: bool = True) -> list[Deployable]:
     """float32 and int8 of each fine-tuned student of the task (default: every subnet's
-    plain fine-tuned model), measured and evaluated; with ``lengths``, each NAS-BERT
-    student also trained with LengthDrop (``drop``) and searched for length
-    configurations. What is done with the same inputs is skipped. Returns the students'
-    deployable forms."""
+    plain fine-tuned model), measured and evaluated; with ``qat``, each student whose
+    int8 form loses more than ``qat.threshold`` also fine-tuned quantisation-aware; with
+    ``lengths``, each NAS-BERT student also trained with LengthDrop (``drop``) and
+    searched for length configurations. What is done with the same inputs is skipped.
+    Returns the students' deployable forms."""
     import torch
 
     from nasbert.compress.quantize import quantize
@@ -129,6 +136,9 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
             atomic_write_text(run.finetune_dir(task, m) / "deploy.json", json.dumps(
                 {"key": keys[m], "id": m, "task": task, "protocol": dataclasses.asdict(protocol),
                  "candidates": rows, **provenance()}, indent=1))
+    if qat is not None:
+        for m in ids:
+            _quantisation_aware(run, data, m, qat, progress=progress)
     if lengths is not None:
         for m in ids:
             folder = run.finetune_dir(task, m)
@@ -139,6 +149,33 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
             search_lengths(run, data, m, schedule, lengths, drop=drop, protocol=protocol,
                            progress=progress)
     return [c for c in deployment_candidates(run, task, protocol) if c.model_id in ids]
+
+
+def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatConfig, *,
+                        progress: bool) -> None:
+    """Quantisation-aware fine-tuning of one student when its int8 form loses more than
+    ``config.threshold``, and that form's ``deploy.json``: dev metrics after quantising,
+    and the plain int8 form's latency (the same kernels on the same shapes)."""
+    task, metric, main = data.spec.name, data.spec.metric, data.spec.dev_splits[0]
+    plain = _stored(run, data.spec.name, model_id)
+    rows = {c["precision"]: c for c in plain["candidates"]}
+    loss = rows["float32"]["metrics"][main][metric] - rows["int8"]["metrics"][main][metric]
+    if config.threshold is not None and loss <= config.threshold:
+        return
+    record = train_quantization_aware(run, data, model_id, config, progress=progress)
+    folder = qat_dir(run, task, model_id)
+    key = digest([record["key"], plain["key"]])
+    if _stored(run, task, folder.name).get("key") == key:
+        return
+    metrics = {s: record[s] for s in data.spec.dev_splits}
+    if progress:
+        print(f"{model_id:<24} int8 quantisation-aware {metric} "
+              f"{metrics[main][metric]:.4f} (plain int8 "
+              f"{rows['int8']['metrics'][main][metric]:.4f})", flush=True)
+    atomic_write_text(folder / "deploy.json", json.dumps(
+        {"key": key, "id": model_id, "task": task, "protocol": plain["protocol"],
+         "quantisation_aware": True, "int8_loss": loss,
+         "candidates": [{**rows["int8"], "metrics": metrics}], **provenance()}, indent=1))
 
 
 def _stored(run: RunDir, task: str, model_id: str) -> dict:
@@ -172,7 +209,8 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
             out.append(Deployable(model_id, str(path.parent.relative_to(run.path)),
                                   c["precision"], None if full else tuple(length),
                                   first[spec_metric], metrics, c["ms"], c["device"],
-                                  stored.get("kind", "transformer")))
+                                  stored.get("kind", "transformer"),
+                                  stored.get("quantisation_aware", False)))
     return out
 
 

@@ -92,7 +92,8 @@ def test_a_length_configuration_is_exported_in_the_config(run, protocol, tmp_pat
 
 def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_path):
     quick = ["--repeats", "3", "--warmup", "1", "--seq", "32", "--quiet"]  # the fixture's
-    assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick]) == 0
+    assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick,
+                 "--quantisation-aware", "0.5"]) == 0
     table = capsys.readouterr().out
     assert "big (int8, full length)" in table and "small (float32, full length)" in table
     budget = 1e6  # anything fits: the most accurate of all
@@ -104,3 +105,47 @@ def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_
     assert main(["query", str(run), "--task", "cola", "--latency-ms", "5"]) == 2
     err = capsys.readouterr().err
     assert f"nasbert finetune {run} --task cola" in err and len(err.strip().splitlines()) == 1
+    assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick,
+                 "--quantisation-aware", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "threshold" in err and len(err.strip().splitlines()) == 1
+
+
+def test_int8_that_loses_is_fine_tuned_quantisation_aware(run, glue, protocol):
+    from nasbert.compress.qat import QatConfig, qat_dir, train_quantization_aware
+
+    data = load_task("sst2", glue)
+    found = prepare_deployment(run, data, protocol=protocol, qat=QatConfig(threshold=0.0),
+                               progress=False)
+    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found}
+    for m in ARCHS:  # trained exactly where int8 lost something
+        lost = by[(m, "float32", False)].metric - by[(m, "int8", False)].metric
+        assert ((m, "int8", True) in by) == (lost > 0), (m, lost)
+    # every model (threshold None): offered beside the plain int8 form, at its latency
+    found = prepare_deployment(run, data, protocol=protocol, qat=QatConfig(threshold=None),
+                               progress=False)
+    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found}
+    for m in ARCHS:
+        aware = by[(m, "int8", True)]
+        assert aware.ms == by[(m, "int8", False)].ms and aware.folder.endswith("-qat")
+        assert "int8 quantisation-aware" in aware.describe()
+    # the record is the int8 model's: loading the weights and quantising them gives its
+    # predictions; the weights moved from the student's
+    record = train_quantization_aware(run, data, "small", QatConfig(epochs=1), progress=False)
+    folder = qat_dir(run, "sst2", "small")
+    assert record["precision"] == "int8" and 0 <= record["dev"]["accuracy"] <= 1
+    from nasbert.compress.quantize import quantize
+    from nasbert.finetune.config import FinetuneConfig
+    from nasbert.finetune.distill import evaluate
+    from nasbert.finetune.stage import _load_classifier
+    from nasbert.schema import parse
+
+    schedule = parse(FinetuneConfig, json.loads(
+        (run.finetune_dir("sst2", "small") / "metrics.json").read_text())["config"], source="t")
+    model = quantize(_load_classifier(folder / "model", data.spec, 0))
+    metrics, _ = evaluate(model, run.tokenizer(), data, schedule)
+    assert metrics["dev"] == record["dev"]
+    source = _load_classifier(run.finetune_dir("sst2", "small") / "model", data.spec, 0)
+    trained = _load_classifier(folder / "model", data.spec, 0)
+    assert any(not torch.equal(a, b) for a, b in zip(source.state_dict().values(),
+                                                     trained.state_dict().values()))

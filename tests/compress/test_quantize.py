@@ -111,3 +111,25 @@ def test_both_precisions_are_measured_side_by_side(model_dir, tiny_teacher):
     times = measure_precisions([model_dir, tiny_teacher], Protocol(seq=32, repeats=3, rounds=1))
     assert set(times) == {"float32", "int8"}
     assert all(len(t) == 2 and min(t) > 0 for t in times.values())
+
+
+def test_fake_quantised_training_computes_as_int8_and_leaves_a_plain_model(model_dir):
+    import nasbert  # noqa: F401
+    from nasbert.compress.quantize import fake_quantized
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    keys = list(model.state_dict())
+    ids, mask = _batch()
+    with torch.no_grad():
+        fp32 = model(ids, attention_mask=mask).last_hidden_state
+        int8 = quantize(model)(ids, attention_mask=mask).last_hidden_state
+    with fake_quantized(model):
+        fake = model(ids, attention_mask=mask).last_hidden_state
+        fake.square().mean().backward()  # straight-through: gradients reach the weights
+    # measured: 0.015 % from int8 against 3.3 % for float32
+    assert _relative(int8, fake.detach()) < 0.05 * _relative(int8, fp32)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in linears)
+    assert sorted(model.state_dict()) == sorted(keys)  # plain again: saves and loads as before
+    with torch.no_grad():
+        assert torch.equal(model(ids, attention_mask=mask).last_hidden_state, fp32)
