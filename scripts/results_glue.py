@@ -36,6 +36,12 @@ PUBLISHED = {"sst2": ("MiniLM-L6-H384 (microsoft/unilm README)", 0.915)}
 KEPT = {"2x": 0.99, "4x": 0.97, "8x": 0.94}  # SST-2 share of the teacher to keep
 
 
+def title(spec) -> str:
+    """The task's name in headings: GLUE's own, or what the default task is."""
+    return "Tweets (the default task)" if spec.name == "tweets" \
+        else spec.folder
+
+
 def record(run: RunDir, task: str, folder: str) -> dict | None:
     path = run.finetune_dir(task, folder) / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -82,13 +88,13 @@ def task_section(run, task, plan, latency, config, data_dir) -> tuple[list[str],
     teacher = record(run, spec.name, TEACHER)
     means: dict = {}
     if teacher is None:
-        return [f"## {spec.folder}", "", "pending: the teacher is not fine-tuned yet.", ""], means
+        return [f"## {title(spec)}", "", "pending: the teacher is not fine-tuned yet.", ""], means
     t_metric = teacher[spec.dev_splits[0]][spec.metric]
     means[("", "teacher")] = t_metric
     base = latency[TEACHER]
     schedule = config.schedule(task)
     published = PUBLISHED.get(spec.name)
-    lines = [f"## {spec.folder}", "",
+    lines = [f"## {title(spec)}", "",
              f"{teacher['train_examples']:,} training examples, the whole dev set. Teacher "
              f"{spec.metric} {t_metric:.4f}"
              + (f" (published {published[0]}: {published[1]:.3f})" if published else "")
@@ -301,7 +307,7 @@ def plot(path: Path, run: RunDir, plan: dict, latency: dict, config: ResultsConf
         ax.set_xscale("log", base=2)
         ax.set_xlabel("measured CPU speedup over the teacher")
         ax.set_ylabel(f"dev {spec.metric}")
-        ax.set_title(spec.folder)
+        ax.set_title(title(spec))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
