@@ -15,12 +15,16 @@ the candidates were): met when within 1.05 x the budget.
 
     python scripts/results_deploy.py --run runs/wiki --data-dir ../shared/data/glue
 
+First, the run's latency table and predictors at each precision (the results run
+profiles float32; int8 is profiled here, once), whose held-out errors the page reports.
+
 Writes results/deploy.md and results/deploy.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -31,9 +35,11 @@ from nasbert.compress.deploy import Deployable, choose, prepare_deployment
 from nasbert.compress.length import LengthSearchConfig, lat_dir
 from nasbert.compress.qat import QatConfig
 from nasbert.data.tasks import load_task
+from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_bytes, atomic_write_text
-from nasbert.latency.measure import Protocol, measure_clean
-from nasbert.latency.stage import reference
+from nasbert.latency.measure import PRECISIONS, Protocol, measure_clean
+from nasbert.latency.stage import fit, load_predictor, profile, reference
+from nasbert.pipeline import ResultsConfig
 from nasbert.reporting import header
 from nasbert.run import TEACHER, RunDir
 
@@ -99,6 +105,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = RunDir(args.run)
     protocol = Protocol()
+    for precision in PRECISIONS:  # each precision's latency table (a no-op once measured)
+        p = dataclasses.replace(protocol, dtype=precision)
+        profile(run, p, samples=ResultsConfig().latency_samples)
+        fit(run, p)
     sections, points = [], {}
     for task in args.tasks:
         data = load_task(task, None if task == "tweets" else args.data_dir)
@@ -130,6 +140,7 @@ def main() -> None:
         goals = goal_lines(rows, ms, t_metric, task)
         budgets = budget_check(run, task, candidates, protocol)
         sections.append("\n".join(lines + ["", *goals, "", *budgets]))
+    sections.append("\n".join(predictor_lines(run, protocol)))
     text = header("Deployment: int8 and length-adaptive inference, chosen with the architecture",
                   "python scripts/results_deploy.py " + " ".join(
                       f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(v)}"
@@ -164,6 +175,28 @@ def goal_lines(rows, ms, t_metric: float, task: str) -> list[str]:
             top = max(best, default=0.0)
             out.append(f"- the whole stack: {top:.2f}x the float32 teacher at <= {loss} points "
                        f"lost (goal >= {speed}x): **{'met' if top >= speed else 'missed'}**")
+    return out
+
+
+def predictor_lines(run: RunDir, protocol: Protocol) -> list[str]:
+    """The latency stage's predictors per precision, with their held-out error (as
+    ``nasbert latency fit`` stored them)."""
+    out = ["## Latency predictors per precision (batch 1, sequence 128)", "",
+           "Each precision is its own device: profiled with `nasbert latency profile RUN "
+           "--precision P --samples 120`, fitted with `nasbert latency fit RUN --precision P` "
+           "(held-out split of the measured subnets).", "",
+           "| precision | predictor | held-out MAPE % | RMSE ms | Kendall tau | train / test |",
+           "| --- | --- | ---: | ---: | ---: | --- |"]
+    for precision in PRECISIONS:
+        p = dataclasses.replace(protocol, dtype=precision)
+        for kind in ("table", "learned"):
+            try:
+                e = load_predictor(run, p, kind).error
+            except ConfigError:
+                out.append(f"| {precision} | {kind} | not profiled | | | |")
+                continue
+            out.append(f"| {precision} | {kind} | {e['mape']:.2f} | {e['rmse']:.3f} | "
+                       f"{e['tau']:.3f} | {e['train']} / {e['n']} |")
     return out
 
 
