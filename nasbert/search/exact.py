@@ -3,9 +3,9 @@ parameter count) are sums over the embedding, the blocks and the projections bet
 consecutive stages, so choosing one path per block under a budget is a multiple-choice
 knapsack along a chain. It is solved exactly by dynamic programming over the blocks,
 whose state is the width of the last stage (the only thing a projection couples) and
-whether a token-mixing layer has been chosen yet (a model of feed-forward layers alone
-never lets its first token see the others, so it cannot classify from it; the
-block-wise score does not see that, so the solver requires one).
+whether an attention layer has been chosen yet (a classifier reads the first token,
+which only attention lets see the whole sequence; the block-wise score does not see
+that, so the solver requires one).
 
 Per state the programme keeps the partial architectures that fewer than ``k`` others
 dominate (no more costly and no worse), the *k-level Pareto set*: a partial solution
@@ -62,19 +62,25 @@ def _k_level(partials: list[_Partial], k: int) -> list[_Partial]:
     return kept
 
 
-def mixes_tokens(path: BlockArch) -> bool:
-    """Whether a path moves information between positions (attention or convolution):
-    a model with none cannot classify from its first token."""
-    return any(op[0] in "MS" for op in path.layers)
+def attends(path: BlockArch) -> bool:
+    """Whether a path has an attention layer: what lets the first token, which a
+    classifier reads, see the whole sequence. Feed-forward layers never move information
+    between positions and convolutions only between neighbours (the space's kernels, 3
+    to 7 wide over at most 12 layers, reach 73 positions at most). Measured: the results
+    run's 8x model, chosen when one 3-wide convolution counted, scored 0.59 on SST-2
+    (majority class 0.51) where the uniform 1-layer stack of the same latency learns the
+    task; in the supernet its first token's output was 9x further from the teacher's than
+    that token varies across sentences."""
+    return any(op[0] == "M" for op in path.layers)
 
 
 def solve(embeds: Sequence[int], choices: Sequence[Sequence[BlockArch]],
           embed_losses: Mapping[int, float], tables: Sequence[Mapping[BlockArch, float]],
           cost: AdditiveCost, dims: Dims, *, k: int = 1, limit: float | None = None,
-          require: Callable[[BlockArch], bool] | None = mixes_tokens) -> list[Solution]:
+          require: Callable[[BlockArch], bool] | None = attends) -> list[Solution]:
     """The k-level Pareto set of (score, cost) over every architecture made of one of
     ``embeds`` and one of ``choices[i]`` per block with at least one path that
-    ``require`` accepts (default: one that mixes tokens; None: no condition), sorted by
+    ``require`` accepts (default: one with attention; None: no condition), sorted by
     cost. ``limit`` (on the finished cost) drops what can only exceed it, for speed."""
     d = dims.hidden_size
     over = (lambda c: cost.finish(c) > limit) if limit is not None else (lambda c: False)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.run import RunDir
-from nasbert.search.exact import Solution
+from nasbert.search.exact import Solution, attends
 from nasbert.search.exact import pareto as exact_pareto
 from nasbert.search.searchers import (
     Budget,
@@ -128,7 +128,9 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
                              seed=seed)
         for c in found:
             everything[str(c.arch)] = c
-        feasible = sorted((c for c in found if guarded.fits(c)), key=lambda c: c.score)
+        # every backend: the models a classifier can use (the exact solver builds only those)
+        feasible = sorted((c for c in found if guarded.fits(c)
+                           and any(attends(b) for b in c.arch.blocks)), key=lambda c: c.score)
         if not feasible:
             smallest = min(found, key=lambda c: budget.violation(c))
             failures.append(f"no candidate fits {budget.name}; the smallest found is "

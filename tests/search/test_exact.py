@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nasbert.costs import AdditiveCost, params_cost, total
-from nasbert.search.exact import best_within, mixes_tokens, solve
+from nasbert.search.exact import attends, best_within, solve
 
 
 def _problem(space, seed: int):
@@ -36,7 +36,7 @@ def test_exact_solution_equals_brute_force(tiny_space, seed, which):
     assert len(archs) == tiny_space.size()
     scored = [(embed_losses[a.embed] + sum(t[b] for t, b in zip(tables, a.blocks)),
                total(cost, a, tiny_space.dims), a) for a in archs
-              if any(mixes_tokens(b) for b in a.blocks)]  # what the solver requires
+              if any(attends(b) for b in a.blocks)]  # what the solver requires
     assert len(scored) < len(archs)
     if which == "params":  # the additive parameter count is the model's exact one
         assert all(c == a.num_params(tiny_space.dims) for _, c, a in scored)
@@ -57,7 +57,7 @@ def test_exact_solution_equals_brute_force(tiny_space, seed, which):
     for s in solve(tiny_space.embed_sizes, choices, embed_losses, tables, cost,
                    tiny_space.dims, k=1):
         assert not any(c <= s.cost and sc < s.score - 1e-12 for sc, c, _ in scored)
-        assert any(mixes_tokens(b) for b in s.arch.blocks)
+        assert any(attends(b) for b in s.arch.blocks)
     # without the condition, the front is that of every architecture
     free = solve(tiny_space.embed_sizes, choices, embed_losses, tables, cost, tiny_space.dims,
                  k=1, require=None)
@@ -79,3 +79,12 @@ def test_exact_search_is_fast_on_the_default_space(minilm_prune_space):
                   space.dims, k=10)
     assert time.perf_counter() - t < 1.0
     assert front and all(a.cost <= b.cost for a, b in zip(front, front[1:]))
+
+
+def test_only_attention_lets_the_first_token_see_the_sequence():
+    from nasbert.space import BlockArch
+
+    assert attends(BlockArch(64, ("M", "I"))) and attends(BlockArch(64, ("F", "M4")))
+    # a convolution reaches neighbours only: the results run's 8x model had one, no
+    # attention, and classified SST-2 at 0.59
+    assert not attends(BlockArch(64, ("S3", "F"))) and not attends(BlockArch(64, ("F", "I")))

@@ -16,7 +16,7 @@ import pytest
 from nasbert import ConfigError, RunDir
 from nasbert.latency.stage import load_predictor
 from nasbert.search.approx import Approximator
-from nasbert.search.exact import mixes_tokens
+from nasbert.search.exact import attends
 from nasbert.search.searchers import (
     Budget,
     Evaluator,
@@ -69,8 +69,8 @@ def test_query_answers_budgets_never_searched_from_the_exact_front(run, searched
     for factor in (1.5, 2.5):
         wider = Budget(latency_ms=budget.latency_ms * factor)
         answer = query(run, wider, top_k=1)
-        brute = min((c for c in every if wider.fits(c)  # the solver requires token mixing
-                     and any(mixes_tokens(b) for b in c.arch.blocks)), key=lambda c: c.score)
+        brute = min((c for c in every if wider.fits(c)  # the solver requires attention
+                     and any(attends(b) for b in c.arch.blocks)), key=lambda c: c.score)
         assert answer.latency_ms <= wider.latency_ms
         assert answer.score == pytest.approx(brute.score)
         assert answer.score <= best.score
