@@ -6,7 +6,7 @@ and remembered.
 
 :meth:`Approximator.full_loss` is the fuller evaluation used to re-score the best few
 candidates per budget: the whole candidate, end to end, against the teacher's output
-on the whole dev split (every token, and the first token, which classifiers read).
+on the whole dev split.
 
 >>> approx = Approximator.from_run(RunDir("runs/qs"))   # doctest: +SKIP
 >>> approx.score(arch), approx.full_loss(arch)   # doctest: +SKIP
@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from nasbert.losses import masked_mse
 from nasbert.run import RunDir
@@ -85,21 +84,13 @@ class Approximator:
 
     @torch.no_grad()
     def full_loss(self, arch: Arch) -> float:
-        """End to end on the whole dev split (what the paper re-scores its top candidates
-        with): the MSE of the candidate's output to the teacher's over every token, plus
-        the same for the first token alone, which the classifier reads. The token mean
-        alone ranks a model that copies each token's own state first: measured on the
-        results run's 8x candidates, the one without attention had the lowest token MSE
-        (0.064 against 0.069 to 0.081) and a first-token MSE of 0.27 (0.17 to 0.21 with
-        attention; 0.099 for the uniform 1-layer stack, whose SST-2 accuracy was 0.83
-        against its 0.59)."""
+        """End-to-end MSE of the candidate's output to the teacher's, on the whole dev
+        split (what the paper re-scores its top candidates with)."""
         if self._all is None:
             self._all = self.teacher.batches(self._dev, self._batch_size)
-        losses = []
-        for ids, mask, states in self._all:
-            out = self.supernet(ids, attention_mask=mask, arch=arch).last_hidden_state
-            first = nn.functional.mse_loss(out[:, 0], states[-1][:, 0])
-            losses.append(float(masked_mse(out, states[-1], mask) + first))
+        losses = [float(masked_mse(self.supernet(ids, attention_mask=mask, arch=arch)
+                                   .last_hidden_state, states[-1], mask))
+                  for ids, mask, states in self._all]
         return sum(losses) / len(losses)
 
     def choices(self) -> list[list[BlockArch]]:
