@@ -160,10 +160,13 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
     plain = _stored(run, data.spec.name, model_id)
     rows = {c["precision"]: c for c in plain["candidates"]}
     loss = rows["float32"]["metrics"][main][metric] - rows["int8"]["metrics"][main][metric]
+    folder = qat_dir(run, task, model_id)
     if config.threshold is not None and loss <= config.threshold:
+        stale = folder / "deploy.json"  # made from an earlier form of the student
+        if stale.is_file() and json.loads(stale.read_text()).get("plain_key") != plain["key"]:
+            stale.unlink()
         return
     record = train_quantization_aware(run, data, model_id, config, progress=progress)
-    folder = qat_dir(run, task, model_id)
     key = digest([record["key"], plain["key"]])
     if _stored(run, task, folder.name).get("key") == key:
         return
@@ -173,8 +176,8 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
               f"{metrics[main][metric]:.4f} (plain int8 "
               f"{rows['int8']['metrics'][main][metric]:.4f})", flush=True)
     atomic_write_text(folder / "deploy.json", json.dumps(
-        {"key": key, "id": model_id, "task": task, "protocol": plain["protocol"],
-         "quantisation_aware": True, "int8_loss": loss,
+        {"key": key, "plain_key": plain["key"], "id": model_id, "task": task,
+         "protocol": plain["protocol"], "quantisation_aware": True, "int8_loss": loss,
          "candidates": [{**rows["int8"], "metrics": metrics}], **provenance()}, indent=1))
 
 
