@@ -157,7 +157,7 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
     ``config.threshold``, and that form's ``deploy.json``: dev metrics after quantising,
     and the plain int8 form's latency (the same kernels on the same shapes)."""
     task, metric, main = data.spec.name, data.spec.metric, data.spec.dev_splits[0]
-    plain = _stored(run, data.spec.name, model_id)
+    plain = _stored(run, task, model_id)
     rows = {c["precision"]: c for c in plain["candidates"]}
     loss = rows["float32"]["metrics"][main][metric] - rows["int8"]["metrics"][main][metric]
     folder = qat_dir(run, task, model_id)

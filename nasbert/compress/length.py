@@ -43,8 +43,14 @@ from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import Encoded, _decide, evaluate, predict, train_classifier
-from nasbert.finetune.stage import _cached, _load_classifier, _save, _workdir
+from nasbert.finetune.distill import _decide, evaluate, predict, train_classifier
+from nasbert.finetune.stage import (
+    _cached,
+    _load_classifier,
+    _save,
+    _workdir,
+    distillation_set,
+)
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import (
     PRECISIONS,
@@ -58,7 +64,7 @@ from nasbert.latency.measure import (
 from nasbert.latency.stage import reference
 from nasbert.ops import Attention
 from nasbert.provenance import provenance
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import RunDir
 from nasbert.schema import check
 
 SUFFIX = "-lat"
@@ -156,10 +162,7 @@ def lat_dir(run: RunDir, task: str, model_id: str) -> Path:
 
 
 def _sets(run: RunDir, data: TaskData, schedule: FinetuneConfig, config: LengthDropConfig):
-    stored = torch.load(run.finetune_dir(data.spec.name, TEACHER) / "train_logits.pt",
-                        weights_only=True)
-    examples = data.split("train").subset(schedule.max_train_examples, schedule.seed)
-    full = Encoded(run.tokenizer(), examples, schedule.max_seq_len, teacher=stored["logits"])
+    full, examples = distillation_set(run, data, schedule)
     train, held = _split(len(full), config)
     return (torch.utils.data.Subset(full, train), torch.utils.data.Subset(full, held),
             [examples.labels[i] for i in held])

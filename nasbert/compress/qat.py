@@ -29,10 +29,16 @@ from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import Encoded, evaluate, train_classifier
-from nasbert.finetune.stage import _cached, _load_classifier, _save, _workdir
+from nasbert.finetune.distill import evaluate, train_classifier
+from nasbert.finetune.stage import (
+    _cached,
+    _load_classifier,
+    _save,
+    _workdir,
+    distillation_set,
+)
 from nasbert.provenance import provenance
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import RunDir
 from nasbert.schema import check, parse
 
 SUFFIX = "-qat"
@@ -82,10 +88,8 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
     if cached:
         return cached
     schedule = parse(FinetuneConfig, student["config"], source=str(source))
-    stored = torch.load(run.finetune_dir(task, TEACHER) / "train_logits.pt", weights_only=True)
     tokenizer = run.tokenizer()
-    examples = data.split("train").subset(schedule.max_train_examples, schedule.seed)
-    train = Encoded(tokenizer, examples, schedule.max_seq_len, teacher=stored["logits"])
+    train, _ = distillation_set(run, data, schedule)
     model = _load_classifier(source / "model", data.spec, schedule.seed)
     start = time.time()
     with _workdir(folder) as work, fake_quantized(model, per_channel=config.per_channel):

@@ -208,6 +208,17 @@ def student_source(run: RunDir, model_id: str, init: str = "auto") -> tuple[Path
     return run.subnet_dir(model_id), "extracted"
 
 
+def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
+                     ) -> tuple[Encoded, Examples]:
+    """The task's training examples under ``config`` (its subset), encoded with the
+    fine-tuned teacher's cached logits: what every student of the task distils on."""
+    stored = torch.load(run.finetune_dir(data.spec.name, TEACHER) / "train_logits.pt",
+                        weights_only=True)
+    examples = data.split("train").subset(config.max_train_examples, config.seed)
+    return (Encoded(run.tokenizer(), examples, config.max_seq_len, teacher=stored["logits"]),
+            examples)
+
+
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                      config: FinetuneConfig, *, out_dir: Path | None = None,
                      on_epoch: Callable[[dict], None] | None = None,
@@ -233,10 +244,8 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     cached = _cached(folder, key)
     if cached:
         return cached
-    stored = torch.load(teacher_dir / "train_logits.pt", weights_only=True)
     tokenizer = run.tokenizer()
-    train_examples = data.split("train").subset(config.max_train_examples, config.seed)
-    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, teacher=stored["logits"])
+    train_set, train_examples = distillation_set(run, data, config)
     augmented = 0
     if config.augment.enabled:
         examples, logits = teacher_labelled(run, data, config, progress=progress)
