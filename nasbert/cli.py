@@ -113,8 +113,8 @@ def _distill(args: argparse.Namespace) -> None:
     if args.freeze_embeddings:
         given["freeze_embeddings"] = True
     config = parse(DistillConfig, given, source=source)
-    scaling = parse(ScalingConfig, {"workers": args.workers or 1, "address": args.address},
-                    source=source)
+    scaling = parse(ScalingConfig, {"workers": args.workers or 1, "address": args.address,
+                                    "use_gpu": args.gpu}, source=source)
     run = RunDir(args.run_dir)
     records = distill(run, args.subnet, config, scaling=scaling, progress=not args.quiet)
     for model_id, r in records.items():
@@ -368,8 +368,8 @@ def _quickstart(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     spec = task_spec(args.task)
-    rows = quickstart(run, QuickstartConfig(task=args.task, data_dir=args.data_dir),
-                      progress=not args.quiet)
+    rows = quickstart(run, QuickstartConfig(task=args.task, data_dir=args.data_dir,
+                                            gpu=args.gpu), progress=not args.quiet)
     print()
     print(render(rows, spec.name, spec.metric))
     print(f"\nwrote         {run.results}; models in {run.subnets}/, fine-tuned in "
@@ -459,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the word embeddings as extracted")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
     p.add_argument("--address", help="an existing Ray cluster to join (e.g. 'auto')")
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any stage-one field, e.g. --set lr=2e-4 --set attention_weight=0 "
                         "(repeatable)")
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default="runs/quickstart", help="run directory (resumed if present)")
     p.add_argument("--task", default="tweets")
     p.add_argument("--data-dir")
+    p.add_argument("--gpu", action="store_true",
+                   help="train the supernet and stage one on a CUDA GPU")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_quickstart)
 

@@ -65,6 +65,9 @@ class QuickstartConfig:
     # a sparse n-gram student of the task, distilled on its training text (the tweets
     # the teacher did not see read without labels); None: none
     ngram: NgramStudentConfig | None = NgramStudentConfig(task_texts=5000)
+    # train the supernet and stage one on a CUDA GPU (fine-tuning takes one when there
+    # is one); latency is still measured on the protocol's device
+    gpu: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +260,8 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     protocol = protocol or Protocol()
     config = config or QuickstartConfig()
     recipe = load_recipe(config.recipe)
+    scaling = dataclasses.replace(recipe.scaling, use_gpu=config.gpu)
+    recipe = dataclasses.replace(recipe, scaling=scaling)
     spec = task_spec(config.task)
     clock = StageClock(run, progress=progress)
     with clock.stage("supernet"):
@@ -269,7 +274,7 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
                            top_k=config.top_k, baselines=config.baselines, progress=progress)
     if config.stage_one:
         with clock.stage("stage one"):
-            distill(run, _plan_ids(plan), config.distill, progress=progress)
+            distill(run, _plan_ids(plan), config.distill, scaling=scaling, progress=progress)
     finetune_config = config.finetune
     if not config.stage_one:
         finetune_config = dataclasses.replace(finetune_config, init="extracted")
@@ -289,7 +294,7 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     table = render(rows, spec.name, spec.metric)
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in clock.this_call.items())
     atomic_write_text(run.results, header(
-        "Quickstart results", "nasbert quickstart",
+        "Quickstart results", "nasbert quickstart" + (" --gpu" if config.gpu else ""),
         run=f"`{run}`",
         task=f"{spec.name} (dev split; {config.finetune.max_train_examples or 'all'} "
              "training examples)",

@@ -85,6 +85,17 @@ def _write_tiny_corpus(folder: Path, docs: int = 40, words: int = 150) -> Path:
     return folder
 
 
+class StopAt:
+    """A training callback that stops after ``step`` steps, as a kill would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __call__(self, trainer) -> None:
+        if trainer.step == self.step:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with its own small WordPiece vocabulary, built here."""

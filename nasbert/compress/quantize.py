@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("float32", "int8")
@@ -48,7 +50,7 @@ def quantize(model: nn.Module, *, per_channel: bool = True, inplace: bool = Fals
 
     if not inplace:
         model = copy.deepcopy(model)
-    model = model.float().eval()
+    model = model.float().cpu().eval()  # where it left fine-tuning (a GPU, say)
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     # torch 2.13 warns that torch.ao.quantization and the quantised dtypes will move to
     # torchao (once per call and per quantised tensor); it is still the API this torch
@@ -76,21 +78,54 @@ class _FakeQuantWeight(nn.Module):
         scale, zero = observer.calculate_qparams()
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(
-                weight, scale.to(weight.dtype), zero.to(torch.int32), 0,
+                weight, scale.to(weight), zero.to(weight.device, torch.int32), 0,
                 observer.quant_min, observer.quant_max)
         return torch.fake_quantize_per_tensor_affine(
             weight, float(scale), int(zero), observer.quant_min, observer.quant_max)
 
 
-def _fake_quant_input(module: nn.Module, args: tuple) -> tuple:
-    """The input as the dynamic kernel quantises it: uint8 over its own range (zero
-    included) with the reduced range (7 bits) fbgemm uses for dynamic activations."""
-    x = args[0]
+def _round_input(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """``x`` as a dynamic kernel quantises it: uint8 over its own range (zero included)
+    with ``levels`` steps."""
     low = torch.clamp(x.detach().min(), max=0.0)
     high = torch.clamp(x.detach().max(), min=0.0)
-    scale = torch.clamp((high - low) / 127.0, min=1e-8)
-    zero = torch.clamp(torch.round(-low / scale), 0, 127).to(torch.int32)
-    return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 127), *args[1:])
+    scale = torch.clamp((high - low) / levels, min=1e-8)
+    zero = torch.clamp(torch.round(-low / scale), 0, levels).to(torch.int32)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, levels)
+
+
+@functools.cache
+@torch.no_grad()
+def activation_levels() -> int:
+    """How many steps this machine's dynamic int8 kernel quantises activations to: 127
+    where it reduces the range (fbgemm), 255 where it does not (oneDNN, which the x86
+    engine picks on some CPUs). Found by running the real kernel on one small layer."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16)
+    x = torch.randn(8, 64)
+    with _fake_quant_weights(layer):
+        simulated = {n: F.linear(_round_input(x, n), layer.weight, layer.bias)
+                     for n in (127, 255)}
+    real = quantize(nn.Sequential(layer))(x)  # the root module itself is never swapped
+    return min(simulated, key=lambda n: float((simulated[n] - real).abs().max()))
+
+
+def _fake_quant_input(module: nn.Module, args: tuple) -> tuple:
+    return (_round_input(args[0], activation_levels()), *args[1:])
+
+
+@contextlib.contextmanager
+def _fake_quant_weights(*linears: nn.Linear, per_channel: bool = True) -> Iterator[None]:
+    from torch.nn.utils import parametrize
+
+    try:
+        for m in linears:
+            parametrize.register_parametrization(m, "weight", _FakeQuantWeight(per_channel))
+        yield
+    finally:
+        for m in linears:
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
 
 
 @contextlib.contextmanager
@@ -99,21 +134,16 @@ def fake_quantized(model: nn.Module, *, per_channel: bool = True) -> Iterator[nn
     :func:`quantize` (weights and inputs rounded to int8's grid, straight-through
     gradients to the float32 weights), so training adapts the weights to the rounding.
     On exit the model is plain float32 again (its state dict unchanged in form)."""
-    from torch.nn.utils import parametrize
-
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    activation_levels()  # probed before any weight is rounded
     hooks = []
     try:
-        for m in linears:
-            parametrize.register_parametrization(m, "weight", _FakeQuantWeight(per_channel))
-            hooks.append(m.register_forward_pre_hook(_fake_quant_input))
-        yield model
+        with _fake_quant_weights(*linears, per_channel=per_channel):
+            hooks = [m.register_forward_pre_hook(_fake_quant_input) for m in linears]
+            yield model
     finally:
         for h in hooks:
             h.remove()
-        for m in linears:
-            if parametrize.is_parametrized(m, "weight"):
-                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -265,6 +265,7 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, *, batch_size: 
     """Logits for every example, in order; computed in batches of similar lengths (less
     padding), with a progress bar named ``progress``."""
     model.eval()
+    device = next(model.parameters()).device  # where fine-tuning left it (a GPU, say)
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     out = torch.empty(0)
     for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="batch",
@@ -273,7 +274,7 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, *, batch_size: 
         batch = collate([dataset[j] for j in idx])
         batch.pop("labels")
         batch.pop("teacher_logits", None)
-        logits = model(**batch).logits.float()
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
         if not out.numel():
             out = torch.empty(len(dataset), logits.shape[-1])
         out[idx] = logits

@@ -57,7 +57,8 @@ def hidden_bases(teacher: Teacher, ids: torch.Tensor, *, batch_size: int = 16
     """Per block: the principal directions of the teacher's hidden states at the
     block's boundaries (its input, each of its layers' outputs), as the rows of a
     ``d x d`` matrix by decreasing energy, and ``energy[h]``, the share the first ``h``
-    rows hold. Uncentred: the best rank-h linear autoencoder ``x -> B_h.T B_h x``."""
+    rows hold (both on the CPU). Uncentred: the best rank-h linear autoencoder
+    ``x -> B_h.T B_h x``."""
     bounds = teacher.boundaries
     moments = [0.0] * (len(bounds) - 1)
     count = 0
@@ -71,8 +72,8 @@ def hidden_bases(teacher: Teacher, ids: torch.Tensor, *, batch_size: int = 16
                 x = s.reshape(-1, s.shape[-1]).double()
                 moments[b] = moments[b] + x.T @ x
     out = []
-    for m in moments:
-        values, vectors = torch.linalg.eigh(m / count)  # ascending
+    for m in moments:  # on the CPU: the same decomposition whichever device trains
+        values, vectors = torch.linalg.eigh(m.cpu() / count)  # ascending
         values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
         energy = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)]) / values.sum()
         out.append((vectors.T.float(), energy.float()))

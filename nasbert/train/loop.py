@@ -79,7 +79,11 @@ class Worker:
         else:
             rank, world = 0, 1
         device = torch.device("cpu")
-        if use_gpu and torch.cuda.is_available():
+        if use_gpu:
+            if not torch.cuda.is_available():
+                raise ConfigError("asks for a GPU, but torch sees no CUDA device here; drop "
+                                  "--gpu (scaling.use_gpu) or install a CUDA build of torch",
+                                  source="scaling", field="use_gpu")
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return cls(rank, world, device)
 
@@ -95,8 +99,12 @@ class Worker:
             offset += t.numel()
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """In place; a CPU tensor travels through this worker's device (NCCL reduces
+        CUDA tensors only)."""
         if self.world > 1:
-            dist.all_reduce(tensor)
+            on_device = tensor.to(self.device)
+            dist.all_reduce(on_device)
+            tensor.copy_(on_device)
         return tensor
 
 

@@ -17,6 +17,8 @@ from nasbert.train import DistillConfig, distill
 from nasbert.train.loop import checkpoint_dirs
 from nasbert.train.stage_one import layer_map
 
+from conftest import StopAt
+
 # the tiny teacher: 2 layers of width 32 with 4 heads; the tiny space gives 4 heads at 32
 ATTENDING = "E32|H32:M,I|H32:M,S3"  # attention of the teacher's shape in both blocks
 NARROW = "E16|H16:M,F|H24:S3,I"  # narrower states (projected), no attention term
@@ -99,17 +101,6 @@ def test_attention_log_probabilities_reproduce_the_forward():
     assert torch.allclose(y, op(x, masks), atol=1e-5)
 
 
-class StopAt:
-    """Stops a training after ``step`` steps, as a kill would (the test's own exception)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def __call__(self, trainer) -> None:
-        if trainer.step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_resume_reproduces_an_uninterrupted_run(run, records):
     config = DistillConfig(**{**QUICK.__dict__, "seed": 1})
     straight = distill(run, ["narrow"], config, progress=False)["narrow"]
@@ -169,6 +160,8 @@ def test_distill_cli(run, records, capsys):
     (["--set", "hidden_weight=0", "--set", "attention_weight=0", "--set", "output_weight=0"],
      ["positive weight"]),
     (["--set", "nonsense=1"], ["unknown key 'nonsense'"]),
+    pytest.param(["--gpu"], ["no CUDA device", "drop --gpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
 ])
 def test_distill_bad_input(run, args, words, capsys):
     assert main(["distill", str(run), *args, "--quiet"]) == 2
