@@ -177,7 +177,8 @@ def _search(args: argparse.Namespace) -> None:
     run = RunDir(args.run_dir)
     chosen = search(run, _budgets(args), backend=args.backend, trials=args.trials,
                     predictor=args.predictor, top_k=args.top_k, protocol=_protocol(args),
-                    allow_foreign=args.any_device, export=not args.no_export)
+                    allow_foreign=args.any_device, export=not args.no_export,
+                    refine=args.refine)
     print(f"wrote         {run.search}/ (candidates.json, front.json, pareto.json, pareto.png, "
           "chosen.json)")
     if not args.no_export:
@@ -200,7 +201,8 @@ def _query(args: argparse.Namespace) -> None:
     print(f"latency       predicted {c.latency_ms:.2f} ms"
           + (f", measured {c.measured_ms:.2f} ms" if c.measured_ms else ""))
     print(f"score         {c.score:.4f} (approximated)"
-          + (f", end-to-end dev loss {c.full_loss:.4f}" if c.full_loss is not None else ""))
+          + (f", end-to-end dev loss {c.full_loss:.4f}" if c.full_loss is not None else "")
+          + (f" ({c.origin})" if c.origin else ""))
     if args.export:
         from nasbert.extract import save_subnet
 
@@ -492,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", choices=["best", "table", "learned"], default="best",
                    help="the latency predictor of optuna and ray (exact: the table)")
     p.add_argument("--top-k", type=int, default=10, help="re-scored end to end per budget")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="then N more architectures per budget from the whole space, by a "
+                        "local search on the end-to-end loss that starts from the best "
+                        "re-scored or hand-designed one (default 0: none)")
     p.add_argument("--any-device", action="store_true",
                    help="use a latency predictor measured on another device")
     p.add_argument("--no-export", action="store_true", help="do not write subnets/")

@@ -42,6 +42,10 @@ from nasbert.search.searchers import Budget
 from nasbert.search.stage import search
 from nasbert.train import DistillConfig, distill, train_supernet
 
+# end-to-end refinement per budget: at small budgets the block-wise score misranks (see
+# nasbert.search.refine), so both pipelines search the whole space around its best
+REFINE = 60
+
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
@@ -54,6 +58,7 @@ class QuickstartConfig:
     latency_samples: int = 32
     search_trials: int = 150
     top_k: int = 4
+    refine: int = REFINE  # architectures per budget (nasbert.search.refine)
     baselines: bool = True
     # stage one: every model distilled on the corpus with the same token budget
     stage_one: bool = True
@@ -128,7 +133,7 @@ class StageClock:
 
 
 def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: Protocol, *,
-                trials: int = 150, top_k: int = 5, baselines: bool = True,
+                trials: int = 150, top_k: int = 5, refine: int = 0, baselines: bool = True,
                 tolerance: float = 0.05, progress: bool = True) -> dict[str, dict[str, str]]:
     """Search at about each speedup (budget: teacher latency / speedup, plus
     ``tolerance``, the slack within which a budget counts as honoured) and match
@@ -160,7 +165,7 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
             print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
                   flush=True)
         try:
-            search(run, todo, trials=trials, top_k=top_k, protocol=protocol,
+            search(run, todo, trials=trials, top_k=top_k, refine=refine, protocol=protocol,
                    progress=progress)
         except ConfigError as e:  # some budget had no candidate: go on with the others
             why = str(e)
@@ -271,7 +276,8 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
         fit(run, protocol)
     with clock.stage("search and baselines"):
         plan = plan_models(run, config.speedups, protocol, trials=config.search_trials,
-                           top_k=config.top_k, baselines=config.baselines, progress=progress)
+                           top_k=config.top_k, refine=config.refine,
+                           baselines=config.baselines, progress=progress)
     if config.stage_one:
         with clock.stage("stage one"):
             distill(run, _plan_ids(plan), config.distill, scaling=scaling, progress=progress)
@@ -331,6 +337,7 @@ class ResultsConfig:
     speedups: tuple[float, ...] = (2.0, 4.0, 8.0)
     latency_samples: int = 120
     top_k: int = 10
+    refine: int = REFINE
     # 224 steps of 32 sequences of 128 tokens for every model: 10 minutes for the largest
     # (2x) here, 2.7 s a step (teacher with attention maps, student forward and backward)
     distill: DistillConfig = DistillConfig(tokens=917_504)
@@ -401,7 +408,7 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
         fit(run, protocol)
     with clock.stage("search and baselines"):
         plan = plan_models(run, config.speedups, protocol, top_k=config.top_k,
-                           progress=progress)
+                           refine=config.refine, progress=progress)
         latency = side_by_side(run, _plan_ids(plan), protocol)
     with clock.stage("stage one"):
         distill(run, _plan_ids(plan), config.distill, progress=progress)

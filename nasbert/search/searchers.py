@@ -74,6 +74,9 @@ class Candidate:
     params: int
     full_loss: float | None = None  # end to end, whole dev split (top candidates only)
     measured_ms: float | None = None  # measured afresh (chosen candidates only)
+    # where a re-scored candidate came from: None (the block-wise best), "hand-designed"
+    # or "refined" (nasbert.search.refine)
+    origin: str | None = None
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "arch": str(self.arch)}

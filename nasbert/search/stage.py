@@ -77,7 +77,8 @@ def _plot(path: Path, candidates: Sequence[Candidate], front: Sequence[Candidate
 def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str = "exact",
            trials: int = 300, top_k: int = 10, protocol: Protocol | None = None,
            predictor: str = "best", allow_foreign: bool = False, export: bool = True,
-           measure_top: int = 3, seed: int = 0, progress: bool = True) -> dict[str, Candidate]:
+           measure_top: int = 3, refine: int = 0, seed: int = 0,
+           progress: bool = True) -> dict[str, Candidate]:
     """Search every budget; write ``search/`` (candidates, the exact front, Pareto set and
     plot, chosen; the Optuna study for that back end) and, with ``export``,
     ``subnets/<budget>/`` (model + card). Returns the chosen candidate per budget.
@@ -87,16 +88,23 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     A latency budget is searched with a guard band of the predictor's held-out error;
     with ``export``, the ``measure_top`` best candidates (end to end) are measured side
     by side in one clean process and the best that measures within the budget is kept,
-    the next ones tried while none does."""
+    the next ones tried while none does. ``refine``: after the re-score, that many more
+    architectures per budget, from the whole space, evaluated end to end by a local
+    search that starts from the best of the re-scored pool and the hand-designed shapes
+    that fit (:mod:`~nasbert.search.refine`; 0: none)."""
     from nasbert.latency.measure import Protocol, fingerprint
     from nasbert.latency.stage import load_predictor, reference
     from nasbert.search.approx import Approximator
+    from nasbert.search.refine import refine as refine_candidates  # imports torch: not for query
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
     if not budgets:
         raise ConfigError("give at least one budget (--latency-ms or --params-m)",
                           source="search")
+    if refine < 0:
+        raise ConfigError(f"{refine} is negative; give 0 (no refinement) or more",
+                          source="search", field="refine")
     if backend not in ("exact", "optuna", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use exact, optuna or ray",
                           source="search")
@@ -139,6 +147,13 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
             continue
         rescored = sorted((dataclasses.replace(c, full_loss=approx.full_loss(c.arch))
                            for c in feasible[:top_k]), key=lambda c: c.full_loss)
+        if refine:
+            rescored = refine_candidates(
+                approx, rescored, lambda a: Candidate(a, float("nan"),
+                                                      float(pred.predict([a])[0]),
+                                                      a.num_params(space.dims)),
+                guarded.fits, evaluations=refine, seed=seed,
+                progress=f"refining {budget.name}" if progress else None)
         for c in rescored:
             everything[str(c.arch)] = c
         best = rescored[0]
@@ -150,7 +165,9 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         chosen[budget.name] = best
         if progress:
             print(f"{budget.name:<20} {best.arch}  score {best.score:.4f}  "
-                  f"predicted {best.latency_ms:.2f} ms"
+                  f"end to end {best.full_loss:.4f}"
+                  + (f" ({best.origin})" if best.origin else "")
+                  + f"  predicted {best.latency_ms:.2f} ms"
                   + (f"  measured {best.measured_ms:.2f} ms" if best.measured_ms else ""),
                   flush=True)
     fronts = searcher.fronts if isinstance(searcher, ExactSearcher) else {}
@@ -243,8 +260,9 @@ def _load_candidates(folder: Path) -> dict[str, Candidate]:
 def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candidate:
     """The best candidate within ``budget`` from ``search/`` alone (no model is loaded,
     no torch imported). From the exact search's front, which holds every budget's ``k``
-    best: of the ``top_k`` best by approximated score within the budget, the best end to
-    end where the search re-scored some of them, else the best score. Without a front
+    best: of the ``top_k`` best by approximated score within the budget and what
+    refinement evaluated, the best end to end where the search re-scored some of them,
+    else the best score. Without a front
     (a sampling back end), from the candidates the search evaluated."""
     run = RunDir.of(run)
     folder = run.search
@@ -269,7 +287,9 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
                           f"{' and '.join(need)} ({smallest.arch}); raise the budget",
                           source=f"budget {budget.name}")
     top = sorted(feasible, key=lambda c: c.score)[:top_k]
-    rescored = [c for c in top if c.full_loss is not None]
+    # and what refinement found: better end to end, though not by the block-wise score
+    rescored = [c for c in top if c.full_loss is not None] + [
+        c for c in feasible if c.origin is not None and c not in top]
     if rescored:
         return min(rescored, key=lambda c: c.full_loss)
     return top[0]
