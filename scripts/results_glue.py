@@ -329,6 +329,10 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                  for i in run.subnet_ids() if (run.distilled_dir(i) / "stage_one.json").is_file()]
     archs = {i: json.loads((run.subnet_dir(i) / "nasbert.json").read_text()).get("arch", "")
              for g in plan.values() for i in g.values()}
+    chosen = json.loads((run.search / "chosen.json").read_text())["chosen"]
+    found = {i: (f"{c['origin'] or 'block-wise best'}, end-to-end loss {c['full_loss']:.4f}"
+                 if c.get("full_loss") is not None else "")
+             for i, c in chosen.items() if i in archs}
     plot(out.with_suffix(".png"), run, plan, latency, config)
     atomic_write_text(out, "\n".join([
         header("GLUE at real size: searched subnets against the teacher and hand-designed "
@@ -346,8 +350,11 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                wall_time_per_stage=", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())),
         "## Goals", "", *goals(means, plan, speedup_name(max(config.speedups))), "",
         *sections, *ablation_section(run, plan, config), *estimate_section(run, config),
-        "## Models", "", "| id | architecture |", "| --- | --- |",
-        *[f"| {i} | `{md_cell(a)}` |" for i, a in archs.items()], "",
+        "## Models", "", "Searched models come from the block-wise best, or from the "
+        "end-to-end refinement of each budget (`nasbert.search.refine`).", "",
+        "| id | architecture | found by |", "| --- | --- | --- |",
+        *[f"| {i} | `{md_cell(a)}` | {found.get(i, 'hand-designed baseline')} |"
+          for i, a in archs.items()], "",
         f"![dev metric vs measured speedup]({out.with_suffix('.png').name})", ""]))
     print(f"wrote {out}")
 
