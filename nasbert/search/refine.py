@@ -15,8 +15,8 @@ prefix), and a first-improvement local search starts from the pool's best: it tr
 random order, the neighbours within the budget (one block's path changed to any path of
 the space, or the embedding size), moves to the first whose end-to-end loss is lower and
 looks around there, and stops after ``evaluations`` new architectures or at a local
-optimum. What it returns
-never loses, on that loss, to a hand design the space can express.
+optimum. What it returns never loses, on that loss, to a hand design the space can
+express.
 
 >>> refined = refine(approx, rescored, cost, budget.fits, evaluations=60)  # doctest: +SKIP
 """
@@ -34,19 +34,20 @@ from nasbert.errors import ConfigError
 from nasbert.search.baselines import prefix_arch, uniform_archs
 from nasbert.search.exact import attends
 from nasbert.search.searchers import Candidate
-from nasbert.space import Arch, SearchSpace
+from nasbert.space import IDENTITY, Arch, SearchSpace
 
 if TYPE_CHECKING:
     from nasbert.search.approx import Approximator
 
 __all__ = ["hand_designed", "refine"]
 
+
 def hand_designed(space: SearchSpace, fits: Callable[[Arch], bool]) -> list[Arch]:
     """The hand-designed shapes that fit: for each width, the uniform stack with the most
     layers, and the teacher's longest prefix."""
     deepest: dict[int, tuple[int, Arch]] = {}
     for arch in uniform_archs(space).values():
-        layers = sum(op != "I" for b in arch.blocks for op in b.layers)
+        layers = sum(op != IDENTITY for b in arch.blocks for op in b.layers)
         width = arch.blocks[0].hidden
         if fits(arch) and layers > deepest.get(width, (0, None))[0]:
             deepest[width] = (layers, arch)
