@@ -225,7 +225,9 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
              "prefix (scored as its architecture in the space: the teacher's layers, then "
              "identity blocks). Block-wise score: the performance approximator's sum of "
              "block distillation losses (what the search ranks by); end-to-end: the "
-             "supernet's output against the teacher's on the corpus's dev split; stage one: "
+             "supernet's output against the teacher's on the corpus's dev split (every "
+             "token's MSE plus the first token's, what the search re-scores and refines "
+             "by); stage one: "
              "the model's dev loss after stage one. Lower is better for all three.", "",
              f"| model | block-wise score | end-to-end loss | stage-one loss | dev {spec.metric} |",
              "| --- | ---: | ---: | ---: | ---: |"]
