@@ -279,6 +279,32 @@ def ablation_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str
     return lines
 
 
+def superseded_section(run: RunDir, config: ResultsConfig) -> list[str]:
+    """Searched models an earlier search chose and a later one replaced, with what they
+    scored at seed 0: each folder of ``<run>/attic/`` keeps one such re-plan's models."""
+    attic = run.path / "attic"
+    rows = {}
+    for path in sorted(attic.rglob("metrics.json")) if attic.is_dir() else []:
+        r = json.loads(path.read_text())
+        if r.get("id") == TEACHER or r.get("config", {}).get("student_seed") not in (None, 0):
+            continue  # seed 0's students only
+        spec = task_spec(r["task"])
+        key = (path.relative_to(attic).parts[0], r["id"], r.get("arch", ""))
+        rows.setdefault(key, {})[spec.name] = r["dev"][spec.metric]
+    if not rows:
+        return []
+    tasks = [task_spec(t).name for t in config.tasks]
+    lines = ["## Superseded searched models", "",
+             "What earlier searches chose for the same budgets, before the search changed "
+             "(the folder of `attic/` says why), and what they scored at seed 0.", "",
+             "| attic | budget | architecture | " + " | ".join(tasks) + " |",
+             "| --- | --- | --- |" + " ---: |" * len(tasks)]
+    for (folder, model_id, arch), got in rows.items():
+        cells = [f"{got[t]:.4f}" if t in got else "" for t in tasks]
+        lines.append(f"| {folder} | {model_id} | `{md_cell(arch)}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def plot(path: Path, run: RunDir, plan: dict, latency: dict, config: ResultsConfig) -> None:
     import io
 
@@ -352,6 +378,7 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                wall_time_per_stage=", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())),
         "## Goals", "", *goals(means, plan, speedup_name(max(config.speedups))), "",
         *sections, *ablation_section(run, plan, config), *estimate_section(run, config),
+        *superseded_section(run, config),
         "## Models", "", "Searched models come from the block-wise best, or from the "
         "end-to-end refinement of each budget (`nasbert.search.refine`).", "",
         "| id | architecture | found by |", "| --- | --- | --- |",
