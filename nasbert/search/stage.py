@@ -39,6 +39,10 @@ from nasbert.search.searchers import (
 if TYPE_CHECKING:
     from nasbert.latency.measure import Protocol
 
+# what ``full_loss`` means in the stored candidates (nasbert.search.approx): a store
+# written under another definition has its end-to-end losses dropped when read
+END_TO_END = "token MSE + first-token MSE"
+
 
 def pareto(candidates: Sequence[Candidate]) -> list[Candidate]:
     """The candidates no other one beats on both score and predicted latency."""
@@ -230,7 +234,8 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
     old_chosen = {}
     if (folder / "chosen.json").is_file():
         old_chosen = json.loads((folder / "chosen.json").read_text())["chosen"]
-    meta = {"fingerprint": pred.fingerprint, "predictor": pred.kind, "error": pred.error}
+    meta = {"fingerprint": pred.fingerprint, "predictor": pred.kind, "error": pred.error,
+            "end_to_end": END_TO_END}
     atomic_write_text(folder / "candidates.json", json.dumps(
         {**meta, "candidates": [c.to_dict() for c in cands]}))
     atomic_write_text(folder / "pareto.json", json.dumps(
@@ -251,10 +256,17 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
 
 
 def _load_candidates(folder: Path) -> dict[str, Candidate]:
+    """The stored candidates; end-to-end losses of another definition than today's
+    (:data:`END_TO_END`) are dropped, and with them what refinement found by them."""
     path = folder / "candidates.json"
     if not path.is_file():
         return {}
-    return {c["arch"]: Candidate.from_dict(c) for c in json.loads(path.read_text())["candidates"]}
+    stored = json.loads(path.read_text())
+    out = {c["arch"]: Candidate.from_dict(c) for c in stored["candidates"]}
+    if stored.get("end_to_end") != END_TO_END:
+        out = {a: dataclasses.replace(c, full_loss=None) for a, c in out.items()
+               if c.origin is None}
+    return out
 
 
 def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candidate:

@@ -95,3 +95,17 @@ def test_a_negative_refinement_is_one_clear_error(setting, capsys):
                  "--refine", "-1", "--no-export"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "refine" in err and "negative" in err
+
+
+def test_end_to_end_losses_of_another_definition_are_not_compared(setting, protocol, tmp_path):
+    """A store written when the end-to-end loss meant something else answers from the
+    block-wise scores until searched again, not from incomparable losses."""
+    run, _, budget, _ = setting
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    search(copy, [budget], top_k=3, protocol=protocol, export=False, refine=4, progress=False)
+    assert query(copy, budget).full_loss is not None
+    path = copy.search / "candidates.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "end_to_end": "token MSE"}))
+    answer = query(copy, budget)
+    assert answer.full_loss is None and answer.origin is None
