@@ -42,10 +42,9 @@ from nasbert.search.searchers import Budget
 from nasbert.search.stage import search
 from nasbert.train import DistillConfig, distill, train_supernet
 
-# end-to-end refinement per budget: at small budgets the block-wise score misranks (see
-# nasbert.search.refine), so both pipelines search the whole space around its best. The
-# quickstart's 30 cost about 75 s here beside another job (60: 150 s), inside its
-# 15-minute goal
+# the results run's end-to-end refinement per budget: at small budgets the block-wise
+# score misranks (see nasbert.search.refine). The quickstart refines 30: about 75 s here
+# beside another job (60: 150 s), inside its 15-minute goal
 REFINE = 60
 
 
@@ -267,7 +266,7 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     protocol = protocol or Protocol()
     config = config or QuickstartConfig()
     recipe = load_recipe(config.recipe)
-    scaling = dataclasses.replace(recipe.scaling, use_gpu=config.gpu)
+    scaling = dataclasses.replace(recipe.scaling, use_gpu=config.gpu or recipe.scaling.use_gpu)
     recipe = dataclasses.replace(recipe, scaling=scaling)
     spec = task_spec(config.task)
     clock = StageClock(run, progress=progress)

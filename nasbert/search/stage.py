@@ -274,8 +274,8 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     no torch imported). From the exact search's front, which holds every budget's ``k``
     best: of the ``top_k`` best by approximated score within the budget and what
     refinement evaluated, the best end to end where the search re-scored some of them,
-    else the best score. Without a front
-    (a sampling back end), from the candidates the search evaluated."""
+    else the best score. Without a front (a sampling back end), from the candidates the
+    search evaluated."""
     run = RunDir.of(run)
     folder = run.search
     if not (folder / "candidates.json").is_file():
