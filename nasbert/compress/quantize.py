@@ -100,9 +100,10 @@ def activation_levels() -> int:
     """How many steps this machine's dynamic int8 kernel quantises activations to: 127
     where it reduces the range (fbgemm), 255 where it does not (oneDNN, which the x86
     engine picks on some CPUs). Found by running the real kernel on one small layer."""
-    torch.manual_seed(0)
-    layer = nn.Linear(64, 16)
-    x = torch.randn(8, 64)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(0)
+        layer = nn.Linear(64, 16)
+        x = torch.randn(8, 64)
     with _fake_quant_weights(layer):
         simulated = {n: F.linear(_round_input(x, n), layer.weight, layer.bias)
                      for n in (127, 255)}
