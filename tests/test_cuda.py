@@ -1,6 +1,7 @@
-"""The GPU paths: supernet training, stage one, fine-tuning and latency on CUDA compute
-what the CPU computes, and what they write loads and resumes on a machine without one.
-Skipped where there is no CUDA GPU (CI, the 2-core machine)."""
+"""The GPU paths: supernet training, stage one and latency on CUDA compute what the CPU
+computes, and what they write loads and resumes on a machine without one (fine-tuning
+takes a GPU whenever torch sees one: the whole suite run there covers it). Skipped
+where there is no CUDA GPU (CI, the 2-core machine)."""
 
 from __future__ import annotations
 
