@@ -188,6 +188,12 @@ def goals(means_by_task: dict[str, dict], plan: dict, smallest: str) -> list[str
     return lines
 
 
+def stage_one_loss(record: dict) -> float:
+    """Stage one's final dev loss without its attention term, comparable across models."""
+    end = record["dev_loss_end"]
+    return end.get("hidden", 0.0) + end.get("output", 0.0)
+
+
 def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     """Every model fine-tuned on the estimate task at seed 0 against the search's
     block-wise score (and the supernet's end-to-end loss, and stage one's): Kendall's
@@ -214,21 +220,30 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
         else:
             arch = Arch.parse(card["arch"])
         stage_one = run.distilled_dir(model_id) / "stage_one.json"
-        s1 = (json.loads(stage_one.read_text())["dev_loss_end"]["loss"]
+        s1 = (stage_one_loss(json.loads(stage_one.read_text()))
               if stage_one.is_file() else float("nan"))
         score = approx.score(arch) if arch else float("nan")
         full = approx.full_loss(arch) if arch else float("nan")
         rows.append((model_id, score, full, s1, r[spec.dev_splits[0]][spec.metric]))
+    for folder, r, stage_one in superseded(run):  # more points for the ranking
+        if r["task"] != spec.name or not r.get("arch"):
+            continue
+        arch = Arch.parse(r["arch"])
+        s1 = stage_one_loss(stage_one) if stage_one else float("nan")
+        rows.append((f"{r['id']} (attic/{folder})", approx.score(arch), approx.full_loss(arch),
+                     s1, r[spec.dev_splits[0]][spec.metric]))
     lines = ["## The search's estimate against the fine-tuned result", "",
              f"Every model of the run fine-tuned on {spec.folder} (seed 0): the searched "
-             "subnets, every uniform stack the baselines short-listed and every teacher "
-             "prefix (scored as its architecture in the space: the teacher's layers, then "
-             "identity blocks). Block-wise score: the performance approximator's sum of "
+             "subnets (those of earlier searches too, kept under `attic/`), every uniform "
+             "stack the baselines short-listed and every teacher prefix (scored as its "
+             "architecture in the space: the teacher's layers, then identity blocks). "
+             "Block-wise score: the performance approximator's sum of "
              "block distillation losses (what the search ranks by); end-to-end: the "
              "supernet's output against the teacher's on the corpus's dev split (every "
-             "token's MSE plus the first token's, what the search re-scores and refines "
-             "by); stage one: "
-             "the model's dev loss after stage one. Lower is better for all three.", "",
+             "token's MSE, what the search re-scores by); stage one: the model's dev loss "
+             "after stage one, its hidden-state and "
+             "output terms (every model has those; attention maps are distilled only "
+             "where the heads match the teacher's). Lower is better for all three.", "",
              f"| model | block-wise score | end-to-end loss | stage-one loss | dev {spec.metric} |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for model_id, score, full, s1, metric in sorted(rows, key=lambda x: x[1]):
@@ -246,6 +261,14 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
                         f"**{'met' if ok else 'missed'}**")
             lines.append(f"- Kendall tau of the {name} (negated) with dev {spec.metric}, "
                          f"{len(pairs)} models: {tau:.3f}{goal}")
+        # The supernet's paths are trained to reproduce the teacher's output; a prefix's
+        # identity blocks are not, so its scores say how far its layer k is from the
+        # teacher's last layer, not how well it fine-tunes: the ranking without them.
+        pairs = [(-x[col], x[4]) for x in rows
+                 if x[col] == x[col] and not x[0].startswith("teacher-first-")]
+        if len(pairs) >= 3:
+            tau = kendalltau(*zip(*pairs)).statistic
+            lines.append(f"  - without the teacher prefixes, {len(pairs)} models: {tau:.3f}")
     if len(metric) < 12:
         lines.append(f"- {len(metric)} models fine-tuned so far (12 or more when the run "
                      "finishes)")
@@ -279,17 +302,27 @@ def ablation_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str
     return lines
 
 
-def superseded_section(run: RunDir, config: ResultsConfig) -> list[str]:
-    """Searched models an earlier search chose and a later one replaced, with what they
-    scored at seed 0: each folder of ``<run>/attic/`` keeps one such re-plan's models."""
+def superseded(run: RunDir):
+    """``(attic folder, fine-tuning record, stage-one record or None)`` of every seed-0
+    student the re-plans moved under ``<run>/attic/``."""
     attic = run.path / "attic"
-    rows = {}
     for path in sorted(attic.rglob("metrics.json")) if attic.is_dir() else []:
         r = json.loads(path.read_text())
         if r.get("id") == TEACHER or r.get("config", {}).get("student_seed") not in (None, 0):
             continue  # seed 0's students only
+        folder = attic / path.relative_to(attic).parts[0]
+        stage_one = [json.loads(p.read_text()) for p in sorted(folder.rglob("stage_one.json"))]
+        stage_one = [s for s in stage_one if s.get("id") == r["id"]]
+        yield folder.name, r, stage_one[0] if stage_one else None
+
+
+def superseded_section(run: RunDir, config: ResultsConfig) -> list[str]:
+    """Searched models an earlier search chose and a later one replaced, with what they
+    scored at seed 0: each folder of ``<run>/attic/`` keeps one such re-plan's models."""
+    rows = {}
+    for folder, r, _ in superseded(run):
         spec = task_spec(r["task"])
-        key = (path.relative_to(attic).parts[0], r["id"], r.get("arch", ""))
+        key = (folder, r["id"], r.get("arch", ""))
         rows.setdefault(key, {})[spec.name] = r["dev"][spec.metric]
     if not rows:
         return []
@@ -379,8 +412,9 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
         "## Goals", "", *goals(means, plan, speedup_name(max(config.speedups))), "",
         *sections, *ablation_section(run, plan, config), *estimate_section(run, config),
         *superseded_section(run, config),
-        "## Models", "", "Searched models come from the block-wise best, or from the "
-        "end-to-end refinement of each budget (`nasbert.search.refine`).", "",
+        "## Models", "", "Searched models come from the block-wise best re-scored end to "
+        "end (NAS-BERT's procedure), or, where asked for, from the end-to-end refinement of "
+        "each budget (`nasbert.search.refine`).", "",
         "| id | architecture | found by |", "| --- | --- | --- |",
         *[f"| {i} | `{md_cell(a)}` | {found.get(i, 'hand-designed baseline')} |"
           for i, a in archs.items()], "",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # what ``full_loss`` means in the stored candidates (nasbert.search.approx): a store
 # written under another definition has its end-to-end losses dropped when read
-END_TO_END = "token MSE + first-token MSE"
+END_TO_END = "token MSE"
 
 
 def pareto(candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -106,6 +106,6 @@ def test_end_to_end_losses_of_another_definition_are_not_compared(setting, proto
     assert query(copy, budget).full_loss is not None
     path = copy.search / "candidates.json"
     stored = json.loads(path.read_text())
-    path.write_text(json.dumps({**stored, "end_to_end": "token MSE"}))
+    path.write_text(json.dumps({**stored, "end_to_end": "token MSE + first-token MSE"}))
     answer = query(copy, budget)
     assert answer.full_loss is None and answer.origin is None
