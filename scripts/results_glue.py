@@ -391,7 +391,7 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
     archs = {i: json.loads((run.subnet_dir(i) / "nasbert.json").read_text()).get("arch", "")
              for g in plan.values() for i in g.values()}
     chosen = json.loads((run.search / "chosen.json").read_text())["chosen"]
-    found = {i: (f"{c['origin'] or 'block-wise best'}, end-to-end loss {c['full_loss']:.4f}"
+    found = {i: (f"{c.get('origin') or 'block-wise best'}, end-to-end loss {c['full_loss']:.4f}"
                  if c.get("full_loss") is not None else "")
              for i, c in chosen.items() if i in archs}
     plot(out.with_suffix(".png"), run, plan, latency, config)
