@@ -82,13 +82,17 @@ def majority(task: str, data_dir: str | None) -> str:
         data.spec, [label] * len(dev), dev.labels).items())
 
 
-def task_section(run, task, plan, latency, config, data_dir) -> tuple[list[str], dict]:
-    """The task's table and the means the goals read: {(group, kind): mean}."""
+def task_section(run, task, plan, latency, config, data_dir
+                 ) -> tuple[list[str], dict, dict]:
+    """The task's table and what the goals read: {(group, kind): mean over the seeds}
+    (models with every seed done) and {(group, kind): the first seed's value}."""
     spec = task_spec(task)
     teacher = record(run, spec.name, TEACHER)
     means: dict = {}
+    firsts: dict = {}
     if teacher is None:
-        return [f"## {title(spec)}", "", "pending: the teacher is not fine-tuned yet.", ""], means
+        return ([f"## {title(spec)}", "", "pending: the teacher is not fine-tuned yet.", ""],
+                means, firsts)
     t_metric = teacher[spec.dev_splits[0]][spec.metric]
     means[("", "teacher")] = t_metric
     base = latency[TEACHER]
@@ -118,7 +122,7 @@ def task_section(run, task, plan, latency, config, data_dir) -> tuple[list[str],
             if len(values) == len(seeds):
                 means[(group, kind)] = statistics.mean(values)
             if r is not None:  # the first seed alone: what the goals say while seeds run
-                means[(group, kind, "first seed")] = r[spec.dev_splits[0]][spec.metric]
+                firsts[(group, kind)] = r[spec.dev_splits[0]][spec.metric]
     ngram = record(run, spec.name, NGRAM)
     deploy = run.finetune_dir(spec.name, NGRAM) / "deploy.json"
     if ngram is not None and deploy.is_file():  # `nasbert ngram` measured it (its own call)
@@ -127,7 +131,7 @@ def task_section(run, task, plan, latency, config, data_dir) -> tuple[list[str],
         lines.append(f"| n-gram student (task-specific; results/ngram.md) | "
                      f"{ngram['params'] / 1e6:.2f}M, sparse | {ms:.3f} | {base / ms:,.0f}x | "
                      f"{value:.4f} (1 seed) | {value / t_metric:.1%} |")
-    return lines + [""], means
+    return lines + [""], means, firsts
 
 
 def _schedule_text(schedule) -> str:
@@ -137,43 +141,41 @@ def _schedule_text(schedule) -> str:
                      if getattr(schedule, k) not in (None, 0, 0.0))
 
 
-def goals(means_by_task: dict[str, dict], plan: dict, smallest: str) -> list[str]:
+def comparisons(values_by_task: dict[str, dict], plan: dict):
+    """``(task, group, baseline kind, searched, baseline)`` for every planned comparison;
+    a value is None while its model is not done."""
+    for task, values in values_by_task.items():
+        for group, ids in plan.items():
+            for kind in ("uniform", "teacher-first-k"):
+                if kind in ids:
+                    yield (task, group, kind, values.get((group, "searched")),
+                           values.get((group, kind)))
+
+
+def goals(means_by_task: dict[str, dict], firsts_by_task: dict[str, dict], plan: dict,
+          smallest: str) -> list[str]:
     lines = []
     below, pending, margins = [], [], []
-    for task, means in means_by_task.items():
-        for group, ids in plan.items():
-            searched = means.get((group, "searched"))
-            for kind in ("uniform", "teacher-first-k"):
-                if kind not in ids:
-                    continue
-                other = means.get((group, kind))
-                if searched is None or other is None:
-                    pending.append(f"{task} {group} {kind}")
-                    continue
-                diff = (searched - other) * 100
-                if diff < 0:
-                    below.append(f"{task} {group} vs {kind} ({diff:+.2f} points)")
-                if task == "sst2" and group == smallest:
-                    margins.append(f"vs {kind} {diff:+.2f}")
+    for task, group, kind, searched, other in comparisons(means_by_task, plan):
+        if searched is None or other is None:
+            pending.append(f"{task} {group} {kind}")
+            continue
+        diff = (searched - other) * 100
+        if diff < 0:
+            below.append(f"{task} {group} vs {kind} ({diff:+.2f} points)")
+        if task == "sst2" and group == smallest:
+            margins.append(f"vs {kind} {diff:+.2f}")
     state = "pending" if pending and not below else ("met" if not below else "missed")
     lines.append(f"- searched >= both baselines at every budget on every task (mean of "
                  f"seeds): **{state}**" + (f"; below: {'; '.join(below)}" if below else "")
                  + (f"; pending: {len(pending)} comparisons" if pending else ""))
     if pending:  # meanwhile, the first seed's comparisons
-        first, behind = 0, []
-        for task, means in means_by_task.items():
-            for group, ids in plan.items():
-                searched = means.get((group, "searched", "first seed"))
-                for kind in ("uniform", "teacher-first-k"):
-                    other = means.get((group, kind, "first seed"))
-                    if kind in ids and searched is not None and other is not None:
-                        first += 1
-                        if searched < other:
-                            behind.append(f"{task} {group} vs {kind} "
-                                          f"({(searched - other) * 100:+.2f} points)")
-        if first:
+        done = [c for c in comparisons(firsts_by_task, plan) if None not in c[3:]]
+        behind = [f"{task} {group} vs {kind} ({(searched - other) * 100:+.2f} points)"
+                  for task, group, kind, searched, other in done if searched < other]
+        if done:
             lines.append(f"  - on the first seed so far: searched >= the baseline in "
-                         f"{first - len(behind)} of {first} comparisons"
+                         f"{len(done) - len(behind)} of {len(done)} comparisons"
                          + (f"; below: {'; '.join(behind)}" if behind else ""))
     sst2 = means_by_task.get("sst2", {})
     if margins:
@@ -190,7 +192,7 @@ def goals(means_by_task: dict[str, dict], plan: dict, smallest: str) -> list[str
     mrpc = means_by_task.get("mrpc", {})
     if mrpc.get(("", "teacher")):
         t = mrpc[("", "teacher")]
-        students = {k: v for k, v in mrpc.items() if len(k) == 2 and k[1] != "teacher"}
+        students = {k: v for k, v in mrpc.items() if k[1] != "teacher"}
         worst = min(students.items(), key=lambda kv: kv[1]) if students else None
         if worst:
             ok = worst[1] > 0.8122 and worst[1] >= 0.95 * t
@@ -324,14 +326,16 @@ def superseded(run: RunDir):
     """``(attic folder, fine-tuning record, stage-one record or None)`` of every seed-0
     student the re-plans moved under ``<run>/attic/``."""
     attic = run.path / "attic"
-    for path in sorted(attic.rglob("metrics.json")) if attic.is_dir() else []:
-        r = json.loads(path.read_text())
-        if r.get("id") == TEACHER or r.get("config", {}).get("student_seed") not in (None, 0):
-            continue  # seed 0's students only
-        folder = attic / path.relative_to(attic).parts[0]
-        stage_one = [json.loads(p.read_text()) for p in sorted(folder.rglob("stage_one.json"))]
-        stage_one = [s for s in stage_one if s.get("id") == r["id"]]
-        yield folder.name, r, stage_one[0] if stage_one else None
+    for folder in sorted(p for p in attic.iterdir() if p.is_dir()) if attic.is_dir() else []:
+        stage_one = {}  # id -> record, read once per re-plan
+        for path in sorted(folder.rglob("stage_one.json")):
+            s = json.loads(path.read_text())
+            stage_one.setdefault(s.get("id"), s)
+        for path in sorted(folder.rglob("metrics.json")):
+            r = json.loads(path.read_text())
+            if r.get("id") == TEACHER or r.get("config", {}).get("student_seed") not in (None, 0):
+                continue  # seed 0's students only
+            yield folder.name, r, stage_one.get(r["id"])
 
 
 def superseded_section(run: RunDir, config: ResultsConfig) -> list[str]:
@@ -398,11 +402,12 @@ def plot(path: Path, run: RunDir, plan: dict, latency: dict, config: ResultsConf
 def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
     plan = json.loads((run.search / "plan.json").read_text())["plan"]
     latency = json.loads((run.search / "side_by_side.json").read_text())["ms"]
-    sections, means = [], {}
+    sections, means, firsts = [], {}, {}
     for task in config.tasks:
-        lines, m = task_section(run, task, plan, latency, config, config.glue_dir)
+        name = task_spec(task).name
+        lines, means[name], firsts[name] = task_section(run, task, plan, latency, config,
+                                                        config.glue_dir)
         sections += lines
-        means[task_spec(task).name] = m
     stages = json.loads((run.path / "stages.json").read_text())
     stage_one = [json.loads((run.distilled_dir(i) / "stage_one.json").read_text())
                  for i in run.subnet_ids() if (run.distilled_dir(i) / "stage_one.json").is_file()]
@@ -427,7 +432,7 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                      f"prefixes over {list(config.baseline_seeds)} (this machine's time); "
                      "mean ± standard deviation",
                wall_time_per_stage=", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())),
-        "## Goals", "", *goals(means, plan, speedup_name(max(config.speedups))), "",
+        "## Goals", "", *goals(means, firsts, plan, speedup_name(max(config.speedups))), "",
         *sections, *ablation_section(run, plan, config), *estimate_section(run, config),
         *superseded_section(run, config),
         "## Models", "", "Searched models come from the block-wise best re-scored end to "
