@@ -92,10 +92,11 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     A latency budget is searched with a guard band of the predictor's held-out error;
     with ``export``, the ``measure_top`` best candidates (end to end) are measured side
     by side in one clean process and the best that measures within the budget is kept,
-    the next ones tried while none does. ``refine``: after the re-score, that many more
-    architectures per budget, from the whole space, evaluated end to end by a local
-    search that starts from the best of the re-scored pool and the hand-designed shapes
-    that fit (:mod:`~nasbert.search.refine`; 0: none)."""
+    the next ones tried while none does (every measurement is stored, for ``query``).
+    ``refine``: after the re-score, that many more architectures per budget, from the
+    whole space, evaluated end to end by a local search that starts from the best of the
+    re-scored pool and the hand-designed shapes that fit (:mod:`~nasbert.search.refine`;
+    0: none)."""
     from nasbert.latency.measure import Protocol, fingerprint
     from nasbert.latency.stage import load_predictor, reference
     from nasbert.search.approx import Approximator
@@ -162,8 +163,11 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
             everything[str(c.arch)] = c
         best = rescored[0]
         if export:
-            best = _measured_within(approx.supernet, rescored, budget, protocol, measure_top,
-                                    reference=ref, progress=progress)
+            measured = _measure_until_within(approx.supernet, rescored, budget, protocol,
+                                             measure_top, reference=ref, progress=progress)
+            for c in measured:  # those over budget too: query must not name them
+                everything[str(c.arch)] = c
+            best = _first_within(measured, budget)
             _export(run, approx.supernet, best, budget, pred)
         everything[str(best.arch)] = best
         chosen[budget.name] = best
@@ -181,12 +185,11 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     return chosen
 
 
-def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, protocol,
-                     top: int, *, reference=None, progress: bool) -> Candidate:
-    """The first of ``ranked`` (best first) whose measurement is within the budget,
-    measuring ``top`` at a time side by side in one clean process (beside the run's
-    reference, which rescales them for the machine's slow spells); the fastest measured
-    when none is."""
+def _measure_until_within(supernet, ranked: Sequence[Candidate], budget: Budget, protocol,
+                          top: int, *, reference=None, progress: bool) -> list[Candidate]:
+    """``ranked`` (best first) measured ``top`` at a time side by side in one clean
+    process (beside the run's reference, which rescales them for the machine's slow
+    spells), until one measures within the budget; returns every one measured."""
     from nasbert.latency.measure import measure_clean
 
     if budget.latency_ms is None:  # nothing to check: the best, measured for its card
@@ -196,17 +199,22 @@ def _measured_within(supernet, ranked: Sequence[Candidate], budget: Budget, prot
         group = ranked[start:start + top]
         times = measure_clean([supernet.extract(c.arch) for c in group], protocol,
                               reference=reference)
-        group = [dataclasses.replace(c, measured_ms=t) for c, t in zip(group, times)]
-        measured += group
-        if budget.latency_ms is None:
-            return group[0]
-        within = [c for c in group if c.measured_ms <= budget.latency_ms]
-        if within:
-            return within[0]
+        measured += [dataclasses.replace(c, measured_ms=t) for c, t in zip(group, times)]
+        if budget.latency_ms is None or any(t <= budget.latency_ms for t in times):
+            break
         if progress:
             print(f"{budget.name:<20} {len(group)} candidates measured over budget "
-                  f"({', '.join(f'{c.measured_ms:.2f}' for c in group)} ms); trying the next",
-                  flush=True)
+                  f"({', '.join(f'{t:.2f}' for t in times)} ms); trying the next", flush=True)
+    return measured
+
+
+def _first_within(measured: Sequence[Candidate], budget: Budget) -> Candidate:
+    """The first of ``measured`` (best first) within the budget; the fastest when none is."""
+    if budget.latency_ms is None:
+        return measured[0]
+    within = [c for c in measured if c.measured_ms <= budget.latency_ms]
+    if within:
+        return within[0]
     logging.getLogger(__name__).warning("%s: no candidate measured within the budget; "
                                         "keeping the fastest", budget.name)
     return min(measured, key=lambda c: c.measured_ms)
@@ -275,7 +283,14 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     best: of the ``top_k`` best by approximated score within the budget and what
     refinement evaluated, the best end to end where the search re-scored some of them,
     else the best score. Without a front (a sampling back end), from the candidates the
-    search evaluated."""
+    search evaluated. Only models with attention somewhere are answered, as the search
+    keeps only those (:func:`~nasbert.search.exact.attends`).
+
+    A latency budget is judged as the search judged it: a candidate the search measured
+    by its measurement, any other by its predicted latency plus the predictor's held-out
+    error (the guard band), so that what query names for a budget measures within it
+    as often as what the search exported (and, at a budget the search exported, is that
+    model)."""
     run = RunDir.of(run)
     folder = run.search
     if not (folder / "candidates.json").is_file():
@@ -284,15 +299,21 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     try:
         known = _load_candidates(folder)
         front = _load_front(folder, "params" if budget.latency_ms is None else "latency_ms")
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
+        guard = json.loads((folder / "candidates.json").read_text()).get("error", {}).get(
+            "mape", 0.0) / 100
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError):
         raise ConfigError("is corrupt; re-run `nasbert search`", source=str(folder)) from None
     cands = list({**{str(c.arch): c for c in front}, **known}.values())
-    feasible = [c for c in cands if budget.fits(c)]
+    judged = {id(c): _as_judged(c, budget, guard) for c in cands}
+    feasible = [c for c in cands if budget.fits(judged[id(c)])
+                and any(attends(b) for b in c.arch.blocks)]  # what a classifier can use
     if not feasible:
-        smallest = min(cands, key=lambda c: budget.violation(c))
+        smallest = judged[id(min(cands, key=lambda c: budget.violation(judged[id(c)])))]
         need = []
         if budget.latency_ms is not None:
-            need.append(f"{smallest.latency_ms:.2f} ms")
+            need.append(f"{smallest.latency_ms:.2f} ms" + (
+                "" if smallest.measured_ms or not guard
+                else f" (predicted, plus the predictor's held-out error of {guard:.1%})"))
         if budget.params_m is not None:
             need.append(f"{smallest.params / 1e6:.2f}M params")
         raise ConfigError(f"is impossible: the smallest model the search found needs "
@@ -305,6 +326,15 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     if rescored:
         return min(rescored, key=lambda c: c.full_loss)
     return top[0]
+
+
+def _as_judged(c: Candidate, budget: Budget, guard: float) -> Candidate:
+    """``c`` with the latency a budget judges it by: measured, else predicted plus the
+    guard band (the search's rule, :func:`search`)."""
+    if budget.latency_ms is None:
+        return c
+    return dataclasses.replace(c, latency_ms=c.measured_ms if c.measured_ms
+                               else c.latency_ms * (1 + guard))
 
 
 def _load_front(folder: Path, cost: str) -> list[Candidate]:
