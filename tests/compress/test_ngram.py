@@ -83,6 +83,10 @@ def test_save_load_onnx_and_a_text_with_no_known_ngram(tmp_path, pair):
         empty = loaded(torch.zeros(1, 4, dtype=torch.long)).logits  # all padding
     assert torch.equal(want, got)
     assert torch.isfinite(want).all() and torch.isfinite(empty).all()
+    with torch.no_grad():  # the bags by offsets (padded rows) = the dense mean ONNX exports
+        assert torch.allclose(loaded(**batch, dense=True).logits, got, atol=1e-6)
+        assert torch.allclose(loaded(torch.zeros(1, 4, dtype=torch.long), dense=True).logits,
+                              empty, atol=1e-6)
     # padding does not change a row's output
     alone = tok(texts[:1], texts[1:] if pair else None, return_tensors="pt")
     with torch.no_grad():
