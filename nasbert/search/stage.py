@@ -308,7 +308,8 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     feasible = [c for c in cands if budget.fits(judged[id(c)])
                 and any(attends(b) for b in c.arch.blocks)]  # what a classifier can use
     if not feasible:
-        smallest = judged[id(min(cands, key=lambda c: budget.violation(judged[id(c)])))]
+        usable = [c for c in cands if any(attends(b) for b in c.arch.blocks)] or cands
+        smallest = judged[id(min(usable, key=lambda c: budget.violation(judged[id(c)])))]
         need = []
         if budget.latency_ms is not None:
             need.append(f"{smallest.latency_ms:.2f} ms" + (
@@ -317,7 +318,10 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
         if budget.params_m is not None:
             need.append(f"{smallest.params / 1e6:.2f}M params")
         raise ConfigError(f"is impossible: the smallest model the search found needs "
-                          f"{' and '.join(need)} ({smallest.arch}); raise the budget",
+                          f"{' and '.join(need)} ({smallest.arch}); raise the budget"
+                          + (", or ask for a task's n-gram student (`nasbert ngram RUN_DIR "
+                             "--task T`, then `nasbert query ... --task T`)"
+                             if budget.latency_ms is not None else ""),
                           source=f"budget {budget.name}")
     top = sorted(feasible, key=lambda c: c.score)[:top_k]
     # and what refinement found: better end to end, though not by the block-wise score

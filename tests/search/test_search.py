@@ -173,6 +173,7 @@ def test_query_cli_is_fast_and_impossible_budgets_fail_cleanly(run, searched):
     assert bad.returncode == 2
     line = bad.stderr.strip()
     assert "\n" not in line and "is impossible: the smallest model the search found needs" in line
+    assert "nasbert ngram RUN_DIR --task T" in line  # what goes below every transformer
     assert _cli("query", run, "--latency-ms", "-1").returncode == 2
 
 
