@@ -304,12 +304,12 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError):
         raise ConfigError("is corrupt; re-run `nasbert search`", source=str(folder)) from None
     cands = list({**{str(c.arch): c for c in front}, **known}.values())
-    judged = {id(c): _as_judged(c, budget, guard) for c in cands}
-    feasible = [c for c in cands if budget.fits(judged[id(c)])
-                and any(attends(b) for b in c.arch.blocks)]  # what a classifier can use
+    judged = [(c, _as_judged(c, budget, guard)) for c in cands]
+    usable = [(c, j) for c, j in judged  # what a classifier can use
+              if any(attends(b) for b in c.arch.blocks)]
+    feasible = [c for c, j in usable if budget.fits(j)]
     if not feasible:
-        usable = [c for c in cands if any(attends(b) for b in c.arch.blocks)] or cands
-        smallest = judged[id(min(usable, key=lambda c: budget.violation(judged[id(c)])))]
+        smallest = min((j for _, j in usable or judged), key=budget.violation)
         need = []
         if budget.latency_ms is not None:
             need.append(f"{smallest.latency_ms:.2f} ms" + (
