@@ -12,6 +12,7 @@ Both stages, and the teacher's own fine-tuning, run in transformers' ``Trainer``
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from nasbert.finetune.augment import IGNORE
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
+
+# how often a fine-tuning saves the checkpoint a killed run resumes from
+CHECKPOINT_SECONDS = 600.0
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -161,7 +165,8 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                      length_configs: Callable[[], list] | None = None,
                      eval_set: torch.utils.data.Dataset | None = None,
                      optimizer: Callable[[float], torch.optim.Optimizer] | None = None,
-                     max_grad_norm: float = 1.0) -> list[dict]:
+                     max_grad_norm: float = 1.0,
+                     checkpoint_seconds: float | None = None) -> list[dict]:
     """The one fine-tuning loop: ``Trainer`` on the task's training set (with cached
     teacher logits in ``train_set`` for distillation), evaluated on the first dev split
     after every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
@@ -173,8 +178,15 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
     model beside it. ``eval_set``: what is evaluated after each epoch instead of the dev
     split. ``optimizer``: makes each stage's optimiser from its learning rate (default:
     the Trainer's AdamW), e.g. one for sparse gradients, which take no clipping
-    (``max_grad_norm`` 0). Returns the log history."""
+    (``max_grad_norm`` 0). Returns the log history.
+
+    Resumable with ``checkpoint_seconds`` (None: no checkpoints): each stage saves a
+    Trainer checkpoint (weights, optimiser, scheduler, random states) under ``workdir``
+    that often and at its end, the last one kept; a stage whose folder holds one resumes
+    from it (the caller keeps ``workdir`` only while the inputs are the same), and the
+    history records the step it resumed from."""
     from transformers import TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
 
     spec = data.spec
     dev_name = spec.dev_splits[0]
@@ -202,7 +214,30 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             disable_tqdm=True, remove_unused_columns=False,
             train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-            label_names=["labels"], max_grad_norm=max_grad_norm)
+            label_names=["labels"], max_grad_norm=max_grad_norm, save_total_limit=1)
+
+    class Checkpoints(TrainerCallback):
+        """A checkpoint every ``checkpoint_seconds`` of training and at the last step
+        (by time, not steps: the same cadence for a tiny and a large model)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if (time.monotonic() - self.last >= checkpoint_seconds
+                    or state.global_step >= state.max_steps):
+                control.should_save = True
+                self.last = time.monotonic()
+
+    def train(trainer, stage: str) -> None:
+        folder = Path(trainer.args.output_dir)
+        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if checkpoint_seconds is not None:
+            trainer.add_callback(Checkpoints())
+        trainer.train(resume_from_checkpoint=last)
+        history.extend({"stage": stage, **h} for h in trainer.state.log_history)
+        if last is not None:
+            history.append({"stage": stage, "resumed_from": int(last.rsplit("-", 1)[1])})
 
     history: list[dict] = []
     with quiet_transformers():
@@ -215,15 +250,13 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             t = DistillTrainer(args=args, mode="hidden", teacher=teacher.eval().to(args.device),
                                optimizers=(optimizer and optimizer(lr), None), **common)
             _show(t, progress and f"{progress} (hidden states)")
-            t.train()
-            history += [{"stage": "hidden", **h} for h in t.state.log_history]
+            train(t, "hidden")
         t = DistillTrainer(args=arguments("logits", epochs, lr), eval_dataset=dev, alpha=alpha,
                            temperature=config.temperature, compute_metrics=_metric_fn(spec),
                            callbacks=[Report()], length_configs=length_configs,
                            optimizers=(optimizer and optimizer(lr), None), **common)
         _show(t, progress)
-        t.train()
-        history += [{"stage": "logits", **h} for h in t.state.log_history]
+        train(t, "logits")
     return history
 
 

@@ -31,7 +31,13 @@ from nasbert.data.tasks import Examples, TaskData, TaskSpec, load_task
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import Encoded, evaluate, predict, train_classifier
+from nasbert.finetune.distill import (
+    CHECKPOINT_SECONDS,
+    Encoded,
+    evaluate,
+    predict,
+    train_classifier,
+)
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
 from nasbert.provenance import provenance
@@ -96,20 +102,21 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len)
     model = _load_classifier(name, data.spec, config.seed)
     start = time.time()
-    with _workdir(folder) as work:
+    with _workdir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
             model, tokenizer, data, config, lr=config.teacher_lr, epochs=config.teacher_epochs,
             batch_size=config.teacher_batch_size, train_set=train_set, workdir=work,
-            progress=f"{data.spec.name} {TEACHER}" if progress else None)
-    metrics, preds = evaluate(model, tokenizer, data, config)
-    logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len))
-    record = {"id": TEACHER, "key": key, "task": data.spec.name, "data": data.source,
-              "model": run.recipe().teacher, "params": _params(model),
-              "train_examples": len(train_set), "config": dataclasses.asdict(config),
-              "seconds": round(time.time() - start, 1), **metrics, "history": history,
-              **provenance()}
-    _save(folder, model, tokenizer, record, preds,
-          extra={"train_logits.pt": {"key": key, "logits": logits}})
+            progress=f"{data.spec.name} {TEACHER}" if progress else None,
+            checkpoint_seconds=CHECKPOINT_SECONDS)
+        metrics, preds = evaluate(model, tokenizer, data, config)
+        logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len))
+        record = {"id": TEACHER, "key": key, "task": data.spec.name, "data": data.source,
+                  "model": run.recipe().teacher, "params": _params(model),
+                  "train_examples": len(train_set), "config": dataclasses.asdict(config),
+                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  **provenance()}
+        _save(folder, model, tokenizer, record, preds,
+              extra={"train_logits.pt": {"key": key, "logits": logits}})
     return folder
 
 
@@ -118,17 +125,27 @@ def _cached(folder: Path, key: str) -> dict | None:
 
 
 class _workdir:
-    """Trainer's scratch folder beside the result, removed afterwards."""
+    """Trainer's scratch folder beside the result. With ``key`` (what the result
+    depends on) it holds the checkpoints a killed training resumes from: kept when the
+    block fails, reused while the key is the same, removed once the block (which writes
+    the result) completes. Without a key, started afresh every time."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, key: str | None = None):
         self.path = folder.parent / f".{folder.name}.work"
+        self.key = key
 
     def __enter__(self) -> Path:
+        stamp = self.path / "key"
+        if self.key is None or not stamp.is_file() or stamp.read_text() != self.key:
+            shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.key is not None:
+            stamp.write_text(self.key)
         return self.path
 
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None or self.key is None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: str,
@@ -222,10 +239,12 @@ def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                      config: FinetuneConfig, *, out_dir: Path | None = None,
                      on_epoch: Callable[[dict], None] | None = None,
-                     save_model: bool = True, progress: bool = True) -> dict:
+                     save_model: bool = True, progress: bool = True,
+                     checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
     """Fine-tune and distil ``subnets/<model_id>`` on the task (the fine-tuned teacher
     must exist); writes ``finetune/<task>/<model_id>/`` and returns its record. A no-op
-    returning the stored record when it was done with the same configuration."""
+    returning the stored record when it was done with the same configuration; a killed
+    one resumes from its last checkpoint (saved every ``checkpoint_seconds``)."""
     run = RunDir.of(run)
     source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
@@ -256,24 +275,25 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     teacher = (_load_classifier(teacher_dir / "model", data.spec, seed)
                if config.hidden_epochs > 0 else None)
     start = time.time()
-    with _workdir(folder) as work:
+    with _workdir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
             model, tokenizer, data, config, lr=config.lr, epochs=config.epochs,
             batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
             teacher=teacher, hidden_epochs=config.hidden_epochs, on_epoch=on_epoch,
-            workdir=work, progress=f"{data.spec.name} {name}" if progress else None, seed=seed)
-    metrics, preds = evaluate(model, tokenizer, data, config)
-    card = {}
-    if (source / "nasbert.json").is_file():
-        card = json.loads((source / "nasbert.json").read_text())
-    record = {"id": model_id, "key": key, "teacher_key": tkey, "task": data.spec.name,
-              "data": data.source, "source": str(source),
-              "stage_one": identity != "extracted", "arch": card.get("arch"),
-              "params": _params(model), "train_examples": len(train_examples),
-              "augmented": augmented, "config": dataclasses.asdict(config),
-              "seconds": round(time.time() - start, 1), **metrics, "history": history,
-              **provenance()}
-    _save(folder, model if save_model else None, tokenizer, record, preds)
+            workdir=work, progress=f"{data.spec.name} {name}" if progress else None, seed=seed,
+            checkpoint_seconds=checkpoint_seconds)
+        metrics, preds = evaluate(model, tokenizer, data, config)
+        card = {}
+        if (source / "nasbert.json").is_file():
+            card = json.loads((source / "nasbert.json").read_text())
+        record = {"id": model_id, "key": key, "teacher_key": tkey, "task": data.spec.name,
+                  "data": data.source, "source": str(source),
+                  "stage_one": identity != "extracted", "arch": card.get("arch"),
+                  "params": _params(model), "train_examples": len(train_examples),
+                  "augmented": augmented, "config": dataclasses.asdict(config),
+                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  **provenance()}
+        _save(folder, model if save_model else None, tokenizer, record, preds)
     return record
 
 

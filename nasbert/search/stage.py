@@ -129,7 +129,7 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         searcher = OptunaSearcher(folder / "study.db")
     else:
         searcher = RayTuneSearcher(folder / "ray")
-    guard = pred.error.get("mape", 0.0) / 100 if export else 0.0
+    guard = pred.error.get("mape", 0.0) / 100  # as query judges (measured or not)
     ref = reference(run, protocol) if export else None  # read once, not per budget
     everything: dict[str, Candidate] = {}
     chosen: dict[str, Candidate] = {}

@@ -62,6 +62,40 @@ def test_distillation_lowers_the_students_gap_to_the_teacher(run, glue):
     assert again["key"] == record["key"] and again["created"] == record["created"]
 
 
+def test_a_killed_fine_tuning_resumes_from_its_checkpoint(run, glue, tmp_path):
+    """Stopped after its first epoch (as a kill would), the student resumes from the
+    Trainer's checkpoint: the first epoch as it was, the remaining steps only, a model
+    as good. (Not bit for bit: after resuming, Trainer draws the later epochs' data
+    order anew; measured here, the losses logged after the resumed step differ.)"""
+    data = load_task("sst2", glue)
+    finetune_teacher(run, data, QUICK, progress=False)
+    whole = finetune_student(run, "small", data, QUICK, out_dir=tmp_path / "whole",
+                             progress=False)
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        finetune_student(run, "small", data, QUICK, out_dir=cut, on_epoch=stop,
+                         progress=False, checkpoint_seconds=0)
+    work = tmp_path / ".cut.work"
+    assert list((work / "logits").glob("checkpoint-*")) and not cut.exists()
+    resumed = finetune_student(run, "small", data, QUICK, out_dir=cut, progress=False,
+                               checkpoint_seconds=0)
+    steps = whole["history"][-1]["step"]
+    # saved at the first epoch's last step, before the evaluation that stopped it
+    assert [h["resumed_from"] for h in resumed["history"] if "resumed_from" in h] == [
+        steps // int(QUICK.epochs)]
+
+    def first_epoch(record):
+        return [h["loss"] for h in record["history"] if "loss" in h and h["epoch"] <= 1]
+    assert first_epoch(resumed) == first_epoch(whole) and len(first_epoch(whole)) >= 2
+    assert max(h.get("step", 0) for h in resumed["history"]) == steps
+    assert resumed["dev"]["accuracy"] >= whole["dev"]["accuracy"] - 0.05
+    assert not work.exists()  # removed once the result is written
+
+
 def test_a_student_repeats_over_seeds_against_the_same_teacher(run, glue):
     import dataclasses
 
