@@ -43,7 +43,13 @@ from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import _decide, evaluate, predict, train_classifier
+from nasbert.finetune.distill import (
+    CHECKPOINT_SECONDS,
+    _decide,
+    evaluate,
+    predict,
+    train_classifier,
+)
 from nasbert.finetune.stage import (
     _cached,
     _load_classifier,
@@ -196,20 +202,22 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
     blocks = droppable(model)
     train, held, _ = _sets(run, data, schedule, config)
     start = time.time()
-    with _workdir(folder) as work:
+    with _workdir(folder, key) as work:  # a killed training resumes; kept until written
         history = train_classifier(
             model, run.tokenizer(), data, schedule, train_set=train, lr=config.lr,
             epochs=config.epochs, batch_size=schedule.batch_size, alpha=schedule.alpha,
             workdir=work, progress=f"{task} {model_id} (LengthDrop)" if progress else None,
-            seed=config.seed, length_configs=sandwich(blocks, config), eval_set=held)
-    metrics, preds = evaluate(model, run.tokenizer(), data, schedule)
-    record = {"id": model_id, "key": key, "student_key": student["key"], "task": task,
-              "source": str(source), "arch": model.config.arch, "droppable": blocks,
-              "train_examples": len(train), "heldout_examples": len(held),
-              "config": dataclasses.asdict(config), "schedule": dataclasses.asdict(schedule),
-              "seconds": round(time.time() - start, 1), **metrics, "history": history,
-              **provenance()}
-    _save(folder, model, run.tokenizer(), record, preds)
+            seed=config.seed, length_configs=sandwich(blocks, config), eval_set=held,
+            checkpoint_seconds=CHECKPOINT_SECONDS)
+        metrics, preds = evaluate(model, run.tokenizer(), data, schedule)
+        record = {"id": model_id, "key": key, "student_key": student["key"], "task": task,
+                  "source": str(source), "arch": model.config.arch, "droppable": blocks,
+                  "train_examples": len(train), "heldout_examples": len(held),
+                  "config": dataclasses.asdict(config),
+                  "schedule": dataclasses.asdict(schedule),
+                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  **provenance()}
+        _save(folder, model, run.tokenizer(), record, preds)
     return record
 
 
