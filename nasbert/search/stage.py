@@ -235,7 +235,7 @@ def _export(run: RunDir, supernet, best: Candidate, budget: Budget, pred) -> Non
 
 def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Candidate],
            budgets: Sequence[Budget], pred, fronts: dict[str, list[Solution]]) -> None:
-    previous = _load_candidates(folder)
+    previous, _ = _load_store(folder)
     merged = {**previous, **everything}
     cands = list(merged.values())
     front = pareto(cands)
@@ -263,18 +263,19 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
     logging.getLogger(__name__).info("wrote %s", folder)
 
 
-def _load_candidates(folder: Path) -> dict[str, Candidate]:
-    """The stored candidates; end-to-end losses of another definition than today's
+def _load_store(folder: Path) -> tuple[dict[str, Candidate], dict]:
+    """The stored candidates and the store's header (fingerprint, predictor and its
+    held-out error). End-to-end losses of another definition than today's
     (:data:`END_TO_END`) are dropped, and with them what refinement found by them."""
     path = folder / "candidates.json"
     if not path.is_file():
-        return {}
+        return {}, {}
     stored = json.loads(path.read_text())
-    out = {c["arch"]: Candidate.from_dict(c) for c in stored["candidates"]}
+    out = {c["arch"]: Candidate.from_dict(c) for c in stored.pop("candidates")}
     if stored.get("end_to_end") != END_TO_END:
         out = {a: dataclasses.replace(c, full_loss=None) for a, c in out.items()
                if c.origin is None}
-    return out
+    return out, stored
 
 
 def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candidate:
@@ -297,10 +298,9 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
         raise ConfigError("holds no search results; run `nasbert search RUN_DIR --latency-ms "
                           "...` first", source=str(run))
     try:
-        known = _load_candidates(folder)
+        known, meta = _load_store(folder)
         front = _load_front(folder, "params" if budget.latency_ms is None else "latency_ms")
-        guard = json.loads((folder / "candidates.json").read_text()).get("error", {}).get(
-            "mape", 0.0) / 100
+        guard = meta.get("error", {}).get("mape", 0.0) / 100
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError):
         raise ConfigError("is corrupt; re-run `nasbert search`", source=str(folder)) from None
     cands = list({**{str(c.arch): c for c in front}, **known}.values())
