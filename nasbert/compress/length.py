@@ -191,7 +191,8 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
         raise ConfigError(f"holds no fine-tuned model; run `nasbert finetune {run} --task "
                           f"{task} --subnet {model_id}` first", source=str(source))
     folder = lat_dir(run, task, model_id)
-    key = digest([student["key"], dataclasses.asdict(config)])
+    # the schedule too: its batch size, loss weights and lengths shape the training
+    key = digest([student["key"], dataclasses.asdict(config), dataclasses.asdict(schedule)])
     cached = _cached(folder, key)
     if cached:
         return cached

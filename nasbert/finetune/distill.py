@@ -11,7 +11,9 @@ Both stages, and the teacher's own fine-tuning, run in transformers' ``Trainer``
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,7 +188,6 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
     from it (the caller keeps ``workdir`` only while the inputs are the same), and the
     history records the step it resumed from."""
     from transformers import TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     spec = data.spec
     dev_name = spec.dev_splits[0]
@@ -230,8 +231,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                 self.last = time.monotonic()
 
     def train(trainer, stage: str) -> None:
-        folder = Path(trainer.args.output_dir)
-        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        last = _last_complete_checkpoint(Path(trainer.args.output_dir))
         if checkpoint_seconds is not None:
             trainer.add_callback(Checkpoints())
         trainer.train(resume_from_checkpoint=last)
@@ -258,6 +258,23 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
         _show(t, progress)
         train(t, "logits")
     return history
+
+
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest Trainer checkpoint under ``folder`` that was written whole, or None.
+    Trainer writes ``trainer_state.json`` last, so a folder without a readable one was
+    cut off mid-save (a kill): it is removed, and the one before it is resumed from
+    (``transformers.trainer_utils.get_last_checkpoint`` would pick the broken one)."""
+    found = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return str(path)
+    return None
 
 
 def _show(trainer, name: str | None) -> None:

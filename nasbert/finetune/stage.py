@@ -121,7 +121,10 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
 
 
 def _cached(folder: Path, key: str) -> dict | None:
-    return cached_record(folder / "metrics.json", key)
+    record = cached_record(folder / "metrics.json", key)
+    if record is not None:  # and the scratch folder a kill after writing it may have left
+        shutil.rmtree(_workdir(folder).path, ignore_errors=True)
+    return record
 
 
 class _workdir:
@@ -240,11 +243,12 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                      config: FinetuneConfig, *, out_dir: Path | None = None,
                      on_epoch: Callable[[dict], None] | None = None,
                      save_model: bool = True, progress: bool = True,
-                     checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
+                     checkpoint_seconds: float | None = CHECKPOINT_SECONDS) -> dict:
     """Fine-tune and distil ``subnets/<model_id>`` on the task (the fine-tuned teacher
     must exist); writes ``finetune/<task>/<model_id>/`` and returns its record. A no-op
     returning the stored record when it was done with the same configuration; a killed
-    one resumes from its last checkpoint (saved every ``checkpoint_seconds``)."""
+    one resumes from its last checkpoint (saved every ``checkpoint_seconds``; None: no
+    checkpoints)."""
     run = RunDir.of(run)
     source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)

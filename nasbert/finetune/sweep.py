@@ -46,7 +46,8 @@ def _sweep_trial(params: dict, *, run: str, model_id: str, data: TaskData,
                      **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}})
 
     finetune_student(run, model_id, data, config, out_dir=trial_dir / "result",
-                     on_epoch=report, progress=False, save_model=False)
+                     on_epoch=report, progress=False, save_model=False,
+                     checkpoint_seconds=None)  # ASHA ends trials by killing them
 
 
 def sweep(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = None,

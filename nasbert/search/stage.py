@@ -144,11 +144,17 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         # every backend: the models a classifier can use (the exact solver builds only those)
         feasible = sorted((c for c in found if guarded.fits(c)
                            and any(attends(b) for b in c.arch.blocks)), key=lambda c: c.score)
-        if not feasible:
-            smallest = min(found, key=lambda c: budget.violation(c))
-            failures.append(f"no candidate fits {budget.name}; the smallest found is "
-                            f"{smallest.latency_ms:.2f} ms, {smallest.params / 1e6:.2f}M params "
-                            f"({smallest.arch}); raise the budget")
+        if not feasible:  # the smallest usable one, judged as the budget judged it
+            usable = [c for c in found if any(attends(b) for b in c.arch.blocks)] or found
+            smallest = min((_as_judged(c, budget, guard) for c in usable),
+                           key=budget.violation)
+            margin = (f" (predicted, plus the predictor's held-out error of {guard:.1%})"
+                      if budget.latency_ms is not None and guard and not smallest.measured_ms
+                      else "")
+            failures.append(f"no candidate fits {budget.name}; the smallest found needs "
+                            f"{smallest.latency_ms:.2f} ms{margin}, "
+                            f"{smallest.params / 1e6:.2f}M params ({smallest.arch}); "
+                            "raise the budget")
             continue
         rescored = sorted((dataclasses.replace(c, full_loss=approx.full_loss(c.arch))
                            for c in feasible[:top_k]), key=lambda c: c.full_loss)

@@ -4,6 +4,7 @@ tiny run (2-layer teacher, tiny space) and generated GLUE-format tasks."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -80,7 +81,11 @@ def test_a_killed_fine_tuning_resumes_from_its_checkpoint(run, glue, tmp_path):
         finetune_student(run, "small", data, QUICK, out_dir=cut, on_epoch=stop,
                          progress=False, checkpoint_seconds=0)
     work = tmp_path / ".cut.work"
-    assert list((work / "logits").glob("checkpoint-*")) and not cut.exists()
+    saved = sorted((work / "logits").glob("checkpoint-*"))
+    assert saved and not cut.exists()
+    broken = work / "logits" / "checkpoint-99999"  # a later save cut off by a kill
+    shutil.copytree(saved[-1], broken)
+    (broken / "trainer_state.json").unlink()  # Trainer writes it last
     resumed = finetune_student(run, "small", data, QUICK, out_dir=cut, progress=False,
                                checkpoint_seconds=0)
     steps = whole["history"][-1]["step"]
@@ -94,6 +99,18 @@ def test_a_killed_fine_tuning_resumes_from_its_checkpoint(run, glue, tmp_path):
     assert max(h.get("step", 0) for h in resumed["history"]) == steps
     assert resumed["dev"]["accuracy"] >= whole["dev"]["accuracy"] - 0.05
     assert not work.exists()  # removed once the result is written
+
+
+def test_a_checkpoint_cut_off_mid_save_is_passed_over(tmp_path):
+    from nasbert.finetune.distill import _last_complete_checkpoint
+
+    assert _last_complete_checkpoint(tmp_path / "nothing") is None
+    for step, state in ((8, "{}"), (10, "{}"), (12, '{"glob'), (14, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert _last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-8"]
 
 
 def test_a_student_repeats_over_seeds_against_the_same_teacher(run, glue):
