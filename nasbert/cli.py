@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from nasbert.errors import ConfigError
+from nasbert.io import writable_output
 
 
 def _space_show(args: argparse.Namespace) -> None:
@@ -57,6 +58,7 @@ def _extract(args: argparse.Namespace) -> None:
     from nasbert.space import SearchSpace
     from nasbert.supernet import Supernet
 
+    writable_output(args.out)
     space = SearchSpace.from_yaml(args.space)
     arch = space.parse(args.arch) if args.arch else space.sample(args.seed)
     torch.manual_seed(args.seed)
@@ -74,6 +76,7 @@ def _extract(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from nasbert.export import export_onnx
 
+    writable_output(args.onnx, flag="--onnx", folder=False)
     report = export_onnx(args.model_dir, args.onnx, opset=args.opset, atol=args.atol)
     for b, t, d in report.checks:
         print(f"check         batch {b}, sequence {t}: max |onnx - torch| {d:.2e}")
@@ -192,6 +195,8 @@ def _query(args: argparse.Namespace) -> None:
     from nasbert.search.stage import query
 
     run = RunDir(args.run_dir)
+    if args.export:
+        writable_output(args.export, inputs=(run.path,), flag="--export")
     if args.task:
         return _query_deployment(args, run)
     budget = Budget(latency_ms=args.latency_ms, params_m=args.params_m)
@@ -216,7 +221,11 @@ def _query_deployment(args: argparse.Namespace, run) -> None:
     from nasbert.latency.stage import teacher_ms
 
     spec = task_spec(args.task)
-    if args.latency_ms is None or args.params_m is not None:
+    if args.params_m is not None:
+        raise ConfigError("with --task, a budget is --latency-ms alone (the deployable family "
+                          "is chosen by measured latency); drop --params-m",
+                          source="nasbert query")
+    if args.latency_ms is None:
         raise ConfigError("with --task, give --latency-ms (the deployable family is chosen by "
                           "measured latency)", source="nasbert query")
     protocol = _protocol(args)
@@ -345,6 +354,7 @@ def _compress(args: argparse.Namespace) -> None:
     from nasbert.compress.offline import OfflineConfig, compress
     from nasbert.schema import parse
 
+    writable_output(args.out, inputs=(args.model_dir,))
     given = {"method": args.method, "ratio": args.ratio, "params_m": args.params_m,
              "calibration": args.calibration, "tune": not args.no_tune}
     config = parse(OfflineConfig, {k: v for k, v in given.items() if v is not None},

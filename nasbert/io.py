@@ -78,3 +78,40 @@ def cached_record(path: str | Path, key: str) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def writable_output(path: str | Path, *, inputs: tuple[str | Path, ...] = (),
+                    flag: str = "--out", folder: bool = True) -> Path:
+    """``path``, a model folder (or with ``folder=False`` a file) a user asked a command
+    to write, once it is clear that writing it destroys nothing but an earlier output of
+    the same kind: refused (:class:`~nasbert.errors.ConfigError`) when it is one of
+    ``inputs`` or holds one, is a file where a folder is written or the reverse, or, for
+    a folder, is the current folder, lies inside a run directory (whose stages own their
+    folders) or holds other content than a model (no ``config.json``). Checked at the
+    edge, before any work."""
+    from nasbert.errors import ConfigError
+
+    path = Path(path)
+    where = f"{flag} {path}"
+    resolved = path.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if resolved == source or resolved in source.parents:
+            raise ConfigError(f"would overwrite the input {given}; write to another path",
+                              source=where)
+    if folder and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents):
+        raise ConfigError("is the current folder or holds it; name a new folder", source=where)
+    for parent in (resolved, *resolved.parents) if folder else ():
+        if (parent / "run.yaml").is_file():
+            raise ConfigError(f"lies inside the run directory {parent}, whose stages own "
+                              "their folders; write outside it", source=where)
+    if not path.exists():
+        return path
+    if folder and not path.is_dir():
+        raise ConfigError("is a file; name a folder to write the model to", source=where)
+    if not folder and path.is_dir():
+        raise ConfigError("is a folder; name the file to write", source=where)
+    if folder and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise ConfigError("exists and is not a model folder (no config.json); name a new "
+                          "folder, or empty this one first", source=where)
+    return path

@@ -58,6 +58,44 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, w
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_an_output_never_destroys_what_is_not_an_earlier_output(tmp_path, monkeypatch, capsys):
+    """``--out`` / ``--export`` / ``--onnx``: a file, a folder of other things, the input,
+    a run's own folders and the current folder are refused before any work, untouched."""
+    monkeypatch.chdir(tmp_path)
+    tiny = str(SPACES / "tiny.yaml")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "afile").write_text("keep me too")
+    run = tmp_path / "run"
+    (run / "supernet" / "final").mkdir(parents=True)
+    (run / "run.yaml").write_text("recipe: {}\n")
+    (run / "supernet" / "final" / "weights").write_text("trained")
+    cases = [
+        (["extract", tiny, "--out", "notes"], "exists and is not a model folder"),
+        (["extract", tiny, "--out", "afile"], "is a file"),
+        (["extract", tiny, "--out", "."], "is the current folder"),
+        (["extract", tiny, "--out", str(run / "supernet" / "final")], "inside the run directory"),
+        (["query", str(run), "--latency-ms", "5", "--export", str(run / "supernet" / "final")],
+         "inside the run directory"),
+        (["query", str(run / "supernet"), "--latency-ms", "5", "--export", str(run)],
+         "would overwrite the input"),
+        (["compress", "notes", "--out", "notes", "--method", "svd", "--ratio", "2"],
+         "would overwrite the input"),
+        (["export", "notes", "--onnx", "notes"], "is a folder"),
+    ]
+    before = sorted((p.relative_to(tmp_path), p.is_file() and p.read_text())
+                    for p in tmp_path.rglob("*"))
+    for args, words in cases:
+        assert main(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, lines)
+    assert sorted((p.relative_to(tmp_path), p.is_file() and p.read_text())
+                  for p in tmp_path.rglob("*")) == before
+    # an earlier output of the same kind is replaced, as before
+    assert main(["extract", tiny, "--arch", "E16|H16:M,F|H24:S3,I", "--out", "sub"]) == 0
+    assert main(["extract", tiny, "--arch", "E16|H16:M,F|H24:S3,I", "--out", "sub"]) == 0
+
+
 def test_the_process_exits_2_with_one_line_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nasbert", "space", "show", "missing.yaml"],
                           cwd=tmp_path, capture_output=True, text=True)
