@@ -132,6 +132,13 @@ def _distill(args: argparse.Namespace) -> None:
 def _protocol(args: argparse.Namespace):
     from nasbert.latency.measure import Protocol
 
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("torch sees no CUDA GPU here; measure without --gpu",
+                              source="--gpu")
+
     return Protocol(batch=args.batch, seq=args.seq, threads=args.threads, warmup=args.warmup,
                     repeats=args.repeats, rounds=args.rounds, dtype=args.precision,
                     device="cuda" if args.gpu else "cpu")

@@ -99,6 +99,12 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = 18,
     import onnx  # the 'export' extra
     import onnxruntime as ort
 
+    newest = onnx.defs.onnx_opset_version()
+    if not 18 <= opset <= newest:  # torch.onnx's exporter writes opset 18 and later
+        raise ConfigError(f"must be in [18, {newest}] (torch.onnx's exporter and this onnx), "
+                          f"not {opset}", source="export", field="opset")
+    if atol <= 0:
+        raise ConfigError(f"must be positive, not {atol}", source="export", field="atol")
     model = load_model(model_dir, precision="float32").eval()
     precision = precision or json.loads(
         (Path(model_dir) / "config.json").read_text()).get("precision", "float32")

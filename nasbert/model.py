@@ -232,9 +232,10 @@ AutoModelForSequenceClassification.register(NasBertConfig, NasBertForSequenceCla
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """Check that ``path`` holds a readable NAS-BERT model, or raise :class:`ConfigError`
-    naming the file at fault and the fix."""
+def check_model_dir(path: str | Path, *, any_type: bool = False) -> Path:
+    """Check that ``path`` holds a readable NAS-BERT model (with ``any_type``, any model
+    transformers saved: a baseline's BERT too), or raise :class:`ConfigError` naming the
+    file at fault and the fix."""
     path = Path(path)
     fix = "; re-export it (Supernet.extract(...).save_pretrained(dir))"
     if not path.is_dir():
@@ -247,11 +248,14 @@ def check_model_dir(path: str | Path) -> Path:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"is not valid JSON ({e})" + fix, source=str(cfg)) from None
-    if not isinstance(data, dict) or data.get("model_type") != NasBertConfig.model_type:
-        got = data.get("model_type") if isinstance(data, dict) else None
+    got = data.get("model_type") if isinstance(data, dict) else None
+    if any_type and not isinstance(got, str):
+        raise ConfigError("names no model_type" + fix, source=str(cfg), field="model_type")
+    if not any_type and got != NasBertConfig.model_type:
         raise ConfigError(f"model_type is {got!r}, not 'nasbert'; give a directory written by "
                           "nasbert", source=str(cfg), field="model_type")
-    Arch.parse(data.get("arch", ""))
+    if got == NasBertConfig.model_type:
+        Arch.parse(data.get("arch", ""))
     weights = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
         raise ConfigError("is missing" + fix, source=str(path / _WEIGHT_FILES[0]))

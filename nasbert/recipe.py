@@ -55,8 +55,13 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        check(self.batch_size > 0, "must be positive", field="batch_size")
         check(self.max_steps > 0, "must be positive", field="max_steps")
+        check(self.warmup_steps >= 0, "must be 0 or more", field="warmup_steps")
         check(self.lr > 0, "must be positive", field="lr")
+        check(0 <= self.dropout < 1, "must be in [0, 1)", field="dropout")
+        check(self.keep_checkpoints > 0, "must be positive", field="keep_checkpoints")
+        check(self.log_every > 0, "must be positive", field="log_every")
         check(len(self.betas) == 2, "needs two values", field="betas")
         check(self.checkpoint_every > 0, "must be positive", field="checkpoint_every")
         check(self.init_sequences > 0, "must be positive", field="init_sequences")
@@ -91,6 +96,11 @@ class ScalingConfig:
     address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001")
     cpus_per_worker: int = 1
     max_failures: int = 3  # worker restarts Ray allows before giving up
+
+    def __post_init__(self) -> None:
+        check(self.workers > 0, "must be positive", field="workers")
+        check(self.cpus_per_worker > 0, "must be positive", field="cpus_per_worker")
+        check(self.max_failures >= 0, "must be 0 or more", field="max_failures")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +154,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                           "shrink, scaling)", source=str(path))
     apply_overrides(data, list(overrides))
     _resolve_paths(data, path.resolve().parent)
-    return parse(Recipe, data, source=str(path))
+    # a bad value may come from the file or from --set: the message names both
+    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return parse(Recipe, data, source=source)
 
 
 def updated(recipe: Recipe, changes: Mapping[str, object]) -> Recipe:

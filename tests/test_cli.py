@@ -49,6 +49,19 @@ def test_extract_then_export(tmp_path, capsys):
     (["extract", str(SPACES / "tiny.yaml"), "--arch", "E99|H16:M,F|H24:S3,I", "--out", "x"],
      "embedding size 99"),
     (["export", "no_such_dir", "--onnx", "x.onnx"], "no_such_dir: is not a directory"),
+    (["export", "no_such_dir", "--onnx", "x.onnx", "--opset", "13"], "opset: must be in [18,"),
+    (["train-supernet", "quickstart", "--run", "r", "--batch-size", "0"],
+     "train.batch_size: must be positive"),
+    (["train-supernet", "quickstart", "--run", "r", "--set", "train.max_steps=-1"],
+     "with --set train.max_steps=-1"),
+    (["train-supernet", "quickstart", "--run", "r", "--workers", "0"],
+     "scaling.workers: must be positive"),
+    (["latency", "profile", "r", "--batch", "0"], "batch: must be at least 1"),
+    (["latency", "profile", "r", "--repeats", "0"], "repeats: must be at least 1"),
+    (["latency", "profile", "r", "--samples", "-1"], "samples: must be 0 or more"),
+    (["search", "r", "--latency-ms", "5", "--top-k", "0"], "top_k: must be at least 1"),
+    (["finetune", "r", "--task", "sst2", "--max-train-examples", "0"],
+     "max_train_examples: must be positive"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(tmp_path)  # in this process: the same main() the console script runs
@@ -82,6 +95,7 @@ def test_an_output_never_destroys_what_is_not_an_earlier_output(tmp_path, monkey
         (["compress", "notes", "--out", "notes", "--method", "svd", "--ratio", "2"],
          "would overwrite the input"),
         (["export", "notes", "--onnx", "notes"], "is a folder"),
+        (["train-supernet", "quickstart", "--run", "afile", "--max-steps", "1"], "is a file"),
     ]
     before = sorted((p.relative_to(tmp_path), p.is_file() and p.read_text())
                     for p in tmp_path.rglob("*"))

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from nasbert.compress.configuration_lowrank import LowRankBertConfig
+from nasbert.errors import ConfigError
 
 __all__ = ["LowRankBertConfig", "LowRankBertForSequenceClassification", "LowRankBertModel",
            "LowRankLinear", "encoder_linears", "factorize", "output_statistics", "ranks_for"]
@@ -110,8 +111,10 @@ def ranks_for(linears: dict[str, nn.Linear], saved: int) -> dict[str, int]:
 
     lo, hi = 0.0, 1.0  # removed(ranks(f)) falls as f grows
     if removed(ranks(lo)) < saved:
-        raise ValueError(f"factorising every linear layer to rank 1 removes only "
-                         f"{removed(ranks(lo)):,} parameters, fewer than {saved:,}")
+        raise ConfigError(f"factorising every linear layer to rank 1 removes only "
+                          f"{removed(ranks(lo)):,} parameters, fewer than {saved:,}; ask for "
+                          "a smaller --ratio (or a larger --params-m)",
+                          source="nasbert compress")
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if removed(ranks(mid)) >= saved else (lo, mid)

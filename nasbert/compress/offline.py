@@ -75,9 +75,10 @@ def _load(model_dir: str | Path):
     try:
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:160]}); give a "
-                          "fine-tuned model folder", source=str(path)) from None
+    except Exception as e:  # noqa: BLE001 - any loader failure: the folder is unreadable
+        # (OSError, ValueError, safetensors' and huggingface_hub's own error types, ...)
+        raise ConfigError(f"could not be loaded ({(str(e).splitlines() or [''])[0][:160]}); "
+                          "give a fine-tuned model folder", source=str(path)) from None
     if type(model) is not BertForSequenceClassification:
         raise ConfigError(f"is a {type(model).__name__} (model_type "
                           f"{model.config.model_type!r}); nasbert compress takes a BERT "

@@ -55,6 +55,12 @@ class FinetuneConfig:
         check(self.temperature > 0, "must be positive", field="temperature")
         check(self.hidden_epochs >= 0, "must not be negative", field="hidden_epochs")
         check(8 <= self.max_seq_len <= 512, "must be in [8, 512]", field="max_seq_len")
+        check(self.teacher_epochs > 0, "must be positive", field="teacher_epochs")
+        check(self.teacher_lr > 0, "must be positive", field="teacher_lr")
+        check(self.teacher_batch_size > 0, "must be positive", field="teacher_batch_size")
+        for name in ("max_train_examples", "max_dev_examples"):
+            check(getattr(self, name) is None or getattr(self, name) > 0,
+                  "must be positive (leave it out for the whole split)", field=name)
 
     def teacher_key(self, data: TaskData) -> str:
         """What the fine-tuned teacher and its cached logits depend on: the data's

@@ -40,6 +40,7 @@ from nasbert.finetune.distill import (
 )
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
+from nasbert.model import check_model_dir
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir
 
@@ -312,6 +313,8 @@ def finetune(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None
     config = config or FinetuneConfig()
     data = load_task(task, data_dir, seed=config.seed)
     ids = run.model_ids(models)
+    for model_id in ids:  # before the teacher's fine-tuning: a broken folder fails at once
+        check_model_dir(student_source(run, model_id, config.init)[0], any_type=True)
     main, metric = data.spec.dev_splits[0], data.spec.metric
     teacher_dir = finetune_teacher(run, data, config, progress=progress)
     results = {TEACHER: json.loads((teacher_dir / "metrics.json").read_text())}

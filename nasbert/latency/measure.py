@@ -59,9 +59,15 @@ class Protocol:
     device: Literal["cpu", "cuda"] = "cpu"
 
     def __post_init__(self) -> None:
-        if self.dtype == "int8" and self.device != "cpu":
-            from nasbert.errors import ConfigError
+        from nasbert.errors import ConfigError
 
+        flags = {"batch": 1, "seq": 1, "threads": 0, "warmup": 0, "repeats": 1, "rounds": 1}
+        for name, least in flags.items():
+            if getattr(self, name) < least:
+                raise ConfigError(f"must be at least {least}, not {getattr(self, name)}; "
+                                  f"give --{name} {max(least, 1)} or more",
+                                  source="latency protocol", field=name)
+        if self.dtype == "int8" and self.device != "cpu":
             raise ConfigError("int8 (dynamic quantisation) runs on the CPU; measure it "
                               "without --gpu", source="latency protocol", field="dtype")
 

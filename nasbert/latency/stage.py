@@ -54,6 +54,9 @@ def profile(run: RunDir | str | Path, protocol: Protocol, *, samples: int, seed:
     grows one line per measurement: re-running continues where it stopped."""
     from nasbert.supernet import Supernet
 
+    if samples < 0:
+        raise ConfigError(f"must be 0 or more, not {samples}", source="latency profile",
+                          field="samples")
     run = RunDir.of(run)
     space = run.space()
     if protocol.seq > space.dims.max_position_embeddings:

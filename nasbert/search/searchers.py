@@ -83,7 +83,16 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: dict) -> Candidate:
-        return cls(**{**data, "arch": Arch.parse(data["arch"])})
+        """Typed as stored; a value of the wrong type raises ``TypeError`` or
+        ``ValueError`` here rather than later, where it is used."""
+        def number(key: str, kind: type = float):
+            value = data.get(key)
+            return None if value is None else kind(value)
+
+        return cls(**{**data, "arch": Arch.parse(data["arch"]),
+                      "score": float(data["score"]), "latency_ms": float(data["latency_ms"]),
+                      "params": int(data["params"]), "full_loss": number("full_loss"),
+                      "measured_ms": number("measured_ms")})
 
 
 @dataclasses.dataclass

@@ -110,6 +110,9 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     if refine < 0:
         raise ConfigError(f"{refine} is negative; give 0 (no refinement) or more",
                           source="search", field="refine")
+    for name, value in (("top_k", top_k), ("trials", trials), ("measure_top", measure_top)):
+        if value < 1:
+            raise ConfigError(f"must be at least 1, not {value}", source="search", field=name)
     if backend not in ("exact", "optuna", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use exact, optuna or ray",
                           source="search")
@@ -307,9 +310,11 @@ def query(run: RunDir | str | Path, budget: Budget, *, top_k: int = 10) -> Candi
         known, meta = _load_store(folder)
         front = _load_front(folder, "params" if budget.latency_ms is None else "latency_ms")
         guard = meta.get("error", {}).get("mape", 0.0) / 100
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError):
+    except (ValueError, KeyError, TypeError, AttributeError):  # ConfigError, JSON, Unicode too
         raise ConfigError("is corrupt; re-run `nasbert search`", source=str(folder)) from None
     cands = list({**{str(c.arch): c for c in front}, **known}.values())
+    if not cands:
+        raise ConfigError("holds no candidates; re-run `nasbert search`", source=str(folder))
     judged = [(c, _as_judged(c, budget, guard)) for c in cands]
     usable = [(c, j) for c, j in judged  # what a classifier can use
               if any(attends(b) for b in c.arch.blocks)]

@@ -73,15 +73,18 @@ def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = Tr
             raise ConfigError(f"the run was started with a different recipe ({', '.join(diff)} "
                               "differ); resume with the same recipe or start a new --run",
                               source=str(run.run_yaml))
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError("is a file; name a folder for the run", source=f"--run {run.path}")
     tokenizer = load_tokenizer(recipe.teacher, space)  # checks the teacher fits, too
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.run_yaml, yaml.safe_dump(
-        {"recipe": resolved, "provenance": provenance()}, sort_keys=False))
     key = corpus_key(recipe.corpus, recipe.teacher)
     if not run.corpus_file.is_file() or Corpus.load(run.corpus_file).info.get("key") != key:
+        # before run.yaml: a corpus that cannot be read leaves no run behind to clash with
         corpus = build_corpus(recipe.corpus, tokenizer, progress=progress)
         corpus.info["key"] = key
+        run.path.mkdir(parents=True, exist_ok=True)
         corpus.save(run.corpus_file)
+    atomic_write_text(run.run_yaml, yaml.safe_dump(
+        {"recipe": resolved, "provenance": provenance()}, sort_keys=False))
     if recipe.train.init in ("fisher", "magnitude"):
         # scored once, here, so that every worker starts from the same permutation
         teacher_importance(recipe, run, space, progress=progress)

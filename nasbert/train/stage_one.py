@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from nasbert.digest import digest, file_digest
+from nasbert.errors import ConfigError
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, cached_record
 from nasbert.losses import masked_mse
@@ -373,10 +374,15 @@ def _load_encoder(path: Path, *, eager: bool) -> nn.Module:
     import nasbert  # noqa: F401 - registers the nasbert model type
 
     kwargs = {}
-    if eager and AutoConfig.from_pretrained(path).model_type != "nasbert":
-        kwargs["attn_implementation"] = "eager"  # output_attentions needs it
-    with quiet_transformers():
-        return AutoModel.from_pretrained(str(path), **kwargs)
+    try:
+        if eager and AutoConfig.from_pretrained(path).model_type != "nasbert":
+            kwargs["attn_implementation"] = "eager"  # output_attentions needs it
+        with quiet_transformers():
+            return AutoModel.from_pretrained(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - any loader failure: the folder is unreadable
+        raise ConfigError(f"could not be loaded ({(str(e).splitlines() or [''])[0][:160]}); "
+                          "extract it again (`nasbert search` or `nasbert extract`)",
+                          source=str(path)) from None
 
 
 def stage_one_key(run: RunDir, model_id: str, config: DistillConfig) -> str:

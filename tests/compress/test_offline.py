@@ -190,8 +190,9 @@ def test_compress_writes_a_model_folder_of_the_asked_size(classifier_dir, mrpc, 
 ])
 def test_bad_compress_requests_are_one_line_errors(classifier_dir, tmp_path, capsys, argv,
                                                    message):
-    out = tmp_path / "out"
+    out = tmp_path / "out"  # an earlier output, which a good request would replace
     out.mkdir()
+    (out / "config.json").write_text("{}")
     (out / "keep.txt").write_text("x")
     assert main(["compress", str(classifier_dir), "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -212,6 +212,25 @@ def test_corrupt_study_is_reported(tmp_path):
     assert db.read_bytes() == b"this is not sqlite"
 
 
+@pytest.mark.parametrize("store, words", [
+    ('{"candidates": []}', "holds no candidates"),
+    ('{"candidates": {}}', "holds no candidates"),
+    ('{"candidates": [{"arch": "E16|H16:M,F|H24:S3,I", "score": "low", "latency_ms": 1, '
+     '"params": 5}]}', "is corrupt"),
+    ('{"candidates": [{"arch": "E16|H16:M,F|H24:S3,I", "score": 1}]}', "is corrupt"),
+    ('{"candidates": [', "is corrupt"),
+])
+def test_a_damaged_store_is_one_clear_error(tmp_path, store, words):
+    run = RunDir(tmp_path / "run")
+    run.search.mkdir(parents=True)
+    (run.search / "candidates.json").write_text(store)
+    with pytest.raises(ConfigError, match=words):
+        query(run, Budget(latency_ms=5))
+    (run.search / "candidates.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ConfigError, match="is corrupt"):
+        query(run, Budget(latency_ms=5))
+
+
 def test_query_exports_the_answer(run, searched, tmp_path):
     out = _cli("query", run, "--latency-ms", "1000", "--export", tmp_path / "model")
     assert out.returncode == 0, out.stderr
