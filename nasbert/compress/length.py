@@ -48,6 +48,7 @@ from nasbert.finetune.distill import (
     _decide,
     evaluate,
     predict,
+    seconds_before,
     train_classifier,
 )
 from nasbert.finetune.stage import (
@@ -216,7 +217,8 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
                   "train_examples": len(train), "heldout_examples": len(held),
                   "config": dataclasses.asdict(config),
                   "schedule": dataclasses.asdict(schedule),
-                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
+                  "history": history,
                   **provenance()}
         _save(folder, model, run.tokenizer(), record, preds)
     return record

@@ -219,10 +219,14 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
 
     class Checkpoints(TrainerCallback):
         """A checkpoint every ``checkpoint_seconds`` of training and at the last step
-        (by time, not steps: the same cadence for a tiny and a large model)."""
+        (by time, not steps: the same cadence for a tiny and a large model), with the
+        seconds trained so far (``before``: those of the runs it resumes)."""
+
+        def __init__(self, before: float):
+            self.before = before
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.last = time.monotonic()
+            self.last = self.start = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
             if (time.monotonic() - self.last >= checkpoint_seconds
@@ -230,14 +234,22 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                 control.should_save = True
                 self.last = time.monotonic()
 
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / SECONDS_FILE).write_text(json.dumps(
+                    {"seconds": self.before + time.monotonic() - self.start}))
+
     def train(trainer, stage: str) -> None:
         last = _last_complete_checkpoint(Path(trainer.args.output_dir))
+        before = _seconds_before(last)
         if checkpoint_seconds is not None:
-            trainer.add_callback(Checkpoints())
+            trainer.add_callback(Checkpoints(before))
         trainer.train(resume_from_checkpoint=last)
         history.extend({"stage": stage, **h} for h in trainer.state.log_history)
         if last is not None:
-            history.append({"stage": stage, "resumed_from": int(last.rsplit("-", 1)[1])})
+            history.append({"stage": stage, "resumed_from": int(last.rsplit("-", 1)[1]),
+                            "seconds_before": before})
 
     history: list[dict] = []
     with quiet_transformers():
@@ -258,6 +270,23 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
         _show(t, progress)
         train(t, "logits")
     return history
+
+
+SECONDS_FILE = "nasbert_seconds.json"  # beside a Trainer checkpoint: seconds trained
+
+
+def seconds_before(history: list[dict]) -> float:
+    """The seconds a resumed training spent before the process that finished it (the
+    runs it resumed), from :func:`train_classifier`'s history: add them to the
+    finishing process's own time for the whole training time."""
+    return sum(h.get("seconds_before", 0.0) for h in history)
+
+
+def _seconds_before(checkpoint: str | None) -> float:
+    try:
+        return float(json.loads((Path(checkpoint) / SECONDS_FILE).read_text())["seconds"])
+    except (TypeError, OSError, ValueError, KeyError):  # none, or saved before it was kept
+        return 0.0
 
 
 def _last_complete_checkpoint(folder: Path) -> str | None:

@@ -36,6 +36,7 @@ from nasbert.finetune.distill import (
     Encoded,
     evaluate,
     predict,
+    seconds_before,
     train_classifier,
 )
 from nasbert.hf.quiet import quiet_transformers
@@ -114,7 +115,8 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
         record = {"id": TEACHER, "key": key, "task": data.spec.name, "data": data.source,
                   "model": run.recipe().teacher, "params": _params(model),
                   "train_examples": len(train_set), "config": dataclasses.asdict(config),
-                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
+                  "history": history,
                   **provenance()}
         _save(folder, model, tokenizer, record, preds,
               extra={"train_logits.pt": {"key": key, "logits": logits}})
@@ -296,7 +298,8 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                   "stage_one": identity != "extracted", "arch": card.get("arch"),
                   "params": _params(model), "train_examples": len(train_examples),
                   "augmented": augmented, "config": dataclasses.asdict(config),
-                  "seconds": round(time.time() - start, 1), **metrics, "history": history,
+                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
+                  "history": history,
                   **provenance()}
         _save(folder, model if save_model else None, tokenizer, record, preds)
     return record

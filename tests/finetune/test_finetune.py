@@ -92,6 +92,9 @@ def test_a_killed_fine_tuning_resumes_from_its_checkpoint(run, glue, tmp_path):
     # saved at the first epoch's last step, before the evaluation that stopped it
     assert [h["resumed_from"] for h in resumed["history"] if "resumed_from" in h] == [
         steps // int(QUICK.epochs)]
+    # the seconds trained before the kill count in the record's
+    before = [h["seconds_before"] for h in resumed["history"] if "seconds_before" in h]
+    assert len(before) == 1 and 0 < before[0] <= resumed["seconds"]
 
     def first_epoch(record):
         return [h["loss"] for h in record["history"] if "loss" in h and h["epoch"] <= 1]
