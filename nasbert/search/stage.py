@@ -124,14 +124,13 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
                          {e: approx.embedding_loss(e) for e in space.embed_sizes},
                          lambda archs: pred.predict(archs))
     folder = run.search
-    folder.mkdir(parents=True, exist_ok=True)
     searcher: Searcher
     if backend == "exact":
         searcher = ExactSearcher(pred.additive(), k=top_k)
-    elif backend == "optuna":
-        searcher = OptunaSearcher(folder / "study.db")
-    else:
-        searcher = RayTuneSearcher(folder / "ray")
+    else:  # these keep their studies under search/ (the exact solver keeps none)
+        folder.mkdir(parents=True, exist_ok=True)
+        searcher = (OptunaSearcher(folder / "study.db") if backend == "optuna"
+                    else RayTuneSearcher(folder / "ray"))
     guard = pred.error.get("mape", 0.0) / 100  # as query judges (measured or not)
     ref = reference(run, protocol) if export else None  # read once, not per budget
     everything: dict[str, Candidate] = {}
@@ -187,6 +186,8 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
                   + f"  predicted {best.latency_ms:.2f} ms"
                   + (f"  measured {best.measured_ms:.2f} ms" if best.measured_ms else ""),
                   flush=True)
+    if not chosen:  # every budget impossible: bad input, nothing written
+        raise ConfigError("; ".join(failures), source="search")
     fronts = searcher.fronts if isinstance(searcher, ExactSearcher) else {}
     _write(folder, everything, chosen, budgets, pred, fronts)
     if failures:  # after writing what the other budgets found

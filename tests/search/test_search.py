@@ -182,7 +182,8 @@ def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp
 
     from nasbert.cli import main
 
-    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))  # search/ is rewritten
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    shutil.rmtree(copy.search, ignore_errors=True)
     with pytest.raises(ConfigError, match="no candidate fits .* the smallest found needs "
                                           ".* ms.* raise the budget"):
         search(copy, [Budget(latency_ms=1e-6)], protocol=protocol, export=False)
@@ -191,6 +192,7 @@ def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp
                  str(protocol.threads)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nasbert: error:") and "raise the budget" in err[0]
+    assert not copy.search.exists()  # bad input: nothing written
 
 
 def test_missing_stage_outputs_name_the_command(run, protocol, tmp_path):
