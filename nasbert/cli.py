@@ -17,6 +17,8 @@ from nasbert.io import writable_output
 def _space_show(args: argparse.Namespace) -> None:
     from nasbert.space import SearchSpace
 
+    if args.examples < 0:
+        raise ConfigError(f"must be 0 or more, not {args.examples}", source="--examples")
     space = SearchSpace.from_yaml(args.space)
     lo, hi = space.param_range()
     dims = space.dims
@@ -44,6 +46,8 @@ def _space_sample(args: argparse.Namespace) -> None:
 
     from nasbert.space import SearchSpace
 
+    if args.n < 1:
+        raise ConfigError(f"must be at least 1, not {args.n}", source="-n")
     space = SearchSpace.from_yaml(args.space)
     rng = random.Random(args.seed)
     for _ in range(args.n):
@@ -60,7 +64,7 @@ def _extract(args: argparse.Namespace) -> None:
 
     writable_output(args.out)
     space = SearchSpace.from_yaml(args.space)
-    arch = space.parse(args.arch) if args.arch else space.sample(args.seed)
+    arch = space.parse(args.arch) if args.arch is not None else space.sample(args.seed)
     torch.manual_seed(args.seed)
     report = save_subnet(Supernet(space), arch, args.out,
                          info={"weights": f"random initialisation, seed {args.seed}"})
