@@ -50,7 +50,7 @@ def test_extract_then_export(tmp_path, capsys):
      "embedding size 99"),
     (["export", "no_such_dir", "--onnx", "x.onnx"], "no_such_dir: is not a directory"),
     (["export", "no_such_dir", "--onnx", "x.onnx", "--opset", "13"], "opset: must be in [18,"),
-    (["extract", str(SPACES / "tiny.yaml"), "--arch", "", "--out", "x"], "is empty"),
+    (["extract", str(SPACES / "tiny.yaml"), "--arch", "", "--out", "x"], "does not parse"),
     (["space", "sample", str(SPACES / "tiny.yaml"), "-n", "-3"], "-n: must be at least 1"),
     (["train-supernet", "quickstart", "--run", "r", "--batch-size", "0"],
      "train.batch_size: must be positive"),
