@@ -194,7 +194,8 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
             progress: bool = True) -> list[Row]:
     """Fine-tune the teacher and every planned model on ``task`` and tabulate them with
     their latencies on this device: ``latencies`` (model id -> ms, the teacher's under
-    ``"teacher"``) or, by default, measured side by side after the fine-tuning. The
+    ``"teacher"``) or, by default, measured side by side after the fine-tuning (once:
+    :func:`side_by_side`, which a resumed run reads back). The
     task's n-gram student, when the run has one, is the last row."""
     from nasbert.data.tasks import task_spec
 
@@ -209,7 +210,7 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     ngram = ngram if (ngram / "metrics.json").is_file() else None
     if ngram is not None:
         results[NGRAM] = json.loads((ngram / "metrics.json").read_text())
-    latency = dict(latencies) if latencies else measure_side_by_side(
+    latency = dict(latencies) if latencies else side_by_side(
         run, ids, protocol, others={NGRAM: ngram / "model"} if ngram else None)
     base_ms = latency[TEACHER]
     dev, metric = spec.dev_splits[0], spec.metric
@@ -368,16 +369,20 @@ def seeded(config: FinetuneConfig, seed: int) -> FinetuneConfig:
     return config if seed == config.seed else dataclasses.replace(config, student_seed=seed)
 
 
-def side_by_side(run: RunDir, ids: Sequence[str], protocol: Protocol) -> dict[str, float]:
-    """Every planned model's latency and the teacher's, measured once side by side and
-    kept in ``search/side_by_side.json`` (a resumed run reports the same figures)."""
+def side_by_side(run: RunDir, ids: Sequence[str], protocol: Protocol, *,
+                 others: Mapping[str, Path] | None = None) -> dict[str, float]:
+    """Every planned model's latency and the teacher's (and ``others``'), measured once
+    side by side and kept in ``search/side_by_side.json`` (a resumed run reports the
+    same figures)."""
     path = run.search / "side_by_side.json"
     request = {"ids": list(ids), "device": device_id(fingerprint(protocol))}
+    if others:
+        request["others"] = {k: str(v) for k, v in others.items()}
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored["request"] == request:
             return stored["ms"]
-    ms = measure_side_by_side(run, ids, protocol)
+    ms = measure_side_by_side(run, ids, protocol, others=others)
     atomic_write_text(path, json.dumps({"request": request, "ms": ms}, indent=1))
     return ms
 

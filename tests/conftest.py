@@ -14,6 +14,19 @@ SPACES = ROOT / "nasbert" / "spaces"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # a quick latency protocol for tiny models
 PROTOCOL_KW = dict(batch=1, seq=32, warmup=1, repeats=3)
+# The longest files first (`make test` hands whole files to two processes): the longest
+# ones wait on Ray's start and restarts for much of their time, which the other process
+# fills when they start early, not when they come last.
+FIRST = ("train/test_train_ray.py", "finetune/test_finetune.py", "test_pipeline.py",
+         "search/test_search.py", "train/test_train.py", "latency/test_latency.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.path.relative_to(Path(__file__).parent).as_posix()
+        return FIRST.index(path) if path in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

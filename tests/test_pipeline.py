@@ -73,6 +73,8 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
     out, err = capsys.readouterr()
     assert "already trained" in out and "sst2 teacher" not in err
     assert [(r.model_id, r.metric) for r in again] == [(r.model_id, r.metric) for r in rows]
+    # and reports the latencies measured side by side the first time
+    assert [r.latency_ms for r in again] == [r.latency_ms for r in rows]
 
 
 @pytest.mark.slow  # about 70 s alone (20 fine-tunings); the quickstart test covers the stages
