@@ -14,9 +14,8 @@ SPACES = ROOT / "nasbert" / "spaces"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # a quick latency protocol for tiny models
 PROTOCOL_KW = dict(batch=1, seq=32, warmup=1, repeats=3)
-# The longest files first (`make test` hands whole files to two processes): the longest
-# ones wait on Ray's start and restarts for much of their time, which the other process
-# fills when they start early, not when they come last.
+# The longest files first (`make test` hands whole files to two processes), so that
+# none comes last and holds one process while the other has nothing left to do.
 FIRST = ("train/test_train_ray.py", "finetune/test_finetune.py", "test_pipeline.py",
          "search/test_search.py", "train/test_train.py", "latency/test_latency.py")
 
