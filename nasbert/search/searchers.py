@@ -85,14 +85,13 @@ class Candidate:
     def from_dict(cls, data: dict) -> Candidate:
         """Typed as stored; a value of the wrong type raises ``TypeError`` or
         ``ValueError`` here rather than later, where it is used."""
-        def number(key: str, kind: type = float):
-            value = data.get(key)
-            return None if value is None else kind(value)
+        def optional(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
 
         return cls(**{**data, "arch": Arch.parse(data["arch"]),
                       "score": float(data["score"]), "latency_ms": float(data["latency_ms"]),
-                      "params": int(data["params"]), "full_loss": number("full_loss"),
-                      "measured_ms": number("measured_ms")})
+                      "params": int(data["params"]), "full_loss": optional("full_loss"),
+                      "measured_ms": optional("measured_ms")})
 
 
 @dataclasses.dataclass
