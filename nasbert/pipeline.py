@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -326,7 +327,9 @@ class ResultsConfig:
     under ``subnets/`` (the uniform stacks short-listed and every teacher prefix too) on
     ``estimate_task``, to rank them against the search's estimate; and on
     ``ablation_tasks``, the ``ablation_group``'s models without stage one, with transfer
-    data (``augment``), and with both."""
+    data (``augment``), and with both. Then the supernet trained longer
+    (``longer_steps``, 0: not): searched again at the same budgets, and each pick that
+    changed distilled and fine-tuned on ``estimate_task`` at seed 0."""
 
     recipe: str = "minilm_wiki"
     glue_dir: str | None = None  # the GLUE root (SST-2/, MRPC/, CoLA/); None: the hub
@@ -344,6 +347,8 @@ class ResultsConfig:
     ablation_tasks: tuple[str, ...] = ("mrpc", "cola")
     ablation_group: str = "4x"
     augment: AugmentConfig = AugmentConfig(per_example=8, corpus_sentences=2000)
+    # twice the recipe's 2,000 steps: about 90 minutes more here (glue.md's stage times)
+    longer_steps: int = 4000
     # a task's schedule; default: GLUE_SCHEDULES, and for tweets 10,000 examples, 2 epochs
     schedules: Mapping[str, FinetuneConfig] = dataclasses.field(default_factory=dict)
 
@@ -387,14 +392,87 @@ def side_by_side(run: RunDir, ids: Sequence[str], protocol: Protocol, *,
     return ms
 
 
+def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = True) -> RunDir:
+    """The run's supernet trained on to ``steps`` steps, in a run of its own
+    (``studies/supernet-<steps>-steps/``): set up once from the run's packed corpus,
+    teacher importance and last checkpoint (the recipe's ``train.max_steps`` is the one
+    field changed), then trained with :func:`~nasbert.train.train_supernet`, which
+    resumes it. The linear learning-rate decay is planned anew to the later end, so at
+    the checkpoint's step the rate rises again (to ``(steps - s) / (steps - warmup)`` of
+    its peak) and decays to zero; shrinking goes on at every epoch end. What the study
+    then searches needs the run's latency tables, copied by :func:`longer_picks`."""
+    from nasbert.io import atomic_dir
+    from nasbert.recipe import updated
+    from nasbert.train.loop import checkpoint_dirs
+
+    run = RunDir.of(run)
+    recipe = run.recipe()
+    if steps <= recipe.train.max_steps:
+        raise ConfigError(f"{steps} steps is not longer than the run's {recipe.train.max_steps}",
+                          source=str(run.run_yaml), field="train.max_steps")
+    study = run.study(f"supernet-{steps}-steps")
+    if not study.path.is_dir():  # set up in one piece: a kill leaves nothing half-copied
+        found = checkpoint_dirs(run)
+        if not run.has_supernet() or not found:
+            raise ConfigError("has no trained supernet and checkpoint to train on from; "
+                              "run `nasbert train-supernet` on it first", source=str(run))
+        with atomic_dir(study.path) as tmp:
+            fork = RunDir(tmp)
+            for src, dst in ((run.corpus_file, fork.corpus_file),
+                             (run.importance, fork.importance)):
+                if src.is_file():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            shutil.copytree(found[-1], fork.checkpoints / found[-1].name)
+    train_supernet(updated(recipe, {"train.max_steps": steps}), study, progress=progress)
+    return study
+
+
+def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Mapping[str, str]],
+                 protocol: Protocol, *, speedups: Sequence[float], top_k: int, refine: int = 0,
+                 progress: bool = True) -> dict[str, str]:
+    """Search ``study`` (the supernet trained longer) at the run's budgets; each pick
+    whose architecture differs from the run's searched one is copied into the run as
+    ``<budget>-<study>`` (to be distilled and fine-tuned beside the others). Returns
+    speedup name -> the model id to compare with the run's pick (the run's own where
+    the two searches agree)."""
+    from nasbert.io import atomic_dir
+
+    run = RunDir.of(run)
+    for folder in sorted(run.latency.glob("*/")):  # the same device: its tables hold
+        if not (study.latency / folder.name).is_dir():
+            with atomic_dir(study.latency / folder.name) as tmp:
+                shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    picks = plan_models(study, speedups, protocol, top_k=top_k, refine=refine, baselines=False,
+                        progress=progress)
+    out = {}
+    for name, ids in picks.items():
+        if name not in plan:
+            continue
+        ours, theirs = plan[name]["searched"], ids["searched"]
+        if _arch(run.subnet_dir(ours)) == _arch(study.subnet_dir(theirs)):
+            out[name] = ours
+            continue
+        model_id = f"{theirs}-{study.path.name}"
+        if not (run.subnet_dir(model_id) / "config.json").is_file():
+            with atomic_dir(run.subnet_dir(model_id)) as tmp:
+                shutil.copytree(study.subnet_dir(theirs), tmp, dirs_exist_ok=True)
+        out[name] = model_id
+    return out
+
+
+def _arch(folder: Path) -> str:
+    return json.loads((folder / "nasbert.json").read_text())["arch"]
+
+
 def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None, *,
                   protocol: Protocol | None = None, progress: bool = True) -> dict:
     """Every stage of the results run, resumed where it stopped: supernet, latency,
     search and baselines, their latencies side by side, stage one for every planned
     model, then fine-tuning in phases, so that a stopped run has the most telling
-    figures first: every task at seed 0; the estimate study; the ablation; the other
-    seeds. Returns ``{"plan", "latency_ms", "stages"}``; the fine-tuned records are under
-    ``finetune/<task>/``, stage one's under ``distill/``."""
+    figures first: every task at seed 0; the estimate study; the ablation; the supernet
+    trained longer; the other seeds. Returns ``{"plan", "latency_ms", "stages"}``; the
+    fine-tuned records are under ``finetune/<task>/``, stage one's under ``distill/``."""
     from nasbert.data.tasks import load_task
     from nasbert.finetune.stage import finetune_student, finetune_teacher
 
@@ -436,6 +514,16 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
         for schedule in config.variants(task).values():
             for model_id in group.values():
                 train(task, model_id, schedule)
+    if config.longer_steps and config.estimate_task:
+        with clock.stage("supernet trained longer"):
+            study = longer_supernet(run, config.longer_steps, progress=progress)
+            picks = longer_picks(run, study, plan, protocol, speedups=config.speedups,
+                                 top_k=config.top_k, refine=config.refine, progress=progress)
+        changed = [i for name, i in picks.items() if i != plan[name]["searched"]]
+        with clock.stage("stage one"):
+            distill(run, changed, config.distill, progress=progress)
+        for model_id in changed:
+            train(config.estimate_task, model_id, config.schedule(config.estimate_task))
     for seed in config.seeds:
         for task in config.tasks:
             for group_ids in plan.values():

@@ -16,6 +16,8 @@ trainer) to find a file. The layout::
       search/                  Optuna study, candidates, Pareto set, chosen, plan
       subnets/<id>/            extracted models and baselines
       finetune/<task>/<id>/    fine-tuned models, metrics, predictions, sweeps
+      studies/<name>/          a run of its own forked from this one (the supernet
+                               trained longer), read beside it
       results.md               the quickstart's table
 
 Importing this module is cheap (no torch): ``nasbert query`` answers through it.
@@ -86,6 +88,7 @@ class RunDir:
     search = _path("search")
     subnets = _path("subnets")
     distill = _path("distill")
+    studies = _path("studies")
     results = _path("results.md")
 
     def latency_dir(self, protocol: Protocol) -> Path:
@@ -120,6 +123,10 @@ class RunDir:
 
     def distilled_dir(self, model_id: str) -> Path:
         return self.distill / model_id / "model"
+
+    def study(self, name: str) -> RunDir:
+        """``studies/<name>/``: a run of its own, forked from this one."""
+        return RunDir(self.studies / name)
 
     def finetune_dir(self, task: str, model_id: str | None = None) -> Path:
         """``finetune/<task>/`` or ``finetune/<task>/<model_id>/``."""

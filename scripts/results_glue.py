@@ -214,21 +214,14 @@ def stage_one_loss(record: dict) -> float:
     return end.get("hidden", 0.0) + end.get("output", 0.0)
 
 
-def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
-    """Every model fine-tuned on the estimate task at seed 0 against the search's
-    block-wise score (and the supernet's end-to-end loss, and stage one's): Kendall's
-    tau of each with the dev metric."""
-    from scipy.stats import kendalltau
-
-    from nasbert.search.approx import Approximator
+def estimate_models(run: RunDir, config: ResultsConfig, space) -> list[tuple]:
+    """``(label, arch, stage-one loss, dev metric)`` of every model fine-tuned on the
+    estimate task at seed 0: the run's (a teacher prefix as its architecture in the
+    space: the teacher's layers, then identity blocks) and the attic's."""
     from nasbert.search.baselines import prefix_arch
     from nasbert.space import Arch
 
-    task = config.estimate_task
-    if not task:
-        return []
-    spec = task_spec(task)
-    approx = Approximator.from_run(run)
+    spec = task_spec(config.estimate_task)
     rows = []
     for model_id in run.subnet_ids():
         r = record(run, spec.name, model_id)
@@ -236,22 +229,62 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
             continue
         card = json.loads((run.subnet_dir(model_id) / "nasbert.json").read_text())
         if model_id.startswith("teacher-first-"):
-            arch = prefix_arch(approx.space, int(model_id.rsplit("-", 1)[1]))
+            arch = prefix_arch(space, int(model_id.rsplit("-", 1)[1]))
         else:
             arch = Arch.parse(card["arch"])
         stage_one = run.distilled_dir(model_id) / "stage_one.json"
         s1 = (stage_one_loss(json.loads(stage_one.read_text()))
               if stage_one.is_file() else float("nan"))
-        score = approx.score(arch) if arch else float("nan")
-        full = approx.full_loss(arch) if arch else float("nan")
-        rows.append((model_id, score, full, s1, r[spec.dev_splits[0]][spec.metric]))
+        rows.append((model_id, arch, s1, r[spec.dev_splits[0]][spec.metric]))
     for folder, r, stage_one in superseded(run):  # more points for the ranking
         if r["task"] != spec.name or not r.get("arch"):
             continue
-        arch = Arch.parse(r["arch"])
         s1 = stage_one_loss(stage_one) if stage_one else float("nan")
-        rows.append((f"{r['id']} (attic/{folder})", approx.score(arch), approx.full_loss(arch),
-                     s1, r[spec.dev_splits[0]][spec.metric]))
+        rows.append((f"{r['id']} (attic/{folder})", Arch.parse(r["arch"]), s1,
+                     r[spec.dev_splits[0]][spec.metric]))
+    return rows
+
+
+def tau_lines(name: str, rows: list[tuple], metric: str, *, goal: bool = False) -> list[str]:
+    """Kendall's tau of ``(label, loss, dev metric)`` rows (the loss negated), over every
+    row and without the teacher prefixes. The supernet's paths are trained to reproduce
+    the teacher's output; a prefix's identity blocks are not, so its scores say how far
+    its layer k is from the teacher's last layer, not how well it fine-tunes."""
+    from scipy.stats import kendalltau
+
+    lines = []
+    for every in (True, False):
+        pairs = [(-loss, m) for label, loss, m in rows
+                 if loss == loss and (every or not label.startswith("teacher-first-"))]
+        if len(pairs) < 3:
+            continue
+        tau = kendalltau(*zip(*pairs)).statistic
+        if every:
+            verdict = ""
+            if goal:
+                ok = tau >= 0.6 and len(pairs) >= 12
+                verdict = f"; goal >= 0.6 over at least 12 models: **{'met' if ok else 'missed'}**"
+            lines.append(f"- Kendall tau of the {name} (negated) with dev {metric}, "
+                         f"{len(pairs)} models: {tau:.3f}{verdict}")
+        else:
+            lines.append(f"  - without the teacher prefixes, {len(pairs)} models: {tau:.3f}")
+    return lines
+
+
+def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
+    """Every model fine-tuned on the estimate task at seed 0 against the search's
+    block-wise score (and the supernet's end-to-end loss, and stage one's): Kendall's
+    tau of each with the dev metric."""
+    from nasbert.search.approx import Approximator
+
+    task = config.estimate_task
+    if not task:
+        return []
+    spec = task_spec(task)
+    approx = Approximator.from_run(run)
+    nan = float("nan")
+    rows = [(label, approx.score(arch) if arch else nan, approx.full_loss(arch) if arch else nan,
+             s1, metric) for label, arch, s1, metric in estimate_models(run, config, approx.space)]
     lines = ["## The search's estimate against the fine-tuned result", "",
              f"Every model of the run fine-tuned on {spec.folder} (seed 0): the searched "
              "subnets (those of earlier searches too, kept under `attic/`), every uniform "
@@ -271,27 +304,66 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     lines.append("")
     metric = [x[4] for x in rows]
     for name, col in (("block-wise score", 1), ("end-to-end loss", 2), ("stage-one loss", 3)):
-        pairs = [(-x[col], x[4]) for x in rows if x[col] == x[col]]
-        if len(pairs) >= 3:
-            tau = kendalltau(*zip(*pairs)).statistic
-            goal = ""
-            if col == 1:
-                ok = tau >= 0.6 and len(pairs) >= 12
-                goal = (f"; goal >= 0.6 over at least 12 models: "
-                        f"**{'met' if ok else 'missed'}**")
-            lines.append(f"- Kendall tau of the {name} (negated) with dev {spec.metric}, "
-                         f"{len(pairs)} models: {tau:.3f}{goal}")
-        # The supernet's paths are trained to reproduce the teacher's output; a prefix's
-        # identity blocks are not, so its scores say how far its layer k is from the
-        # teacher's last layer, not how well it fine-tunes: the ranking without them.
-        pairs = [(-x[col], x[4]) for x in rows
-                 if x[col] == x[col] and not x[0].startswith("teacher-first-")]
-        if len(pairs) >= 3:
-            tau = kendalltau(*zip(*pairs)).statistic
-            lines.append(f"  - without the teacher prefixes, {len(pairs)} models: {tau:.3f}")
+        lines += tau_lines(name, [(x[0], x[col], x[4]) for x in rows], spec.metric,
+                           goal=col == 1)
     if len(metric) < 12:
         lines.append(f"- {len(metric)} models fine-tuned so far (12 or more when the run "
                      "finishes)")
+    return lines + [""]
+
+
+def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
+    """The supernet trained longer (``nasbert.pipeline.longer_supernet``): what the search
+    picks from it at the same budgets, and how its block-wise score ranks the models the
+    estimate study fine-tuned."""
+    from nasbert.search.approx import Approximator
+    from nasbert.space import Arch
+
+    if not config.longer_steps or not config.estimate_task:
+        return []
+    study = run.study(f"supernet-{config.longer_steps}-steps")
+    train = run.recipe().train
+    steps, longer = train.max_steps, config.longer_steps
+    rise = (longer - steps) / (longer - train.warmup_steps)
+    lines = ["## The supernet trained longer", ""]
+    picked = study.search / "plan.json"
+    if not (study.has_supernet() and picked.is_file()):
+        return lines + [f"Pending: the run's supernet trained on from step {steps:,} to "
+                        f"{longer:,} (`{study.path.relative_to(run.path)}/`), searched again "
+                        "at the same budgets.", ""]
+    spec = task_spec(config.estimate_task)
+    ours, theirs = Approximator.from_run(run), Approximator.from_run(study)
+    lines += [f"The run's supernet trained on from its last checkpoint (step {steps:,}) to "
+              f"step {longer:,} on the same corpus (`nasbert.pipeline.longer_supernet`; the "
+              "learning rate's linear decay re-planned to the later end, so it rises again "
+              f"at step {steps:,} to {rise:.0%} of its peak; shrinking goes on at every epoch "
+              "end), "
+              "then searched again at the same budgets. A pick that changed is distilled "
+              f"(stage one) and fine-tuned on {spec.folder} (seed 0) like the others.", "",
+              f"| budget | supernet | architecture | block-wise score, {steps:,} steps | "
+              f"{longer:,} steps | dev {spec.metric} |",
+              "| --- | --- | --- | ---: | ---: | ---: |"]
+    for name, ids in json.loads(picked.read_text())["plan"].items():
+        if name not in plan:
+            continue
+        mine = plan[name]["searched"]
+        arch = json.loads((study.subnet_dir(ids["searched"]) / "nasbert.json").read_text())["arch"]
+        copied = f"{ids['searched']}-{study.path.name}"
+        for label, model_id, a in (
+                (f"{steps:,} steps", mine,
+                 json.loads((run.subnet_dir(mine) / "nasbert.json").read_text())["arch"]),
+                (f"{longer:,} steps", copied if run.subnet_dir(copied).is_dir() else mine, arch)):
+            r = record(run, spec.name, model_id)
+            got = f"{r[spec.dev_splits[0]][spec.metric]:.4f}" if r else "pending"
+            parsed = Arch.parse(a)
+            lines.append(f"| {name} | {label} | `{md_cell(a)}` | {ours.score(parsed):.4f} | "
+                         f"{theirs.score(parsed):.4f} | {got} |")
+    models = estimate_models(run, config, ours.space)
+    lines.append("")
+    for label, approx in ((f"{steps:,} steps", ours), (f"{longer:,} steps", theirs)):
+        lines += tau_lines(f"block-wise score of the supernet at {label}",
+                           [(m, approx.score(a) if a else float("nan"), metric)
+                            for m, a, _, metric in models], spec.metric)
     return lines + [""]
 
 
@@ -434,6 +506,7 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                wall_time_per_stage=", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())),
         "## Goals", "", *goals(means, firsts, plan, speedup_name(max(config.speedups))), "",
         *sections, *ablation_section(run, plan, config), *estimate_section(run, config),
+        *longer_section(run, plan, config),
         *superseded_section(run, config),
         "## Models", "", "Searched models come from the block-wise best re-scored end to "
         "end (NAS-BERT's procedure), or, where asked for, from the end-to-end refinement of "

@@ -99,7 +99,7 @@ def test_results_run_builds_every_phase_and_resumes(_trained_tiny_run, tiny_teac
         latency_samples=30, top_k=2, seeds=(0, 1), ablation_tasks=("sst2",),
         ablation_group="1x", augment=AugmentConfig(per_example=1),
         distill=DistillConfig(tokens=4 * 8 * 32, batch_size=8, dev_batches=1),
-        schedules={"sst2": quick})
+        schedules={"sst2": quick}, longer_steps=30)
     run = RunDir(tmp_path / "run")
     out = build_results(run, config, protocol=protocol, progress=False)
     group = out["plan"]["1x"]
@@ -115,12 +115,56 @@ def test_results_run_builds_every_phase_and_resumes(_trained_tiny_run, tiny_teac
         ablation = {f"{model_id}-extracted", f"{model_id}-extracted-aug", f"{model_id}-aug"}
         assert ablation <= folders, (ablation, folders)
         assert (f"{model_id}-seed1" in folders) == (kind != "teacher-first-k")
+    # the supernet trained longer, searched again; a changed pick is fine-tuned too
+    study = run.study("supernet-30-steps")
+    assert json.loads(study.summary.read_text())["steps"] == 30
+    assert (study.search / "plan.json").is_file()
     stages = json.loads((run.path / "stages.json").read_text())
     assert {"supernet", "latency", "search and baselines", "stage one",
-            "fine-tuning sst2"} <= set(stages)
+            "fine-tuning sst2", "supernet trained longer"} <= set(stages)
     # resumed: nothing is trained again, and the figures are the same
     again = build_results(run, config, protocol=protocol, progress=False)
     assert again["latency_ms"] == out["latency_ms"] and again["plan"] == out["plan"]
     after = json.loads((run.path / "stages.json").read_text())
     spent = after["fine-tuning sst2"] - stages["fine-tuning sst2"]
     assert spent < 0.25 * stages["fine-tuning sst2"], (spent, stages)
+
+
+def test_supernet_trained_longer_resumes_in_a_study_and_is_searched_again(
+        _trained_tiny_run, tmp_path, protocol, capsys):
+    import json
+    import shutil
+
+    from nasbert.errors import ConfigError
+    from nasbert.pipeline import longer_picks, longer_supernet
+
+    run = RunDir(shutil.copytree(_trained_tiny_run, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="not longer than the run's 20"):
+        longer_supernet(run, 20, progress=False)
+    study = longer_supernet(run, 30, progress=True)
+    out = capsys.readouterr().out
+    assert "resuming from step 20" in out  # from the run's last checkpoint, not from scratch
+    assert study.path == run.path / "studies" / "supernet-30-steps"
+    assert json.loads(study.summary.read_text())["steps"] == 30
+    assert json.loads(run.summary.read_text())["steps"] == 20  # the run is left as it was
+    assert study.recipe().train.max_steps == 30
+    longer_supernet(run, 30, progress=True)
+    assert "already trained for 30 steps" in capsys.readouterr().out
+
+    def arch(folder):
+        return json.loads((folder / "nasbert.json").read_text())["arch"]
+
+    # the run's pick, as a plan names it: once the study's own architecture, once another
+    supernet = run.supernet()
+    save_subnet(supernet, "E16|H16:I,I|H24:I,I", run.subnet_dir("other"))
+    picks = longer_picks(run, study, {"1x": {"searched": "other"}}, protocol,
+                         speedups=(1.0,), top_k=2, progress=False)
+    theirs = json.loads((study.search / "plan.json").read_text())["plan"]["1x"]["searched"]
+    assert arch(study.subnet_dir(theirs)) != "E16|H16:I,I|H24:I,I"
+    assert picks == {"1x": f"{theirs}-supernet-30-steps"}  # copied into the run
+    assert arch(run.subnet_dir(picks["1x"])) == arch(study.subnet_dir(theirs))
+    assert (study.latency / run.latency_dir(protocol).name).is_dir()  # the run's tables
+    save_subnet(supernet, arch(study.subnet_dir(theirs)), run.subnet_dir("same"))
+    again = longer_picks(run, study, {"1x": {"searched": "same"}}, protocol,
+                         speedups=(1.0,), top_k=2, progress=False)
+    assert again == {"1x": "same"}  # the same architecture: the run's own model
