@@ -88,11 +88,8 @@ def torch_installed() -> bool:
     return _run([PY, "-c", probe], check=False, quiet_errors=True)
 
 
-def main() -> None:
-    package = sys.argv[1] if len(sys.argv) > 1 else "."
-    uv = uv_command()
-    install = uv or [PY, "-m", "pip", "install", "--quiet"]
-    print(f"install: with {'uv' if uv else 'pip'}", flush=True)
+def install_all(install: list[str], package: str, *, uv: bool) -> bool:
+    """torch (the build this machine wants), then ``package`` editable; False on failure."""
     torch: list[str] = []
     if not torch_installed():
         torch = [TORCH]
@@ -101,12 +98,25 @@ def main() -> None:
             local = _run(install + ["--no-index", "--no-deps", TORCH], check=False,
                          quiet_errors=True)
             if not local:
-                torch = ([TORCH, "--torch-backend", "cpu"] if uv else
-                         [TORCH, "--index-url", "https://download.pytorch.org/whl/cpu",
-                          "--extra-index-url", "https://pypi.org/simple"])
-                _run(install + torch)
+                cpu = ([TORCH, "--torch-backend", "cpu"] if uv else
+                       [TORCH, "--index-url", "https://download.pytorch.org/whl/cpu",
+                        "--extra-index-url", "https://pypi.org/simple"])
+                if not _run(install + cpu, check=False):
+                    return False
                 torch = []
-    _run(install + torch + ["-e", package])
+    return _run(install + torch + ["-e", package], check=False)
+
+
+def main() -> None:
+    package = sys.argv[1] if len(sys.argv) > 1 else "."
+    uv = uv_command()
+    pip = [PY, "-m", "pip", "install", "--quiet"]
+    print(f"install: with {'uv' if uv else 'pip'}", flush=True)
+    done = bool(uv) and install_all(uv, package, uv=True)
+    if uv and not done:
+        print("install: uv failed (above); trying pip", flush=True)
+    if not done and not install_all(pip, package, uv=False):
+        sys.exit(f"install: pip could not install torch and {package} either (above)")
     _run([PY, "-c", "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"])
 
 
