@@ -276,6 +276,7 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     block-wise score (and the supernet's end-to-end loss, and stage one's): Kendall's
     tau of each with the dev metric."""
     from nasbert.search.approx import Approximator
+    from nasbert.space import BlockArch
 
     task = config.estimate_task
     if not task:
@@ -283,8 +284,18 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     spec = task_spec(task)
     approx = Approximator.from_run(run)
     nan = float("nan")
+    # a block's loss over the loss of skipping it (the identity path at the teacher's
+    # width): skipping a late block costs the sum twice what skipping an early one does
+    skip = BlockArch.parse(f"H{approx.space.dims.hidden_size}:I,I")
+    skipped = [approx.block_loss(i, skip) for i in range(len(approx.space.blocks))]
+
+    def relative(arch) -> float:
+        return sum(approx.block_loss(i, b) / s for i, (b, s) in
+                   enumerate(zip(arch.blocks, skipped))) if arch else nan
+
     rows = [(label, approx.score(arch) if arch else nan, approx.full_loss(arch) if arch else nan,
-             s1, metric) for label, arch, s1, metric in estimate_models(run, config, approx.space)]
+             s1, metric, relative(arch))
+            for label, arch, s1, metric in estimate_models(run, config, approx.space)]
     lines = ["## The search's estimate against the fine-tuned result", "",
              f"Every model of the run fine-tuned on {spec.folder} (seed 0): the searched "
              "subnets (those of earlier searches too, kept under `attic/`), every uniform "
@@ -296,14 +307,21 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
              "token's MSE, what the search re-scores by); stage one: the model's dev loss "
              "after stage one, its hidden-state and "
              "output terms (every model has those; attention maps are distilled only "
-             "where the heads match the teacher's). Lower is better for all three.", "",
-             f"| model | block-wise score | end-to-end loss | stage-one loss | dev {spec.metric} |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for model_id, score, full, s1, metric in sorted(rows, key=lambda x: x[1]):
-        lines.append(f"| {model_id} | {score:.4f} | {full:.4f} | {s1:.4f} | {metric:.4f} |")
+             "where the heads match the teacher's); relative: the block-wise score with "
+             "each block's loss divided by the loss of skipping that block (the identity "
+             f"path at width {approx.space.dims.hidden_size}: "
+             + ", ".join(f"{x:.3g}" for x in skipped) + " from the first block to the "
+             "last), the embedding left out. Lower is better for all four.", "",
+             f"| model | block-wise score | end-to-end loss | stage-one loss | relative | "
+             f"dev {spec.metric} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model_id, score, full, s1, metric, rel in sorted(rows, key=lambda x: x[1]):
+        lines.append(f"| {model_id} | {score:.4f} | {full:.4f} | {s1:.4f} | {rel:.3f} | "
+                     f"{metric:.4f} |")
     lines.append("")
     metric = [x[4] for x in rows]
-    for name, col in (("block-wise score", 1), ("end-to-end loss", 2), ("stage-one loss", 3)):
+    for name, col in (("block-wise score", 1), ("end-to-end loss", 2), ("stage-one loss", 3),
+                      ("relative block-wise score", 5)):
         lines += tau_lines(name, [(x[0], x[col], x[4]) for x in rows], spec.metric,
                            goal=col == 1)
     if len(metric) < 12:
