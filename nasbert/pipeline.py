@@ -327,9 +327,9 @@ class ResultsConfig:
     under ``subnets/`` (the uniform stacks short-listed and every teacher prefix too) on
     ``estimate_task``, to rank them against the search's estimate; and on
     ``ablation_tasks``, the ``ablation_group``'s models without stage one, with transfer
-    data (``augment``), and with both. Then the supernet trained longer
-    (``longer_steps``, 0: not): searched again at the same budgets, and each pick that
-    changed distilled and fine-tuned on ``estimate_task`` at seed 0."""
+    data (``augment``), and with both. Then the supernet trained ``longer`` times the
+    recipe's steps: searched again at the same budgets, and each pick that changed
+    distilled and fine-tuned on ``estimate_task`` at seed 0."""
 
     recipe: str = "minilm_wiki"
     glue_dir: str | None = None  # the GLUE root (SST-2/, MRPC/, CoLA/); None: the hub
@@ -347,8 +347,9 @@ class ResultsConfig:
     ablation_tasks: tuple[str, ...] = ("mrpc", "cola")
     ablation_group: str = "4x"
     augment: AugmentConfig = AugmentConfig(per_example=8, corpus_sentences=2000)
-    # twice the recipe's 2,000 steps: about 90 minutes more here (glue.md's stage times)
-    longer_steps: int = 4000
+    # the supernet trained this many times the recipe's steps (0: not): twice minilm_wiki's
+    # 2,000, about 90 minutes more here (glue.md's stage times)
+    longer: float = 2.0
     # a task's schedule; default: GLUE_SCHEDULES, and for tweets 10,000 examples, 2 epochs
     schedules: Mapping[str, FinetuneConfig] = dataclasses.field(default_factory=dict)
 
@@ -395,12 +396,13 @@ def side_by_side(run: RunDir, ids: Sequence[str], protocol: Protocol, *,
 def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = True) -> RunDir:
     """The run's supernet trained on to ``steps`` steps, in a run of its own
     (``studies/supernet-<steps>-steps/``): set up once from the run's packed corpus,
-    teacher importance and last checkpoint (the recipe's ``train.max_steps`` is the one
-    field changed), then trained with :func:`~nasbert.train.train_supernet`, which
-    resumes it. The linear learning-rate decay is planned anew to the later end, so at
-    the checkpoint's step the rate rises again (to ``(steps - s) / (steps - warmup)`` of
-    its peak) and decays to zero; shrinking goes on at every epoch end. What the study
-    then searches needs the run's latency tables, copied by :func:`longer_picks`."""
+    teacher importance and last checkpoint (the recipe's ``train.max_steps`` is the
+    field changed, and ``shrink.by`` is pinned to what the run's bins were measured in),
+    then trained with :func:`~nasbert.train.train_supernet`, which resumes it. The
+    linear learning-rate decay is planned anew to the later end, so after the
+    checkpoint's step the rate rises again (to ``(steps - s) / (steps - warmup)`` of its
+    peak) and decays to zero; shrinking goes on at every epoch end. What the study then
+    searches needs the run's latency tables, copied by :func:`longer_picks`."""
     from nasbert.io import atomic_dir
     from nasbert.recipe import updated
     from nasbert.train.loop import checkpoint_dirs
@@ -411,6 +413,10 @@ def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = Tr
         raise ConfigError(f"{steps} steps is not longer than the run's {recipe.train.max_steps}",
                           source=str(run.run_yaml), field="train.max_steps")
     study = run.study(f"supernet-{steps}-steps")
+    for stale in study.path.parent.glob(f".{study.path.name}.*"):  # a set-up a kill cut
+        shutil.rmtree(stale, ignore_errors=True)
+    if study.path.is_dir() and not (study.has_supernet() or checkpoint_dirs(study)):
+        shutil.rmtree(study.path)  # nothing to resume from: set up again, never from scratch
     if not study.path.is_dir():  # set up in one piece: a kill leaves nothing half-copied
         found = checkpoint_dirs(run)
         if not run.has_supernet() or not found:
@@ -424,7 +430,11 @@ def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = Tr
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dst)
             shutil.copytree(found[-1], fork.checkpoints / found[-1].name)
-    train_supernet(updated(recipe, {"train.max_steps": steps}), study, progress=progress)
+    binned = run.shrink / "block0.json"
+    by = (json.loads(binned.read_text()).get("binned_by") if binned.is_file() else None)
+    changes = {"train.max_steps": steps,
+               "shrink.by": {"params": "params", "latency_ms": "latency"}.get(by)}
+    train_supernet(updated(recipe, changes), study, progress=progress)
     return study
 
 
@@ -450,7 +460,7 @@ def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Map
         if name not in plan:
             continue
         ours, theirs = plan[name]["searched"], ids["searched"]
-        if _arch(run.subnet_dir(ours)) == _arch(study.subnet_dir(theirs)):
+        if arch_of(run.subnet_dir(ours)) == arch_of(study.subnet_dir(theirs)):
             out[name] = ours
             continue
         model_id = f"{theirs}-{study.path.name}"
@@ -461,7 +471,8 @@ def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Map
     return out
 
 
-def _arch(folder: Path) -> str:
+def arch_of(folder: Path) -> str:
+    """The architecture string an extracted model's card records."""
     return json.loads((folder / "nasbert.json").read_text())["arch"]
 
 
@@ -505,8 +516,9 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
             train(task, model_id, config.schedule(task))
     if config.estimate_task:  # every model of the run, for the estimate's ranking
         others = [i for i in run.subnet_ids() if i not in _plan_ids(plan)]
-        with clock.stage("stage one"):
-            distill(run, others, config.distill, progress=progress)
+        if others:  # (none given: distill would take every model)
+            with clock.stage("stage one"):
+                distill(run, others, config.distill, progress=progress)
         for model_id in others:
             train(config.estimate_task, model_id, config.schedule(config.estimate_task))
     group = plan.get(config.ablation_group, {})
@@ -514,14 +526,21 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
         for schedule in config.variants(task).values():
             for model_id in group.values():
                 train(task, model_id, schedule)
-    if config.longer_steps and config.estimate_task:
-        with clock.stage("supernet trained longer"):
-            study = longer_supernet(run, config.longer_steps, progress=progress)
-            picks = longer_picks(run, study, plan, protocol, speedups=config.speedups,
-                                 top_k=config.top_k, refine=config.refine, progress=progress)
+    if config.longer and config.estimate_task:
+        try:
+            with clock.stage("supernet trained longer"):
+                study = longer_supernet(run, round(config.longer * run.recipe().train.max_steps),
+                                        progress=progress)
+                picks = longer_picks(run, study, plan, protocol, speedups=config.speedups,
+                                     top_k=config.top_k, refine=config.refine,
+                                     progress=progress)
+        except ConfigError as e:  # a study that cannot run holds up none of the seeds
+            print(f"skipped       the supernet trained longer: {e}", flush=True)
+            picks = {}
         changed = [i for name, i in picks.items() if i != plan[name]["searched"]]
-        with clock.stage("stage one"):
-            distill(run, changed, config.distill, progress=progress)
+        if changed:
+            with clock.stage("stage one"):
+                distill(run, changed, config.distill, progress=progress)
         for model_id in changed:
             train(config.estimate_task, model_id, config.schedule(config.estimate_task))
     for seed in config.seeds:

@@ -20,6 +20,7 @@ Standard library only: it runs before anything is installed.
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import shutil
@@ -31,31 +32,31 @@ TORCH = f"torch=={VERSION}"
 PY = sys.executable
 
 
-def _run(cmd: list[str], *, check: bool = True, quiet_errors: bool = False) -> bool:
-    stderr = subprocess.DEVNULL if quiet_errors else None
-    done = subprocess.run(cmd, stderr=stderr)
+def _run(cmd: list[str], *, check: bool = True, quiet_errors: bool = False,
+         quiet: bool = False) -> bool:
+    stderr = subprocess.DEVNULL if quiet_errors or quiet else None
+    done = subprocess.run(cmd, stderr=stderr, stdout=subprocess.DEVNULL if quiet else None)
     if check and done.returncode:
         sys.exit(f"install: `{shlex.join(cmd)}` failed (exit {done.returncode})")
     return done.returncode == 0
 
 
-def pip_index_settings() -> dict[str, list[str]]:
-    """The index settings pip would use (its config files and PIP_* variables).
-
-    `pip config list` prints ``scope.key='value'``; an environment variable (scope
-    ``:env:``) overrides the files, as it does for pip.
-    """
+def pip_index_settings() -> dict[str, str]:
+    """The index settings ``pip install`` would use: its ``global`` then ``install``
+    sections, then PIP_* variables (scope ``:env:``), later ones winning, as in pip.
+    `pip config list` prints each value as Python's repr (a value over several lines,
+    pip's way of naming several indexes, holds newlines)."""
     out = subprocess.run([PY, "-m", "pip", "config", "list"],
                          capture_output=True, text=True).stdout
-    files: dict[str, str] = {}
-    env: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         scoped, _, value = line.partition("=")
         scope, _, key = scoped.rpartition(".")
-        (env if scope == ":env:" else files)[key] = value.strip("'\"")
-    merged = {**files, **env}
-    keys = ("index-url", "extra-index-url", "find-links", "cert")
-    return {key: merged[key].split() for key in keys if merged.get(key)}
+        try:
+            found.setdefault(scope, {})[key] = str(ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            continue
+    return {**found.get("global", {}), **found.get("install", {}), **found.get(":env:", {})}
 
 
 def uv_command() -> list[str] | None:
@@ -70,17 +71,21 @@ def uv_command() -> list[str] | None:
     # else ever writes the .pyc files, and every process would compile its imports anew.
     cmd = [uv, "pip", "install", "--quiet", "--python", PY, "--compile-bytecode",
            "--index-strategy", "unsafe-best-match"]
-    for flag in ("index-url", "extra-index-url", "find-links"):
-        for value in settings.get(flag, []):
+    if settings.get("index-url"):
+        cmd += ["--index-url", settings["index-url"].strip()]
+    for flag in ("extra-index-url", "find-links"):  # pip's lists: whitespace between
+        for value in settings.get(flag, "").split():
             cmd += [f"--{flag}", value]
+    if settings.get("no-index", "").strip().lower() in ("1", "true", "yes", "on"):
+        cmd.append("--no-index")
     if settings.get("cert") and "SSL_CERT_FILE" not in os.environ:
-        os.environ["SSL_CERT_FILE"] = settings["cert"][0]
+        os.environ["SSL_CERT_FILE"] = settings["cert"].strip()
     return cmd
 
 
 def has_gpu() -> bool:
     smi = shutil.which("nvidia-smi")
-    return bool(smi) and _run([smi], check=False, quiet_errors=True)
+    return bool(smi) and _run([smi], check=False, quiet=True)
 
 
 def torch_installed() -> bool:

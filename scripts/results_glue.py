@@ -276,7 +276,7 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     block-wise score (and the supernet's end-to-end loss, and stage one's): Kendall's
     tau of each with the dev metric."""
     from nasbert.search.approx import Approximator
-    from nasbert.space import BlockArch
+    from nasbert.space import IDENTITY, BlockArch
 
     task = config.estimate_task
     if not task:
@@ -286,8 +286,9 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     nan = float("nan")
     # a block's loss over the loss of skipping it (the identity path at the teacher's
     # width): skipping a late block costs the sum twice what skipping an early one does
-    skip = BlockArch.parse(f"H{approx.space.dims.hidden_size}:I,I")
-    skipped = [approx.block_loss(i, skip) for i in range(len(approx.space.blocks))]
+    width = approx.space.dims.hidden_size
+    skipped = [approx.block_loss(i, BlockArch(width, (IDENTITY,) * b.layers))
+               for i, b in enumerate(approx.space.blocks)]
 
     def relative(arch) -> float:
         return sum(approx.block_loss(i, b) / s for i, (b, s) in
@@ -309,7 +310,7 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
              "output terms (every model has those; attention maps are distilled only "
              "where the heads match the teacher's); relative: the block-wise score with "
              "each block's loss divided by the loss of skipping that block (the identity "
-             f"path at width {approx.space.dims.hidden_size}: "
+             f"path at width {width}: "
              + ", ".join(f"{x:.3g}" for x in skipped) + " from the first block to the "
              "last), the embedding left out. Lower is better for all four.", "",
              f"| model | block-wise score | end-to-end loss | stage-one loss | relative | "
@@ -334,14 +335,15 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
     """The supernet trained longer (``nasbert.pipeline.longer_supernet``): what the search
     picks from it at the same budgets, and how its block-wise score ranks the models the
     estimate study fine-tuned."""
+    from nasbert.pipeline import arch_of
     from nasbert.search.approx import Approximator
     from nasbert.space import Arch
 
-    if not config.longer_steps or not config.estimate_task:
+    if not config.longer or not config.estimate_task:
         return []
-    study = run.study(f"supernet-{config.longer_steps}-steps")
     train = run.recipe().train
-    steps, longer = train.max_steps, config.longer_steps
+    steps, longer = train.max_steps, round(config.longer * train.max_steps)
+    study = run.study(f"supernet-{longer}-steps")
     rise = (longer - steps) / (longer - train.warmup_steps)
     lines = ["## The supernet trained longer", ""]
     picked = study.search / "plan.json"
@@ -353,11 +355,11 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
     ours, theirs = Approximator.from_run(run), Approximator.from_run(study)
     lines += [f"The run's supernet trained on from its last checkpoint (step {steps:,}) to "
               f"step {longer:,} on the same corpus (`nasbert.pipeline.longer_supernet`; the "
-              "learning rate's linear decay re-planned to the later end, so it rises again "
-              f"at step {steps:,} to {rise:.0%} of its peak; shrinking goes on at every epoch "
-              "end), "
-              "then searched again at the same budgets. A pick that changed is distilled "
-              f"(stage one) and fine-tuned on {spec.folder} (seed 0) like the others.", "",
+              "learning rate's linear decay re-planned to the later end, so after step "
+              f"{steps:,} it rises again to {rise:.0%} of its peak; shrinking goes on at "
+              "every epoch end), then searched again at the same budgets. A pick that "
+              f"changed is distilled (stage one) and fine-tuned on {spec.folder} (seed 0) "
+              "like the others.", "",
               f"| budget | supernet | architecture | block-wise score, {steps:,} steps | "
               f"{longer:,} steps | dev {spec.metric} |",
               "| --- | --- | --- | ---: | ---: | ---: |"]
@@ -365,12 +367,11 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
         if name not in plan:
             continue
         mine = plan[name]["searched"]
-        arch = json.loads((study.subnet_dir(ids["searched"]) / "nasbert.json").read_text())["arch"]
-        copied = f"{ids['searched']}-{study.path.name}"
-        for label, model_id, a in (
-                (f"{steps:,} steps", mine,
-                 json.loads((run.subnet_dir(mine) / "nasbert.json").read_text())["arch"]),
-                (f"{longer:,} steps", copied if run.subnet_dir(copied).is_dir() else mine, arch)):
+        arch, arch_mine = arch_of(study.subnet_dir(ids["searched"])), arch_of(run.subnet_dir(mine))
+        # a changed pick is compared as its copy in the run (pending until it is there)
+        copied = mine if arch == arch_mine else f"{ids['searched']}-{study.path.name}"
+        for label, model_id, a in ((f"{steps:,} steps", mine, arch_mine),
+                                   (f"{longer:,} steps", copied, arch)):
             r = record(run, spec.name, model_id)
             got = f"{r[spec.dev_splits[0]][spec.metric]:.4f}" if r else "pending"
             parsed = Arch.parse(a)

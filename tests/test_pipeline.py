@@ -99,7 +99,7 @@ def test_results_run_builds_every_phase_and_resumes(_trained_tiny_run, tiny_teac
         latency_samples=30, top_k=2, seeds=(0, 1), ablation_tasks=("sst2",),
         ablation_group="1x", augment=AugmentConfig(per_example=1),
         distill=DistillConfig(tokens=4 * 8 * 32, batch_size=8, dev_batches=1),
-        schedules={"sst2": quick}, longer_steps=30)
+        schedules={"sst2": quick}, longer=1.5)
     run = RunDir(tmp_path / "run")
     out = build_results(run, config, protocol=protocol, progress=False)
     group = out["plan"]["1x"]
@@ -141,9 +141,14 @@ def test_supernet_trained_longer_resumes_in_a_study_and_is_searched_again(
     run = RunDir(shutil.copytree(_trained_tiny_run, tmp_path / "run"))
     with pytest.raises(ConfigError, match="not longer than the run's 20"):
         longer_supernet(run, 20, progress=False)
+    # what a kill can leave: a set-up cut short, an empty study
+    stale = run.studies / ".supernet-30-steps.cut"
+    stale.mkdir(parents=True)
+    run.study("supernet-30-steps").path.mkdir()
     study = longer_supernet(run, 30, progress=True)
     out = capsys.readouterr().out
     assert "resuming from step 20" in out  # from the run's last checkpoint, not from scratch
+    assert not stale.exists()
     assert study.path == run.path / "studies" / "supernet-30-steps"
     assert json.loads(study.summary.read_text())["steps"] == 30
     assert json.loads(run.summary.read_text())["steps"] == 20  # the run is left as it was
