@@ -285,7 +285,8 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
     approx = Approximator.from_run(run)
     nan = float("nan")
     # a block's loss over the loss of skipping it (the identity path at the teacher's
-    # width): skipping a late block costs the sum twice what skipping an early one does
+    # width): in the results run, skipping the last block costs the sum twice what
+    # skipping the first does (0.199 against 0.097), which steers small budgets late
     width = approx.space.dims.hidden_size
     skipped = [approx.block_loss(i, BlockArch(width, (IDENTITY,) * b.layers))
                for i, b in enumerate(approx.space.blocks)]
