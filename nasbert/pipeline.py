@@ -353,6 +353,10 @@ class ResultsConfig:
     # a task's schedule; default: GLUE_SCHEDULES, and for tweets 10,000 examples, 2 epochs
     schedules: Mapping[str, FinetuneConfig] = dataclasses.field(default_factory=dict)
 
+    def longer_steps(self, run: RunDir) -> int:
+        """The steps of the supernet trained longer: ``longer`` times the run's."""
+        return round(self.longer * run.recipe().train.max_steps)
+
     def schedule(self, task: str) -> FinetuneConfig:
         from nasbert.finetune.config import GLUE_SCHEDULES
 
@@ -412,7 +416,7 @@ def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = Tr
     if steps <= recipe.train.max_steps:
         raise ConfigError(f"{steps} steps is not longer than the run's {recipe.train.max_steps}",
                           source=str(run.run_yaml), field="train.max_steps")
-    study = run.study(f"supernet-{steps}-steps")
+    study = longer_study(run, steps)
     for stale in study.path.parent.glob(f".{study.path.name}.*"):  # a set-up a kill cut
         shutil.rmtree(stale, ignore_errors=True)
     if study.path.is_dir() and not (study.has_supernet() or checkpoint_dirs(study)):
@@ -436,6 +440,16 @@ def longer_supernet(run: RunDir | str | Path, steps: int, *, progress: bool = Tr
                "shrink.by": {"params": "params", "latency_ms": "latency"}.get(by)}
     train_supernet(updated(recipe, changes), study, progress=progress)
     return study
+
+
+def longer_study(run: RunDir | str | Path, steps: int) -> RunDir:
+    """The study of the run's supernet trained on to ``steps`` steps."""
+    return RunDir.of(run).study(f"supernet-{steps}-steps")
+
+
+def copied_id(study: RunDir, model_id: str) -> str:
+    """The id under which the run holds ``study``'s model ``model_id``."""
+    return f"{model_id}-{study.path.name}"
 
 
 def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Mapping[str, str]],
@@ -463,7 +477,7 @@ def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Map
         if arch_of(run.subnet_dir(ours)) == arch_of(study.subnet_dir(theirs)):
             out[name] = ours
             continue
-        model_id = f"{theirs}-{study.path.name}"
+        model_id = copied_id(study, theirs)
         if not (run.subnet_dir(model_id) / "config.json").is_file():
             with atomic_dir(run.subnet_dir(model_id)) as tmp:
                 shutil.copytree(study.subnet_dir(theirs), tmp, dirs_exist_ok=True)
@@ -529,8 +543,7 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
     if config.longer and config.estimate_task:
         try:
             with clock.stage("supernet trained longer"):
-                study = longer_supernet(run, round(config.longer * run.recipe().train.max_steps),
-                                        progress=progress)
+                study = longer_supernet(run, config.longer_steps(run), progress=progress)
                 picks = longer_picks(run, study, plan, protocol, speedups=config.speedups,
                                      top_k=config.top_k, refine=config.refine,
                                      progress=progress)

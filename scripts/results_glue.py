@@ -218,6 +218,7 @@ def estimate_models(run: RunDir, config: ResultsConfig, space) -> list[tuple]:
     """``(label, arch, stage-one loss, dev metric)`` of every model fine-tuned on the
     estimate task at seed 0: the run's (a teacher prefix as its architecture in the
     space: the teacher's layers, then identity blocks) and the attic's."""
+    from nasbert.pipeline import arch_of
     from nasbert.search.baselines import prefix_arch
     from nasbert.space import Arch
 
@@ -227,11 +228,10 @@ def estimate_models(run: RunDir, config: ResultsConfig, space) -> list[tuple]:
         r = record(run, spec.name, model_id)
         if r is None:
             continue
-        card = json.loads((run.subnet_dir(model_id) / "nasbert.json").read_text())
         if model_id.startswith("teacher-first-"):
             arch = prefix_arch(space, int(model_id.rsplit("-", 1)[1]))
         else:
-            arch = Arch.parse(card["arch"])
+            arch = Arch.parse(arch_of(run.subnet_dir(model_id)))
         stage_one = run.distilled_dir(model_id) / "stage_one.json"
         s1 = (stage_one_loss(json.loads(stage_one.read_text()))
               if stage_one.is_file() else float("nan"))
@@ -336,15 +336,15 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
     """The supernet trained longer (``nasbert.pipeline.longer_supernet``): what the search
     picks from it at the same budgets, and how its block-wise score ranks the models the
     estimate study fine-tuned."""
-    from nasbert.pipeline import arch_of
+    from nasbert.pipeline import arch_of, copied_id, longer_study
     from nasbert.search.approx import Approximator
     from nasbert.space import Arch
 
     if not config.longer or not config.estimate_task:
         return []
     train = run.recipe().train
-    steps, longer = train.max_steps, round(config.longer * train.max_steps)
-    study = run.study(f"supernet-{longer}-steps")
+    steps, longer = train.max_steps, config.longer_steps(run)
+    study = longer_study(run, longer)
     rise = (longer - steps) / (longer - train.warmup_steps)
     lines = ["## The supernet trained longer", ""]
     picked = study.search / "plan.json"
@@ -370,7 +370,7 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
         mine = plan[name]["searched"]
         arch, arch_mine = arch_of(study.subnet_dir(ids["searched"])), arch_of(run.subnet_dir(mine))
         # a changed pick is compared as its copy in the run (pending until it is there)
-        copied = mine if arch == arch_mine else f"{ids['searched']}-{study.path.name}"
+        copied = mine if arch == arch_mine else copied_id(study, ids["searched"])
         for label, model_id, a in ((f"{steps:,} steps", mine, arch_mine),
                                    (f"{longer:,} steps", copied, arch)):
             r = record(run, spec.name, model_id)
