@@ -29,8 +29,9 @@ from nasbert.finetune.config import FinetuneConfig
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
 
-# how often a fine-tuning saves the checkpoint a killed run resumes from
-CHECKPOINT_SECONDS = 600.0
+# how often a fine-tuning saves the checkpoint a killed run resumes from: a kill loses at
+# most this much training
+CHECKPOINT_SECONDS = 300.0
 
 
 class Encoded(torch.utils.data.Dataset):
