@@ -27,7 +27,15 @@ from nasbert.data.metrics import compute_metrics
 from nasbert.data.tasks import load_task, task_spec
 from nasbert.io import atomic_write_bytes, atomic_write_text
 from nasbert.latency.measure import Protocol
-from nasbert.pipeline import ResultsConfig, build_results, seeded, speedup_name
+from nasbert.pipeline import (
+    ResultsConfig,
+    arch_of,
+    build_results,
+    copied_id,
+    longer_study,
+    seeded,
+    speedup_name,
+)
 from nasbert.reporting import header, md_cell
 from nasbert.run import NGRAM, TEACHER, RunDir
 
@@ -218,7 +226,6 @@ def estimate_models(run: RunDir, config: ResultsConfig, space) -> list[tuple]:
     """``(label, arch, stage-one loss, dev metric)`` of every model fine-tuned on the
     estimate task at seed 0: the run's (a teacher prefix as its architecture in the
     space: the teacher's layers, then identity blocks) and the attic's."""
-    from nasbert.pipeline import arch_of
     from nasbert.search.baselines import prefix_arch
     from nasbert.space import Arch
 
@@ -337,7 +344,6 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
     """The supernet trained longer (``nasbert.pipeline.longer_supernet``): what the search
     picks from it at the same budgets, and how its block-wise score ranks the models the
     estimate study fine-tuned."""
-    from nasbert.pipeline import arch_of, copied_id, longer_study
     from nasbert.search.approx import Approximator
     from nasbert.space import Arch
 
