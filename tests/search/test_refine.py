@@ -14,7 +14,7 @@ from nasbert.cli import main
 from nasbert.latency.stage import load_predictor
 from nasbert.search.approx import Approximator
 from nasbert.search.exact import attends
-from nasbert.search.refine import hand_designed, refine
+from nasbert.search.refine import _neighbours, _valid, hand_designed, refine
 from nasbert.search.searchers import Budget, Candidate
 from nasbert.search.stage import query, search
 from nasbert.space import sample_archs
@@ -67,6 +67,24 @@ def test_refinement_never_loses_to_its_seeds_end_to_end(setting):
     # scores are real (block-wise, evaluated on demand for paths shrinking dropped)
     assert all(np.isfinite(c.score) and c.full_loss == pytest.approx(
         approx.full_loss(c.arch)) for c in out[:3])
+
+
+def test_refinement_goes_on_past_local_optima_until_nothing_within_reach_is_left(setting):
+    run, approx, budget, cost = setting
+    feasible = [c for c in (cost(a) for a in sample_archs(approx.space.embed_sizes,
+                                                          approx.choices(), 200, seed=1))
+                if budget.fits(c) and any(attends(b) for b in c.arch.blocks)]
+    pool = [_scored(approx, feasible[0])]
+    out = refine(approx, pool, cost, budget.fits, evaluations=100_000, seed=0)
+    tried = {str(c.arch) for c in out}
+    assert len(tried) == len(out) > 50
+    # closed: no neighbour of anything it tried is a model within the budget left untried
+    paths = [list(approx.space.block_paths(i)) for i in range(len(approx.space.blocks))]
+    for c in out:
+        for a in _neighbours(c.arch, approx.space, paths):
+            usable = (any(attends(b) for b in a.blocks) and _valid(approx.space, a)
+                      and budget.fits(cost(a)))
+            assert not usable or str(a) in tried
 
 
 def _scored(approx, c):
