@@ -30,7 +30,15 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 
 from nasbert.configuration_nasbert import NasBertConfig
 from nasbert.errors import ConfigError
-from nasbert.ops import Attention, Embeddings, check_length_config, drop_tokens, make_masks, make_op
+from nasbert.ops import (
+    Attention,
+    Embeddings,
+    check_length_config,
+    drop_tokens,
+    make_masks,
+    make_op,
+    project,
+)
 from nasbert.space import IDENTITY, Arch, transition_exists
 
 __all__ = ["NasBertConfig", "NasBertForSequenceClassification", "NasBertModel", "load_model"]
@@ -67,7 +75,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, masks) -> Tensor:
         if self.proj is not None:
-            x = self.proj(x)
+            x = project(self.proj, x)
         for layer in self.layers:
             x = layer(x, masks)
         return x
@@ -129,7 +137,7 @@ class NasBertModel(NasBertPreTrainedModel):
 
     def _output(self, x: Tensor, states: list[Tensor] | None) -> BaseModelOutput:
         if self.proj_out is not None:
-            x = self.proj_out(x)
+            x = project(self.proj_out, x)
         return BaseModelOutput(last_hidden_state=x,
                                hidden_states=tuple(states) if states is not None else None)
 
