@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel
 
-from nasbert.hf.bert import bert_embeddings, bert_layer
+from nasbert.hf.bert import bert_stack_state
 from nasbert.io import atomic_write_text
 from nasbert.ops import onednn
 from nasbert.reporting import header
@@ -32,19 +32,6 @@ from nasbert.supernet import Supernet
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SHAPE = Arch(384, (BlockArch(384, ("M", "F")),) * 6)  # the space: a block a layer
 GOAL = 0.95  # ours / BertModel, at every batch size
-
-
-def bert_state_to_nasbert(bert: BertModel) -> dict[str, torch.Tensor]:
-    """BertModel weights under NasBertModel names (teacher shape: 6 x [M, F])."""
-    state = bert.state_dict()
-    out = {f"embeddings.{k}": v for k, v in bert_embeddings(state).items()}
-    for i in range(bert.config.num_hidden_layers):
-        attention, ffn = bert_layer(state, i)
-        prefix = f"blocks.{i}.layers.0"
-        out.update({f"{prefix}.{k}": v for k, v in attention.items()})
-        prefix = f"blocks.{i}.layers.1"
-        out.update({f"{prefix}.{k}": v for k, v in ffn.items()})
-    return out
 
 
 def timed(fn) -> float:
@@ -72,7 +59,7 @@ def main() -> None:
                                 num_hidden_layers=6, num_attention_heads=d.num_heads(384),
                                 intermediate_size=d.ffn_ratio * d.hidden_size,
                                 attn_implementation="sdpa"), add_pooling_layer=False).eval()
-    ours.load_state_dict(bert_state_to_nasbert(bert))
+    ours.load_state_dict(bert_stack_state(bert.state_dict(), TEACHER_SHAPE))
     flops = TEACHER_SHAPE.flops(d, args.seq)  # matrix products, one sequence
     n_ours = sum(p.numel() for p in ours.parameters())
     n_bert = sum(p.numel() for p in bert.parameters())

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nasbert.space import IDENTITY, Arch
+
 _BERT_EMBEDDINGS = {
     "word_embeddings.weight": "embeddings.word_embeddings.weight",
     "position_embeddings.weight": "embeddings.position_embeddings.weight",
@@ -48,3 +50,22 @@ def bert_layer(state: dict[str, Tensor], i: int) -> tuple[dict[str, Tensor], dic
 def is_bert_like(state: dict[str, Tensor]) -> bool:
     return all(k in state for k in _BERT_EMBEDDINGS.values()) and \
         "encoder.layer.0.attention.self.query.weight" in state
+
+
+def bert_stack_state(state: dict[str, Tensor], arch: Arch) -> dict[str, Tensor]:
+    """A BERT-family encoder's first layers under the names of a
+    :class:`~nasbert.model.NasBertModel` of ``arch``, an architecture at the teacher's
+    width whose blocks hold only whole layers (``M, F`` pairs, then identities): the
+    teacher's layers fill its blocks in order."""
+    out = {f"embeddings.{k}": v for k, v in bert_embeddings(state).items()}
+    layer = 0
+    for i, block in enumerate(arch.blocks):
+        ops = [op for op in block.ops if op != IDENTITY]
+        if ops != ["M", "F"] * (len(ops) // 2):
+            raise ValueError(f"block {i} of {arch} is not whole teacher layers")
+        for j in range(0, len(ops), 2):
+            attention, ffn = bert_layer(state, layer)
+            out.update({f"blocks.{i}.layers.{j}.{k}": v for k, v in attention.items()})
+            out.update({f"blocks.{i}.layers.{j + 1}.{k}": v for k, v in ffn.items()})
+            layer += 1
+    return out

@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModel
 
-from nasbert import ConfigError, RunDir
-from nasbert.extract import save_subnet
-from nasbert.search.baselines import build_baselines, save_teacher_prefix, uniform_archs
+from nasbert import ConfigError, NasBertModel, RunDir
+from nasbert.extract import check_batch, save_subnet
+from nasbert.search.baselines import (
+    build_baselines,
+    prefix_arch,
+    save_teacher_prefix,
+    uniform_archs,
+)
 
 
 def test_uniform_stacks_lie_in_the_default_space_too(minilm_prune_space):
@@ -35,13 +41,33 @@ def test_baselines_are_matched_by_measured_latency(tiny_run, protocol):
     ids = chosen["1x"]
     assert ids["uniform"] in ("uniform-L1-H32", "uniform-L2-H32")
     assert ids["teacher-first-k"] == "teacher-first-1"  # the only prefix of 2 layers
-    prefix = AutoModel.from_pretrained(run.subnet_dir("teacher-first-1"))
-    assert prefix.config.num_hidden_layers == 1
+    # the prefix in nasbert form (the space expresses it): the kernels of the students
+    prefix = AutoModel.from_pretrained(run.subnet_dir("teacher-first-1")).eval()
+    assert type(prefix) is NasBertModel
+    assert prefix.config.arch == str(prefix_arch(run.space(), 1))
     card = json.loads((run.subnet_dir("teacher-first-1") / "nasbert.json").read_text())
     assert card["arch"] == "teacher's first 1 of 2 layers" and card["teacher"]
+    assert card["nasbert_arch"] == prefix.config.arch
     uniform = json.loads((run.subnet_dir(ids["uniform"]) / "nasbert.json").read_text())
     assert uniform["arch"] == str(uniform_archs(run.space())[ids["uniform"]])
     assert set(run.subnet_ids()) >= {"small", ids["uniform"], "teacher-first-1"}
+
+
+def test_a_prefix_in_nasbert_form_computes_what_the_truncated_teacher_does(
+        tiny_run, tmp_path):
+    run = RunDir(tiny_run)
+    ours = AutoModel.from_pretrained(save_teacher_prefix(
+        run.teacher_name(), 2, tmp_path / "ours", run.space())).eval()
+    theirs = AutoModel.from_pretrained(save_teacher_prefix(
+        run.teacher_name(), 2, tmp_path / "theirs")).eval()  # no space: truncated
+    assert type(ours) is NasBertModel and type(theirs) is not NasBertModel
+    assert theirs.config.num_hidden_layers == 2
+    ids, mask = check_batch(run.space().dims.vocab_size)
+    with torch.no_grad():
+        want = theirs(ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(got[real], want[real], atol=1e-5, rtol=0)
 
 
 def test_a_prefix_needs_enough_layers(tiny_teacher, tmp_path):
