@@ -15,6 +15,10 @@ teacher as profiled, as the candidates were): met when within 1.05 x the budget.
 
     python scripts/results_deploy.py --run runs/wiki --data-dir ../shared/data/glue
 
+Teacher prefixes the run fine-tuned as truncated ``BertModel``s (before baselines were
+built in nasbert form) are first rewritten in nasbert form, the same function checked,
+so that every student runs on the same kernels (``nasbert.search.baselines.as_nasbert``).
+
 First, the run's latency table and predictors at each precision (the results run
 profiles float32; int8 is profiled here, once), whose held-out errors the page reports.
 
@@ -42,6 +46,7 @@ from nasbert.latency.stage import fit, load_predictor, profile, reference
 from nasbert.pipeline import ResultsConfig
 from nasbert.reporting import header
 from nasbert.run import TEACHER, RunDir
+from nasbert.search.baselines import convert_to_nasbert
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.05
@@ -112,7 +117,14 @@ def main() -> None:
         profile(run, p, samples=ResultsConfig().latency_samples)
         fit(run, p)
     sections, points = [], {}
+    space = run.space()
     for task in args.tasks:
+        # teacher prefixes fine-tuned before baselines were built in nasbert form: the
+        # same function on the students' kernels, so that speeds compare architectures
+        for folder in sorted(run.finetune_dir(task).glob("teacher-first-*/model")):
+            if convert_to_nasbert(folder, space):
+                print(f"{folder}: converted to nasbert form (same weights, checked)",
+                      flush=True)
         data = load_task(task, None if task == "tweets" else args.data_dir)
         candidates = prepare_deployment(run, data, models=args.models, protocol=protocol,
                                         lengths=LengthSearchConfig(trials=args.trials),

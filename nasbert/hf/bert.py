@@ -69,3 +69,17 @@ def bert_stack_state(state: dict[str, Tensor], arch: Arch) -> dict[str, Tensor]:
             out.update({f"blocks.{i}.layers.{j + 1}.{k}": v for k, v in ffn.items()})
             layer += 1
     return out
+
+
+def bert_classifier_state(state: dict[str, Tensor], arch: Arch) -> dict[str, Tensor]:
+    """A ``BertForSequenceClassification``'s weights under the names of a
+    :class:`~nasbert.model.NasBertForSequenceClassification` of ``arch``: the encoder as
+    :func:`bert_stack_state`, BERT's pooler as the head's dense layer (both: dense, tanh
+    on the first token, then the classifier)."""
+    encoder = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
+    out = {f"nasbert.{k}": v for k, v in bert_stack_state(encoder, arch).items()}
+    out.update({"dense.weight": state["bert.pooler.dense.weight"],
+                "dense.bias": state["bert.pooler.dense.bias"],
+                "classifier.weight": state["classifier.weight"],
+                "classifier.bias": state["classifier.bias"]})
+    return out

@@ -87,22 +87,10 @@ def prefix_arch(space: SearchSpace, k: int) -> Arch | None:
 
 def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path,
                         space: SearchSpace | None = None) -> Path:
-    """The teacher's embeddings and first ``k`` layers, saved as an ordinary model.
-
-    Where ``space`` expresses the prefix (:func:`prefix_arch`) and the teacher is
-    BERT-like, it is saved as the nasbert model of that architecture holding the
-    teacher's own weights (checked to compute what the truncated teacher does), so that
-    it runs on the same kernels as the searched and uniform students and a latency
-    between them compares architectures, not implementations: measured on this machine,
-    the same 6-layer model took 0.78 of ``BertModel``'s time at batch 1
-    (``results/inference.md``). Otherwise it is the teacher's own model type, truncated."""
+    """The teacher's embeddings and first ``k`` layers, saved as an ordinary model: in
+    nasbert form where ``space`` expresses it (:func:`as_nasbert`), otherwise the
+    teacher's own model type, truncated."""
     from transformers import AutoModel
-
-    from nasbert.extract import check_batch
-    from nasbert.hf.bert import bert_stack_state, is_bert_like
-    from nasbert.model import NasBertConfig, NasBertModel
-    from nasbert.ops import load_exact
-    from nasbert.provenance import provenance
 
     with quiet_transformers():
         model = AutoModel.from_pretrained(teacher).eval()
@@ -113,41 +101,107 @@ def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path,
     n = len(layers)
     model.encoder.layer = layers[:k]
     model.config.num_hidden_layers = k
-    arch = prefix_arch(space, k) if space is not None else None
-    state = model.state_dict()
-    out: torch.nn.Module = model
-    if arch is not None and is_bert_like(state):
-        c = model.config
-        config = NasBertConfig.from_dims(
-            space.dims, arch, hidden_dropout_prob=c.hidden_dropout_prob,
-            attention_probs_dropout_prob=c.attention_probs_dropout_prob,
-            layer_norm_eps=c.layer_norm_eps, initializer_range=c.initializer_range,
-            provenance={key: str(v) for key, v in provenance().items()})
-        out = load_exact(NasBertModel(config), bert_stack_state(state, arch),
-                         what=f"teacher-first-{k}").eval()
-        ids, mask = check_batch(space.dims.vocab_size)
-        with torch.no_grad():
-            want = model(ids, attention_mask=mask).last_hidden_state
-            got = out(ids, attention_mask=mask).last_hidden_state
-        real = mask.bool()
-        diff = float((want[real] - got[real]).abs().max())
-        if diff > 1e-4:
-            raise AssertionError(f"teacher-first-{k} as a nasbert model differs from the "
-                                 f"truncated teacher by {diff:.2e}")
+    ours = as_nasbert(model, space) if space is not None else None
+    out = ours or model
     with atomic_dir(out_dir) as tmp, quiet_transformers():
         out.save_pretrained(tmp)
         params = sum(p.numel() for p in out.parameters())
         info = {"path": str(out_dir), "arch": f"teacher's first {k} of {n} layers",
                 "teacher": teacher, "params": params}
-        if out is not model:
-            info["nasbert_arch"] = str(arch)
+        if ours is not None:
+            info["nasbert_arch"] = ours.config.arch
         (tmp / "nasbert.json").write_text(json.dumps(info))
         (tmp / "README.md").write_text(
             f"# Baseline: the teacher's first {k} layers\n\nTeacher `{teacher}`; "
             f"{params:,} parameters"
-            + (f"; as the nasbert architecture `{arch}`" if out is not model else "")
-            + ".\n")
+            + (f"; as the nasbert architecture `{ours.config.arch}`" if ours else "") + ".\n")
     return Path(out_dir)
+
+
+def as_nasbert(model: torch.nn.Module, space: SearchSpace) -> torch.nn.Module | None:
+    """A BERT encoder's first layers (``BertModel``, or ``BertForSequenceClassification``
+    as fine-tuning leaves it) as the nasbert model of the same shape and weights, checked
+    to compute the same thing; None where ``space`` cannot express it.
+
+    Why: the nasbert model runs on the same kernels as the searched and uniform students,
+    so that a latency between them compares architectures, not implementations: measured
+    on this machine, the same 6-layer model took 0.78 of ``BertModel``'s time at batch 1
+    (``results/inference.md``)."""
+    from nasbert.extract import check_batch
+    from nasbert.hf.bert import bert_classifier_state, bert_stack_state, is_bert_like
+    from nasbert.model import NasBertConfig, NasBertForSequenceClassification, NasBertModel
+    from nasbert.ops import load_exact
+    from nasbert.provenance import provenance
+
+    c = model.config
+    classifier = hasattr(model, "classifier") and hasattr(model, "bert")
+    encoder = model.bert if classifier else model
+    if c.model_type != "bert" or not is_bert_like(encoder.state_dict()):
+        return None
+    if classifier and getattr(encoder, "pooler", None) is None:  # the head needs BERT's
+        return None
+    arch = prefix_arch(space, int(c.num_hidden_layers))
+    if arch is None:
+        return None
+    extra = {"num_labels": c.num_labels, "id2label": c.id2label, "label2id": c.label2id,
+             "problem_type": c.problem_type, "classifier_dropout": c.classifier_dropout
+             } if classifier else {}
+    config = NasBertConfig.from_dims(
+        space.dims, arch, hidden_dropout_prob=c.hidden_dropout_prob,
+        attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+        layer_norm_eps=c.layer_norm_eps, initializer_range=c.initializer_range,
+        provenance={key: str(v) for key, v in provenance().items()}, **extra)
+    if classifier:
+        ours = load_exact(NasBertForSequenceClassification(config),
+                          bert_classifier_state(model.state_dict(), arch), what="as_nasbert")
+    else:
+        ours = load_exact(NasBertModel(config), bert_stack_state(model.state_dict(), arch),
+                          what="as_nasbert")
+    ours.eval()
+    was_training = model.training
+    model.eval()
+    ids, mask = check_batch(space.dims.vocab_size)
+    with torch.no_grad():
+        want, got = model(ids, attention_mask=mask), ours(ids, attention_mask=mask)
+    model.train(was_training)
+    if classifier:
+        diff = float((want.logits - got.logits).abs().max())
+    else:
+        real = mask.bool()
+        diff = float((want.last_hidden_state[real] - got.last_hidden_state[real]).abs().max())
+    if diff > 1e-4:
+        raise AssertionError(f"the nasbert form of a {c.num_hidden_layers}-layer BERT "
+                             f"differs from it by {diff:.2e}")
+    return ours
+
+
+def convert_to_nasbert(folder: str | Path, space: SearchSpace) -> bool:
+    """Rewrite a saved BERT prefix model (``config.json`` and weights; its other files
+    kept) in nasbert form, atomically; False, untouched, where :func:`as_nasbert` cannot.
+    For runs whose teacher-first-k baselines were saved before they were built in nasbert
+    form: their fine-tuned models compute the same function after it."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type != "bert":
+        return False
+    heads = config.architectures and "ForSequenceClassification" in config.architectures[0]
+    with quiet_transformers():
+        model = (AutoModelForSequenceClassification if heads else AutoModel).from_pretrained(
+            folder)
+    ours = as_nasbert(model, space)
+    if ours is None:
+        return False
+    with atomic_dir(folder) as tmp, quiet_transformers():
+        for f in folder.iterdir():  # tokenizer, cards: kept
+            if f.is_file() and f.name != "config.json" and not f.name.endswith(
+                    (".safetensors", ".bin")):
+                shutil.copy2(f, tmp / f.name)
+        ours.save_pretrained(tmp)
+    return True
 
 
 def _nearest(options: Mapping[str, float], target: float) -> str:

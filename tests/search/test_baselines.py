@@ -74,3 +74,31 @@ def test_a_prefix_needs_enough_layers(tiny_teacher, tmp_path):
     with pytest.raises(ConfigError, match="at least 3 layers"):
         save_teacher_prefix(str(tiny_teacher), 3, tmp_path / "prefix")
     assert not (tmp_path / "prefix").exists()
+
+
+def test_a_fine_tuned_prefix_converts_in_place_to_the_same_classifier(tiny_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from nasbert import NasBertForSequenceClassification
+    from nasbert.search.baselines import convert_to_nasbert
+
+    run = RunDir(tiny_run)
+    folder = save_teacher_prefix(run.teacher_name(), 2, tmp_path / "prefix")  # BERT form
+    torch.manual_seed(0)
+    bert = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
+    with torch.no_grad():  # a head as fine-tuning leaves it: nothing at its defaults
+        for p in (bert.classifier.weight, bert.bert.pooler.dense.bias):
+            p.normal_(0, 0.5)
+    bert.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text("{}")
+    ids, mask = check_batch(run.space().dims.vocab_size)
+    with torch.no_grad():
+        want = bert(ids, attention_mask=mask).logits
+    assert convert_to_nasbert(folder, run.space())
+    ours = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert type(ours) is NasBertForSequenceClassification and ours.config.num_labels == 3
+    assert (folder / "tokenizer.json").read_text() == "{}"  # other files kept
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert not convert_to_nasbert(folder, run.space())  # already nasbert: untouched
