@@ -59,15 +59,38 @@ def versions() -> str:
             f"{transformers.__version__}, Python {platform.python_version()}")
 
 
-def header(title: str, command: str, **fields: str) -> str:
-    """A results file's title and its provenance lines; ``fields`` add lines (an
-    underscore in a name reads as a space)."""
-    lines = [f"# {title}", "", f"- command: `{command}`",
+def provenance(command: str, **fields: str) -> list[str]:
+    """The lines saying what made a table: command, date, machine, versions, commit;
+    ``fields`` add lines (an underscore in a name reads as a space)."""
+    lines = [f"- command: `{command}`",
              f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {machine()}", f"- versions: {versions()}",
              f"- commit: {git_commit()}"]
-    lines += [f"- {name.replace('_', ' ')}: {value}" for name, value in fields.items()]
-    return "\n".join(lines) + "\n"
+    return lines + [f"- {name.replace('_', ' ')}: {value}" for name, value in fields.items()]
+
+
+def header(title: str, command: str, **fields: str) -> str:
+    """A results file's title and its provenance lines."""
+    return "\n".join([f"# {title}", "", *provenance(command, **fields)]) + "\n"
+
+
+def per_machine(path: str | Path, preamble: str, section: str) -> str:
+    """A results file that keeps one section per CPU: ``preamble`` (the title and what
+    every section shares), then ``section`` (the lines measured here, headed by nothing)
+    under a heading naming this machine's CPU, in place of that CPU's earlier section;
+    the sections measured on other CPUs are kept as they are. Speed is a property of the
+    machine, so a benchmark run on another one adds to the page instead of overwriting
+    it. Returns the new text (the caller writes it)."""
+    from nasbert.latency.measure import cpu_name
+
+    here = f"## CPU: {cpu_name()}"
+    kept: list[str] = []
+    path = Path(path)
+    if path.is_file():
+        chunks = path.read_text().split("\n## CPU: ")[1:]
+        kept = ["## CPU: " + c.rstrip() + "\n" for c in chunks
+                if not ("## CPU: " + c).startswith(here + "\n")]
+    return "\n".join([preamble.rstrip() + "\n", f"{here}\n\n{section.rstrip()}\n", *kept])
 
 
 def md_cell(text: str) -> str:

@@ -78,13 +78,24 @@ class Protocol:
 
 
 def cpu_name() -> str:
+    """The CPU as a latency depends on it: its marketed name, and where that is
+    ambiguous (a virtual machine shows "AMD EPYC" for several generations) the family
+    and model, and the vector instructions PyTorch dispatches to (AVX2 or AVX512 change
+    which kernels run, and how fast: ``results/inference.md``)."""
+    name, ident = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in ident:
+                ident[key] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = ident.get("model name", name)
+    details = [f"family {ident['cpu family']} model {ident['model']}"] \
+        if "cpu family" in ident and "model" in ident else []
+    details.append(torch.backends.cpu.get_cpu_capability())
+    return f"{name} ({', '.join(details)})"
 
 
 def fingerprint(protocol: Protocol) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,22 @@ def test_predictor_refuses_a_foreign_fingerprint(run, protocol):
         predictor.predict([arch], fingerprint=foreign)
     assert predictor.predict([arch], fingerprint=foreign, allow_foreign=True)[0] > 0
     predictor.predict([arch], fingerprint=fingerprint(protocol))  # its own: fine
+
+
+def test_the_cpu_in_a_fingerprint_tells_apart_what_changes_the_kernels(protocol):
+    """A virtual machine names several CPU generations "AMD EPYC"; on one the kernels are
+    AVX2, on another AVX512, and latencies differ by half (results/inference.md): the
+    fingerprint carries the vector instructions PyTorch dispatches to, and the family and
+    model where the kernel tells them."""
+    import torch
+
+    cpu = fingerprint(protocol)["cpu"]
+    assert torch.backends.cpu.get_cpu_capability() in cpu
+    info = Path("/proc/cpuinfo")
+    if info.is_file() and "cpu family" in info.read_text():
+        family = next(line.split(":")[1].strip() for line in info.read_text().splitlines()
+                      if line.startswith("cpu family"))
+        assert f"family {family} model " in cpu
 
 
 def test_table_sums_its_entries(run, protocol):
