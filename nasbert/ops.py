@@ -135,10 +135,11 @@ def project(layer: Linear, x: Tensor, *, gelu: bool = False) -> Tensor:
 
     At inference on the CPU (float32, no autograd, eager), a plain ``nn.Linear`` runs as
     one oneDNN matrix product with the GELU fused into it, as PyTorch's compiler does
-    when it freezes a model. ``F.linear`` calls MKL, which on this project's AMD EPYC
-    (2 threads) took 1.3-1.5x oneDNN's time on every layer shape of a MiniLM at batch 32
-    and 1.1-1.25x at batch 1, the same numbers to 1e-6 (``scripts/bench_inference.py``
-    measures the whole model both ways). Anything else takes the layer's own call: int8
+    when it freezes a model. ``F.linear`` calls MKL, which on an AVX512 AMD EPYC (2
+    threads) took 1.3-1.5x oneDNN's time on every layer shape of a MiniLM at batch 32
+    and 1.1-1.25x at batch 1, the same numbers to 1e-6; on an AVX2 one (Zen 3) the two
+    were within 10 % either way, shape by shape (``scripts/bench_inference.py`` measures
+    the whole model both ways, a section per CPU). Anything else takes the layer's own call: int8
     modules, elastic weights' slices, layers with hooks or parametrisations, autograd
     and tracing (exporters know ``F.linear``, not this kernel)."""
     if (_onednn and type(layer) is nn.Linear and not torch.is_grad_enabled()
