@@ -1,8 +1,8 @@
 """Every stage end to end, and the table that compares what came out.
 
 :func:`quickstart` trains the supernet (with shrinking), profiles latency on this
-device, searches subnets at fixed speedups over the teacher, builds the
-hand-designed baselines at the same measured latencies, distils every one of them on
+device, builds hand-designed baselines near fixed speedups over the teacher,
+searches a subnet under the measured latency of each group's fastest, distils every one on
 the corpus (stage one), fine-tunes everything on a task with distillation and prints
 the comparison. :func:`build_results` does the same at the size of the results tables
 (several tasks, students over seeds). Each stage skips what a previous call finished,
@@ -131,17 +131,35 @@ class StageClock:
 
 def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: Protocol, *,
                 trials: int = 150, top_k: int = 5, refine: int = 0, baselines: bool = True,
-                tolerance: float = 0.05, progress: bool = True) -> dict[str, dict[str, str]]:
-    """Search at about each speedup (budget: teacher latency / speedup, plus
-    ``tolerance``, the slack within which a budget counts as honoured) and match
-    baselines to each chosen subnet's measured latency. Returns speedup name -> {kind:
-    model id}; a speedup no candidate reaches is left out, with a note. The plan is
-    stored in ``search/plan.json`` and reused while the request is the same, so that a
-    resumed run (or a later script) compares the same models, not a fresh match made
-    with noisier or quieter latency measurements."""
+                tolerance: float = 0.05, reach: float = 2.0,
+                budgets_ms: Mapping[str, float] | None = None,
+                progress: bool = True) -> dict[str, dict[str, str]]:
+    """The models to compare at about each speedup over the teacher, at equal measured
+    latency. Returns speedup name -> {kind: model id}.
+
+    With ``baselines``, they come first: the uniform stack and the teacher prefix whose
+    latency, measured side by side, is nearest to the teacher's over the speedup; then
+    the search, under the latency of the group's fastest baseline within ``reach`` times
+    of that target, so that the searched model is no slower than what it is compared
+    with and has all the room that baseline has. (Matched the other way round, search
+    first, then the nearest hand shapes, every baseline of the results run of 2026-11-23
+    was slower than the searched model it was compared with, up to 1.49x: those
+    comparisons were not at equal latency.) A baseline further off (a teacher prefix is
+    a coarse family: 1 to 5 of 6 layers) is still compared but sets no budget; a speedup
+    with no baseline within ``reach`` is left out, with a note. Without baselines, the
+    search works under the teacher's latency over the speedup, plus ``tolerance`` (the
+    slack within which a budget counts as honoured); ``budgets_ms`` (speedup name -> ms)
+    gives the budgets instead (a run searched at another's, as the supernet trained
+    longer is). A speedup no candidate reaches is left out, with a note.
+
+    The plan and its budgets are stored in ``search/plan.json`` and reused while the
+    request is the same, so that a resumed run (or a later script) compares the same
+    models, not a fresh match made with noisier or quieter latency measurements."""
     run = RunDir.of(run)
     stored = run.search / "plan.json"
     request = {"speedups": list(speedups), "tolerance": tolerance, "baselines": baselines,
+               "match": "search under the fastest baseline", "reach": reach,
+               "budgets_ms": dict(budgets_ms) if budgets_ms is not None else None,
                "device": device_id(fingerprint(protocol))}
     if stored.is_file():  # matched once: a resumed run compares the same models
         previous = json.loads(stored.read_text())
@@ -150,38 +168,59 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
                 for group in previous["plan"].values() for i in group.values()):
             return previous["plan"]
     base = teacher_ms(run, protocol)
-    budgets = {speedup_name(s): Budget(latency_ms=float(f"{base / s * (1 + tolerance):.4g}"))
-               for s in speedups}
+    targets = {speedup_name(s): base / s for s in speedups}
+    groups: dict[str, dict[str, str]] = {}
+    measured: dict[str, float] = {}  # the baselines' latencies that set the budgets
+    notes = []
+    if budgets_ms is not None:
+        limits = {name: budgets_ms[name] for name in targets if name in budgets_ms}
+    elif baselines:
+        matched = build_baselines(run, targets, protocol=protocol, progress=progress)
+        limits = {}
+        for name, target in targets.items():
+            ms = {i: matched.latency_ms[i] for i in matched.groups[name].values()}
+            near = [t for t in ms.values() if max(t / target, target / t) <= reach]
+            if not near:
+                notes.append(f"{name}: the nearest hand-designed models take "
+                             f"{min(ms.values()):.2f} ms or more, over {reach:g}x from its "
+                             f"{target:.2f} ms")
+                continue
+            groups[name], limits[name] = matched.groups[name], min(near)
+            measured.update({i: matched.latency_ms[i] for i in groups[name].values()})
+    else:
+        limits = {name: target * (1 + tolerance) for name, target in targets.items()}
+    budgets = {name: Budget(latency_ms=float(f"{ms:.4g}")) for name, ms in limits.items()}
     chosen_path = run.search / "chosen.json"
     done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
-    todo = [b for b in budgets.values()
-            if b.name not in done or not (run.subnet_dir(b.name) / "config.json").is_file()]
-    why = ""
+    todo = list({b.name: b for b in budgets.values()
+                 if b.name not in done
+                 or not (run.subnet_dir(b.name) / "config.json").is_file()}.values())
     if todo:
         if progress:
             print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
                   flush=True)
-        try:
+        try:  # under a measured model's latency (a baseline's; the run's, given), the
+            # picks' measurements decide, with no guard band: the search may pick the
+            # uniform stack itself (it lies in the space)
             search(run, todo, trials=trials, top_k=top_k, refine=refine, protocol=protocol,
+                   guard=0.0 if groups or budgets_ms is not None else None,
                    progress=progress)
         except ConfigError as e:  # some budget had no candidate: go on with the others
-            why = str(e)
-    plan = {name: {"searched": b.name} for name, b in budgets.items()
+            notes.append(str(e))
+    plan = {name: {"searched": b.name, **groups.get(name, {})} for name, b in budgets.items()
             if (run.subnet_dir(b.name) / "config.json").is_file()}
-    if progress and len(plan) < len(budgets):
-        print(f"skipped       {', '.join(n for n in budgets if n not in plan)}: {why}",
-              flush=True)
+    if progress and len(plan) < len(targets):
+        print(f"skipped       {', '.join(n for n in targets if n not in plan)}: "
+              + "; ".join(notes), flush=True)
     if not plan:
-        raise ConfigError(f"no subnet was found for any of the speedups {list(budgets)}; "
+        raise ConfigError(f"no subnet was found for any of the speedups {list(targets)}; "
                           "lower them or train the supernet with more bins (shrink.spacing: "
                           "log keeps small paths)", source=str(run))
-    if baselines:
-        targets = {name: ids["searched"] for name, ids in plan.items()}
-        for name, ids in build_baselines(run, targets, protocol=protocol,
-                                         progress=progress).items():
-            plan[name].update(ids)
-    atomic_write_text(stored, json.dumps({"request": request, "teacher_ms": base,
-                                          "plan": plan}, indent=1))
+    atomic_write_text(stored, json.dumps({
+        "request": request, "teacher_ms": base,
+        "budgets_ms": {name: budgets[name].latency_ms for name in plan},
+        "measured_ms": measured, "plan": plan},
+        indent=1))
     return plan
 
 
@@ -455,7 +494,8 @@ def copied_id(study: RunDir, model_id: str) -> str:
 def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Mapping[str, str]],
                  protocol: Protocol, *, speedups: Sequence[float], top_k: int, refine: int = 0,
                  progress: bool = True) -> dict[str, str]:
-    """Search ``study`` (the supernet trained longer) at the run's budgets; each pick
+    """Search ``study`` (the supernet trained longer) at the run's budgets (those its
+    ``search/plan.json`` records; else the teacher's latency over each speedup); each pick
     whose architecture differs from the run's searched one is copied into the run as
     ``<budget>-<study>`` (to be distilled and fine-tuned beside the others). Returns
     speedup name -> the model id to compare with the run's pick (the run's own where
@@ -467,8 +507,10 @@ def longer_picks(run: RunDir | str | Path, study: RunDir, plan: Mapping[str, Map
         if not (study.latency / folder.name).is_dir():
             with atomic_dir(study.latency / folder.name) as tmp:
                 shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    stored = run.search / "plan.json"  # the run's budgets, where its plan recorded them
+    budgets = json.loads(stored.read_text()).get("budgets_ms") if stored.is_file() else None
     picks = plan_models(study, speedups, protocol, top_k=top_k, refine=refine, baselines=False,
-                        progress=progress)
+                        budgets_ms=budgets, progress=progress)
     out = {}
     for name, ids in picks.items():
         if name not in plan:

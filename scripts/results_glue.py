@@ -513,8 +513,16 @@ def plot(path: Path, run: RunDir, plan: dict, latency: dict, config: ResultsConf
 
 
 def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
-    plan = json.loads((run.search / "plan.json").read_text())["plan"]
+    stored = json.loads((run.search / "plan.json").read_text())
+    plan = stored["plan"]
     latency = json.loads((run.search / "side_by_side.json").read_text())["ms"]
+    budgets = stored.get("budgets_ms")  # absent from plans made before the baselines came first
+    matching = ("the baselines first, the shape of each family nearest the teacher's latency "
+                "over the speedup; the search under the latency of the fastest within 2x of "
+                "that (budgets: " + ", ".join(f"{k} {v:.2f} ms" for k, v in budgets.items())
+                + ")" if budgets else
+                "the search first, at the teacher's latency over the speedup; the baselines "
+                "nearest the searched model's latency")
     sections, means, firsts = [], {}, {}
     for task in config.tasks:
         name = task_spec(task).name
@@ -537,6 +545,7 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                run=f"`{run}` (recipe `{config.recipe}`)",
                latency=f"batch 1, sequence 128, every model measured side by side in one clean "
                        f"process (5 interleaved rounds, median); teacher {latency[TEACHER]:.2f} ms",
+               matching=matching,
                stage_one=f"every model distilled on the corpus, {config.distill.tokens:,} "
                          f"tokens each ({len(stage_one)} so far; seconds each: "
                          + ", ".join(f"{r['id']} {r.get('seconds', 0):.0f}" for r in stage_one)

@@ -182,6 +182,22 @@ def tiny_run(_trained_tiny_run, tmp_path_factory):
     return Path(shutil.copytree(_trained_tiny_run, tmp_path_factory.mktemp("run") / "run"))
 
 
+def budget_at_a_third(predictor, approx, samples: int = 2_000):
+    """A latency budget that search judges at a third of the usable candidates (those
+    with an attention layer, which search keeps) by predicted latency: search takes the
+    predictor's held-out error off a budget, and on this shared machine the tiny run's
+    error reaches 30 %, which at a third of all candidates left nothing to search (CI)."""
+    from nasbert.search.exact import attends
+    from nasbert.search.searchers import Budget
+    from nasbert.space import sample_archs
+
+    usable = [a for a in sample_archs(approx.space.embed_sizes, approx.choices(), samples)
+              if any(attends(b) for b in a.blocks)]
+    predicted = sorted(float(x) for x in predictor.predict(usable))
+    guard = predictor.error.get("mape", 0.0) / 100
+    return Budget(latency_ms=round(predicted[len(predicted) // 3] * (1 + guard), 4))
+
+
 # ----------------------------------------------------------------------------- GLUE fixtures
 
 _LAYOUTS = {  # task -> (folder, header or None, row(text_a, text_b, label index or score))

@@ -41,6 +41,35 @@ def test_compare_measures_and_tabulates_side_by_side(tiny_run, glue, protocol):
     assert table.count("\n") == 4 and "searched 1x" in table
 
 
+def test_plan_searches_under_its_fastest_baseline_and_leaves_out_a_speedup_without_one(
+        tiny_run, protocol, capsys):
+    import json
+
+    from nasbert.pipeline import plan_models
+    from nasbert.search.searchers import Budget
+
+    run = RunDir(tiny_run)
+    plan = plan_models(run, [1.0, 1e4], protocol, top_k=2, progress=True)
+    out = capsys.readouterr().out
+    assert list(plan) == ["1x"]  # no hand-designed model is anywhere near 1e4 x faster
+    assert "skipped       10000x" in out and "over 2x from" in out
+    stored = json.loads((run.search / "plan.json").read_text())
+    group = plan["1x"]
+    assert set(group) == {"searched", "uniform", "teacher-first-k"}
+    # the budget is the latency, as measured, of the fastest baseline within 2x of the
+    # target: the searched model has the room of what it is compared with, no more
+    target = stored["teacher_ms"]
+    near = [ms for ms in (stored["measured_ms"][group[k]] for k in ("uniform", "teacher-first-k"))
+            if max(ms / target, target / ms) <= 2]
+    assert near and stored["budgets_ms"]["1x"] == pytest.approx(min(near), rel=1e-3)
+    assert group["searched"] == Budget(latency_ms=stored["budgets_ms"]["1x"]).name
+    config = json.loads((run.subnet_dir(group["searched"]) / "config.json").read_text())
+    assert config["provenance"]["budget"] == group["searched"]
+    # asked again, the stored plan answers: nothing is searched or measured again
+    assert plan_models(run, [1.0, 1e4], protocol, top_k=2, progress=True) == plan
+    assert "searching" not in capsys.readouterr().out
+
+
 def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue, tmp_path,
                                                  protocol, capsys):
     recipe = tmp_path / "r.yaml"

@@ -1,7 +1,9 @@
 """Hand-designed students, so that the value of the search is measured, not assumed.
 
-Two families, each matched to a searched subnet's latency, measured side by side with it
-in one clean process on this device:
+Two families, each matched to a target latency (the teacher's over a speedup), measured
+side by side in one clean process on this device; the search then works under the
+latency of the fastest of them near the target (:func:`nasbert.pipeline.plan_models`),
+so that a comparison is at equal latency, or at more for the baseline:
 
 * **uniform**: BERT-shaped stacks, ``L x [M, F]`` at one hidden size (embedding of the
   same size), spread as evenly as the space allows over its blocks. They lie in the
@@ -12,15 +14,17 @@ in one clean process on this device:
   weights, built as the nasbert model of that shape where the space expresses it (the
   students' kernels: a latency compares architectures, not implementations).
 
-Each is written under ``subnets/<id>/`` like a searched subnet, with its measured
-latency, so that ``nasbert finetune`` treats all of them alike.
+Each is written under ``subnets/<id>/`` like a searched subnet, so that ``nasbert
+finetune`` treats all of them alike.
 
->>> chosen = build_baselines(RunDir("runs/qs"), {"4x": "latency-6ms"})  # doctest: +SKIP
->>> chosen["4x"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
+>>> chosen = build_baselines(RunDir("runs/qs"), {"4x": 6.9})  # doctest: +SKIP
+>>> chosen.groups["4x"]   # {"uniform": "uniform-L3-H192", "teacher-first-k": "teacher-first-2"}
+>>> chosen.latency_ms["uniform-L3-H192"]   # 6.4 (ms): a budget the search can be held to
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -208,14 +212,24 @@ def _nearest(options: Mapping[str, float], target: float) -> str:
     return min(options, key=lambda k: abs(math.log(options[k] / target)))
 
 
-def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
+@dataclasses.dataclass(frozen=True)
+class Baselines:
+    """What :func:`build_baselines` chose: per group, ``{"uniform": id, "teacher-first-k":
+    id}``, and the latency of every model it measured (ms, side by side, rescaled by the
+    teacher as profiled: the units of the run's budgets)."""
+
+    groups: dict[str, dict[str, str]]
+    latency_ms: dict[str, float]
+
+
+def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
                     protocol: Protocol | None = None, shortlist: int = 3,
-                    progress: bool = True) -> dict[str, dict[str, str]]:
-    """For each target (name -> the id of a model under ``subnets/``), the uniform stack
-    and the teacher prefix whose latency is nearest to the target's (in ratio), written
-    under ``subnets/``. Uniform stacks are short-listed by the run's latency predictor;
-    the targets, the short-lists and every teacher prefix are then measured side by side
-    in one clean process, and matched on those figures."""
+                    progress: bool = True) -> Baselines:
+    """For each target (group name -> a latency in ms, in the units of the run's latency
+    table), the uniform stack and the teacher prefix whose measured latency is nearest to
+    it (in ratio), written under ``subnets/``. Uniform stacks are short-listed by the
+    run's latency predictor; the short-lists and every teacher prefix are then measured
+    side by side in one clean process, and matched on those figures."""
     from nasbert.extract import save_subnet
     from nasbert.latency.stage import load_predictor, reference
 
@@ -229,12 +243,10 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
     predictor = load_predictor(run, protocol)
     predicted = dict(zip(uniform, predictor.predict(
         list(uniform.values()))))  # to short-list the uniform stacks worth measuring
-    expected = {name: float(predictor.predict([supernet.space.parse(_arch_of(run, i))])[0])
-                for name, i in targets.items()}
     teacher = run.teacher_name()
     prefixes = [f"teacher-first-{k}" for k in range(1, _num_layers(teacher))]
     shortlists = {name: sorted(uniform, key=lambda k: abs(math.log(predicted[k] / target)))
-                  [:shortlist] for name, target in expected.items()}
+                  [:shortlist] for name, target in targets.items()}
     ids = list(dict.fromkeys([*prefixes, *(i for s in shortlists.values() for i in s)]))
     for model_id in ids:
         folder = run.subnet_dir(model_id)
@@ -246,17 +258,15 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, str], *,
         else:
             save_teacher_prefix(teacher, int(model_id.rsplit("-", 1)[1]), folder,
                                 supernet.space)
-    every = list(dict.fromkeys([*targets.values(), *ids]))
-    measured = dict(zip(every, measure_clean([run.subnet_dir(i) for i in every], protocol,
-                                             reference=reference(run, protocol))))
+    measured = dict(zip(ids, measure_clean([run.subnet_dir(i) for i in ids], protocol,
+                                           reference=reference(run, protocol))))
     if progress:
-        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in every),
+        print("measured      " + ", ".join(f"{i} {measured[i]:.2f} ms" for i in ids),
               flush=True)
-    return {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]},
-                                       measured[target]),
-                   "teacher-first-k": _nearest({k: measured[k] for k in prefixes},
-                                               measured[target])}
-            for name, target in targets.items()}
+    groups = {name: {"uniform": _nearest({k: measured[k] for k in shortlists[name]}, target),
+                     "teacher-first-k": _nearest({k: measured[k] for k in prefixes}, target)}
+              for name, target in targets.items()}
+    return Baselines(groups, measured)
 
 
 def _arch_of(run: RunDir, model_id: str) -> str:

@@ -81,7 +81,7 @@ def _plot(path: Path, candidates: Sequence[Candidate], front: Sequence[Candidate
 def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str = "exact",
            trials: int = 300, top_k: int = 10, protocol: Protocol | None = None,
            predictor: str = "best", allow_foreign: bool = False, export: bool = True,
-           measure_top: int = 3, refine: int = 0, seed: int = 0,
+           measure_top: int = 3, refine: int = 0, seed: int = 0, guard: float | None = None,
            progress: bool = True) -> dict[str, Candidate]:
     """Search every budget; write ``search/`` (candidates, the exact front, Pareto set and
     plot, chosen; the Optuna study for that back end) and, with ``export``,
@@ -89,7 +89,9 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
 
     ``backend``: ``exact`` (the k best by dynamic programming on the latency lookup
     table), ``optuna`` (NSGA-II) or ``ray`` (Ray Tune), the last two with ``predictor``.
-    A latency budget is searched with a guard band of the predictor's held-out error;
+    A latency budget is searched with a guard band of the predictor's held-out error
+    (``guard``, a share of the budget, sets another: 0 where a measurement is to decide,
+    as when the budget is a measured model's latency and that model lies in the space);
     with ``export``, the ``measure_top`` best candidates (end to end) are measured side
     by side in one clean process and the best that measures within the budget is kept,
     the next ones tried while none does (every measurement is stored, for ``query``).
@@ -110,6 +112,9 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
     if refine < 0:
         raise ConfigError(f"{refine} is negative; give 0 (no refinement) or more",
                           source="search", field="refine")
+    if guard is not None and guard < 0:
+        raise ConfigError(f"{guard} is negative; give 0 (measurement decides) or more",
+                          source="search", field="guard")
     for name, value in (("top_k", top_k), ("trials", trials), ("measure_top", measure_top)):
         if value < 1:
             raise ConfigError(f"must be at least 1, not {value}", source="search", field=name)
@@ -131,7 +136,8 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         folder.mkdir(parents=True, exist_ok=True)
         searcher = (OptunaSearcher(folder / "study.db") if backend == "optuna"
                     else RayTuneSearcher(folder / "ray"))
-    guard = pred.error.get("mape", 0.0) / 100  # as query judges (measured or not)
+    if guard is None:
+        guard = pred.error.get("mape", 0.0) / 100  # as query judges (measured or not)
     ref = reference(run, protocol) if export else None  # read once, not per budget
     everything: dict[str, Candidate] = {}
     chosen: dict[str, Candidate] = {}

@@ -4,13 +4,15 @@ a target latency by measurement."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from transformers import AutoModel
 
 from nasbert import ConfigError, NasBertModel, RunDir
-from nasbert.extract import check_batch, save_subnet
+from nasbert.extract import check_batch
+from nasbert.latency.stage import load_predictor
 from nasbert.search.baselines import (
     build_baselines,
     prefix_arch,
@@ -36,11 +38,17 @@ def test_uniform_stacks_lie_in_the_space(minilm_space, tiny_space):
 
 def test_baselines_are_matched_by_measured_latency(tiny_run, protocol):
     run = RunDir(tiny_run)
-    save_subnet(run.supernet(), "E16|H16:M,F|H24:S3,I", run.subnet_dir("small"))
-    chosen = build_baselines(run, {"1x": "small"}, protocol=protocol, progress=False)
-    ids = chosen["1x"]
+    target = float(load_predictor(run, protocol).predict([run.space().parse(
+        "E16|H16:M,F|H24:S3,I")])[0])
+    chosen = build_baselines(run, {"1x": target}, protocol=protocol, progress=False)
+    ids = chosen.groups["1x"]
     assert ids["uniform"] in ("uniform-L1-H32", "uniform-L2-H32")
     assert ids["teacher-first-k"] == "teacher-first-1"  # the only prefix of 2 layers
+    # every model measured (side by side), the chosen nearest in ratio among its family
+    assert set(chosen.latency_ms) >= {"teacher-first-1", "uniform-L1-H32", "uniform-L2-H32"}
+    assert all(ms > 0 for ms in chosen.latency_ms.values())
+    uniform = {k: v for k, v in chosen.latency_ms.items() if k.startswith("uniform-")}
+    assert ids["uniform"] == min(uniform, key=lambda k: abs(math.log(uniform[k] / target)))
     # the prefix in nasbert form (the space expresses it): the kernels of the students
     prefix = AutoModel.from_pretrained(run.subnet_dir("teacher-first-1")).eval()
     assert type(prefix) is NasBertModel
@@ -50,7 +58,7 @@ def test_baselines_are_matched_by_measured_latency(tiny_run, protocol):
     assert card["nasbert_arch"] == prefix.config.arch
     uniform = json.loads((run.subnet_dir(ids["uniform"]) / "nasbert.json").read_text())
     assert uniform["arch"] == str(uniform_archs(run.space())[ids["uniform"]])
-    assert set(run.subnet_ids()) >= {"small", ids["uniform"], "teacher-first-1"}
+    assert set(run.subnet_ids()) >= {ids["uniform"], "teacher-first-1"}
 
 
 def test_a_prefix_in_nasbert_form_computes_what_the_truncated_teacher_does(

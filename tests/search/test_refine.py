@@ -15,24 +15,21 @@ from nasbert.latency.stage import load_predictor
 from nasbert.search.approx import Approximator
 from nasbert.search.exact import attends
 from nasbert.search.refine import _neighbours, _valid, hand_designed, refine
-from nasbert.search.searchers import Budget, Candidate
+from nasbert.search.searchers import Candidate
 from nasbert.search.stage import query, search
 from nasbert.space import sample_archs
+
+from conftest import budget_at_a_third
 
 
 @pytest.fixture(scope="module")
 def setting(tiny_run, protocol):
-    """The tiny run, its approximator and a budget that search, which takes the
-    predictor's held-out error off it, judges at a third of its candidates' predicted
-    latencies. (The error comes from timings on a shared machine: at 31 % a budget at
-    the third itself left nothing to search.)"""
+    """The tiny run, its approximator and a budget at a third of its usable candidates'
+    predicted latencies, as search judges them."""
     run = RunDir(tiny_run)
     predictor = load_predictor(run, protocol, "table")
     approx = Approximator.from_run(run)
-    predicted = np.sort(predictor.predict(
-        sample_archs(approx.space.embed_sizes, approx.choices(), 2_000)))
-    guard = predictor.error.get("mape", 0.0) / 100
-    budget = Budget(latency_ms=round(float(predicted[len(predicted) // 3]) * (1 + guard), 4))
+    budget = budget_at_a_third(predictor, approx)
 
     def cost(arch):
         return Candidate(arch, float("nan"), float(predictor.predict([arch])[0]),

@@ -27,6 +27,8 @@ from nasbert.search.searchers import (
 from nasbert.search.stage import query, search
 from nasbert.space import sample_archs
 
+from conftest import budget_at_a_third
+
 
 @pytest.fixture(scope="module")
 def run(tiny_run):
@@ -35,12 +37,9 @@ def run(tiny_run):
 
 @pytest.fixture(scope="module")
 def searched(run, protocol):
-    """The run searched at a third of its candidates' predicted latencies."""
-    predictor = load_predictor(run, protocol)
-    approx = Approximator.from_run(run)
-    candidates = sample_archs(approx.space.embed_sizes, approx.choices(), 10_000)
-    predicted = np.sort(predictor.predict(candidates))
-    budget = Budget(latency_ms=round(float(predicted[len(predicted) // 3]), 4))
+    """The run searched at a third of its usable candidates' predicted latencies."""
+    budget = budget_at_a_third(load_predictor(run, protocol), Approximator.from_run(run),
+                               10_000)
     chosen = search(run, [budget], trials=40, top_k=3, protocol=protocol, progress=False)
     return budget, chosen[budget.name]
 
@@ -193,6 +192,33 @@ def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nasbert: error:") and "raise the budget" in err[0]
     assert not copy.search.exists()  # bad input: nothing written
+
+
+def test_a_negative_guard_is_refused_before_anything_is_written(run, protocol, tmp_path):
+    import shutil
+
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    shutil.rmtree(copy.search, ignore_errors=True)
+    with pytest.raises(ConfigError, match="guard.*negative"):
+        search(copy, [Budget(latency_ms=1.0)], protocol=protocol, guard=-0.1)
+    assert not copy.search.exists()
+
+
+def test_with_no_guard_band_the_pick_is_measured_within_the_budget(run, searched, protocol,
+                                                                     tmp_path):
+    """Measurement decides: the budget is searched as it is (not less the predictor's
+    error), and the model kept is one that measured within it where any did."""
+    import shutil
+
+    budget, _ = searched
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    best = search(copy, [budget], top_k=3, protocol=protocol, guard=0.0,
+                  progress=False)[budget.name]
+    assert best.latency_ms <= budget.latency_ms and best.measured_ms is not None
+    stored = [c for c in json.loads((copy.search / "candidates.json").read_text())["candidates"]
+              if c.get("measured_ms") is not None]
+    if any(c["measured_ms"] <= budget.latency_ms for c in stored):
+        assert best.measured_ms <= budget.latency_ms
 
 
 def test_missing_stage_outputs_name_the_command(run, protocol, tmp_path):
