@@ -81,7 +81,9 @@ def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = Tr
         # before run.yaml: a corpus that cannot be read leaves no run behind to clash with
         corpus = build_corpus(recipe.corpus, tokenizer, progress=progress)
         corpus.info["key"] = key
-        run.path.mkdir(parents=True, exist_ok=True)
+        # resolved: a run folder that is a link to a folder not made yet (a run kept off
+        # a clone that is made anew) is made where the link points
+        run.path.resolve().mkdir(parents=True, exist_ok=True)
         corpus.save(run.corpus_file)
     atomic_write_text(run.run_yaml, yaml.safe_dump(
         {"recipe": resolved, "provenance": provenance()}, sort_keys=False))

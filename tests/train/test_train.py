@@ -94,6 +94,22 @@ def test_rerun_of_finished_run_does_nothing(trained, tiny_teacher, tiny_corpus, 
     assert again["steps"] == 40 and sorted(p.name for p in checkpoint_dirs(RunDir(run))) == before
 
 
+def test_a_run_linked_to_a_folder_not_made_yet_is_made_where_the_link_points(
+        tiny_teacher, tiny_corpus, tmp_path):
+    """A run kept off a clone that is made anew: ``runs/x`` a link to a folder elsewhere,
+    not made yet (once, a bare FileExistsError)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=4,
+                                       checkpoint_every=2))
+    target = tmp_path / "kept" / "x"
+    link = tmp_path / "runs" / "x"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    summary = train_supernet(load_recipe(recipe), link, progress=False)
+    assert summary["steps"] == 4 and link.is_symlink()
+    assert (target / "run.yaml").is_file() and RunDir(link).has_supernet()
+
+
 def test_kill_and_resume(tiny_teacher, tiny_corpus, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=60,
