@@ -38,7 +38,7 @@ from nasbert.latency.stage import fit, profile, teacher_ms
 from nasbert.recipe import load_recipe
 from nasbert.reporting import header
 from nasbert.run import NGRAM, TEACHER, RunDir
-from nasbert.search.baselines import build_baselines
+from nasbert.search.baselines import Baselines, build_baselines
 from nasbert.search.searchers import Budget
 from nasbert.search.stage import search
 from nasbert.train import DistillConfig, distill, train_supernet
@@ -57,6 +57,7 @@ class QuickstartConfig:
     top_k: int = 4
     refine: int = 0  # architectures per budget (nasbert.search.refine); measured not to pay
     baselines: bool = True
+    reach: float = 2.0  # how far from a speedup's target a baseline may set its budget
     # stage one: every model distilled on the corpus with the same token budget
     stage_one: bool = True
     distill: DistillConfig = DistillConfig(tokens=16_384, batch_size=16, lr=2e-4,
@@ -138,23 +139,34 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
     latency. Returns speedup name -> {kind: model id}.
 
     With ``baselines``, they come first: the uniform stack and the teacher prefix whose
-    latency, measured side by side, is nearest to the teacher's over the speedup; then
-    the search, under the latency of the group's fastest baseline within ``reach`` times
-    of that target, so that the searched model is no slower than what it is compared
-    with and has all the room that baseline has. (Matched the other way round, search
-    first, then the nearest hand shapes, every baseline of the results run of 2026-11-23
-    was slower than the searched model it was compared with, up to 1.49x: those
-    comparisons were not at equal latency.) A baseline further off (a teacher prefix is
-    a coarse family: 1 to 5 of 6 layers) is still compared but sets no budget; a speedup
-    with no baseline within ``reach`` is left out, with a note. Without baselines, the
-    search works under the teacher's latency over the speedup, plus ``tolerance`` (the
-    slack within which a budget counts as honoured); ``budgets_ms`` (speedup name -> ms)
-    gives the budgets instead (a run searched at another's, as the supernet trained
-    longer is). A speedup no candidate reaches is left out, with a note.
+    latency, measured side by side, is nearest to the teacher's over the speedup (kept
+    in ``search/baselines.json``, so that a plan cut short is made again from the same
+    figures); then the search, under the latency of the group's fastest baseline within
+    ``reach`` times of that target (or, where the search reaches no model that fast, the
+    next), so that the searched model is no slower than what it is compared with and has
+    all the room that baseline has. (Matched the other way
+    round, search first, then the nearest hand shapes, every baseline of the results run
+    of 2026-11-23 was slower than the searched model it was compared with, up to 1.49x:
+    those comparisons were not at equal latency.) A baseline further off (a teacher
+    prefix is a coarse family: 1 to 5 of 6 layers) is still compared but sets no budget;
+    a speedup with no baseline within ``reach`` is left out, with a note. Without
+    baselines, the search works under the teacher's latency over the speedup, plus
+    ``tolerance`` (the slack within which a budget counts as honoured); or under
+    ``budgets_ms`` (speedup name -> ms), where given (a run searched at another's
+    budgets, as the supernet trained longer is; no baselines are built then).
 
-    The plan and its budgets are stored in ``search/plan.json`` and reused while the
-    request is the same, so that a resumed run (or a later script) compares the same
-    models, not a fresh match made with noisier or quieter latency measurements."""
+    Every budget is searched with no guard band (the picks are measured side by side and
+    the first within the budget kept: the search may pick the uniform stack itself, which
+    lies in the space); one whose picks all measured over it is searched again with the
+    predictor's held-out error as the band. A speedup no candidate reaches is left out,
+    with a note.
+
+    The plan, its budgets and the latencies that set them and that its searched models
+    measured are stored in ``search/plan.json`` and reused while the request is the same,
+    so that a resumed run (or a later script) compares the same models, not a fresh
+    match made with noisier or quieter latency measurements."""
+    if budgets_ms is not None and baselines:
+        raise ValueError("budgets_ms replaces the baselines' budgets: give baselines=False")
     run = RunDir.of(run)
     stored = run.search / "plan.json"
     request = {"speedups": list(speedups), "tolerance": tolerance, "baselines": baselines,
@@ -167,61 +179,127 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
                 (run.subnet_dir(i) / "config.json").is_file()
                 for group in previous["plan"].values() for i in group.values()):
             return previous["plan"]
+        if progress:
+            why = ("was made for another request" if previous["request"] != request
+                   else "names a model no longer under subnets/")
+            print(f"planning      anew: {stored} {why}", flush=True)
     base = teacher_ms(run, protocol)
     targets = {speedup_name(s): base / s for s in speedups}
     groups: dict[str, dict[str, str]] = {}
-    measured: dict[str, float] = {}  # the baselines' latencies that set the budgets
+    measured: dict[str, float] = {}  # what set the budgets, and what met them
     notes = []
+    options: dict[str, list[float]] = {}  # per speedup, the budgets to try, in order
     if budgets_ms is not None:
-        limits = {name: budgets_ms[name] for name in targets if name in budgets_ms}
+        options = {name: [budgets_ms[name]] for name in targets if name in budgets_ms}
+        notes += [f"{name}: no budget given" for name in targets if name not in options]
     elif baselines:
-        matched = build_baselines(run, targets, protocol=protocol, progress=progress)
-        limits = {}
+        matched = _baselines(run, targets, protocol, progress=progress)
         for name, target in targets.items():
             ms = {i: matched.latency_ms[i] for i in matched.groups[name].values()}
-            near = [t for t in ms.values() if max(t / target, target / t) <= reach]
+            near = sorted(t for t in ms.values() if max(t / target, target / t) <= reach)
             if not near:
                 notes.append(f"{name}: the nearest hand-designed models take "
-                             f"{min(ms.values()):.2f} ms or more, over {reach:g}x from its "
-                             f"{target:.2f} ms")
+                             + " and ".join(f"{t:.2f}" for t in sorted(ms.values()))
+                             + f" ms, over {reach:g}x from its {target:.2f} ms")
                 continue
-            groups[name], limits[name] = matched.groups[name], min(near)
-            measured.update({i: matched.latency_ms[i] for i in groups[name].values()})
+            groups[name], options[name] = matched.groups[name], near
+            measured.update(ms)
     else:
-        limits = {name: target * (1 + tolerance) for name, target in targets.items()}
-    budgets = {name: Budget(latency_ms=float(f"{ms:.4g}")) for name, ms in limits.items()}
-    chosen_path = run.search / "chosen.json"
-    done = json.loads(chosen_path.read_text())["chosen"] if chosen_path.is_file() else {}
-    todo = list({b.name: b for b in budgets.values()
-                 if b.name not in done
-                 or not (run.subnet_dir(b.name) / "config.json").is_file()}.values())
-    if todo:
-        if progress:
-            print(f"searching     {', '.join(b.name for b in todo)} (teacher: {base:.2f} ms)",
-                  flush=True)
-        try:  # under a measured model's latency (a baseline's; the run's, given), the
-            # picks' measurements decide, with no guard band: the search may pick the
-            # uniform stack itself (it lies in the space)
-            search(run, todo, trials=trials, top_k=top_k, refine=refine, protocol=protocol,
-                   guard=0.0 if groups or budgets_ms is not None else None,
-                   progress=progress)
-        except ConfigError as e:  # some budget had no candidate: go on with the others
-            notes.append(str(e))
-    plan = {name: {"searched": b.name, **groups.get(name, {})} for name, b in budgets.items()
-            if (run.subnet_dir(b.name) / "config.json").is_file()}
-    if progress and len(plan) < len(targets):
-        print(f"skipped       {', '.join(n for n in targets if n not in plan)}: "
+        options = {name: [target * (1 + tolerance)] for name, target in targets.items()}
+    budgets = _search_budgets(run, options, notes, trials=trials, top_k=top_k, refine=refine,
+                              protocol=protocol, progress=progress, teacher_ms=base)
+    plan = {name: {"searched": b.name, **groups.get(name, {})} for name, b in budgets.items()}
+    chosen = _chosen(run)
+    for name, ids in plan.items():
+        ms = chosen[ids["searched"]].get("measured_ms")
+        if ms is not None:
+            measured[ids["searched"]] = ms
+            if ms > budgets[name].latency_ms:
+                notes.append(f"{name}: its searched model measured {ms:.2f} ms, over its "
+                             f"{budgets[name].latency_ms:g} ms")
+    if progress and notes:
+        left = [name for name in targets if name not in plan]
+        print((f"skipped       {', '.join(left)}: " if left else "note          ")
               + "; ".join(notes), flush=True)
     if not plan:
-        raise ConfigError(f"no subnet was found for any of the speedups {list(targets)}; "
-                          "lower them or train the supernet with more bins (shrink.spacing: "
-                          "log keeps small paths)", source=str(run))
+        raise ConfigError(f"no subnet was found for any of the speedups {list(targets)} ("
+                          + "; ".join(notes) + "); lower them or train the supernet with "
+                          "more bins (shrink.spacing: log keeps small paths)", source=str(run))
     atomic_write_text(stored, json.dumps({
         "request": request, "teacher_ms": base,
         "budgets_ms": {name: budgets[name].latency_ms for name in plan},
-        "measured_ms": measured, "plan": plan},
+        "measured_ms": measured, "notes": notes, "plan": plan},
         indent=1))
     return plan
+
+
+def _chosen(run: RunDir) -> dict[str, dict]:
+    path = run.search / "chosen.json"
+    return json.loads(path.read_text())["chosen"] if path.is_file() else {}
+
+
+def _search_budgets(run: RunDir, options: Mapping[str, list[float]], notes: list[str], *,
+                    teacher_ms: float, progress: bool, **settings) -> dict[str, Budget]:
+    """Search each speedup under the first of its ``options`` (ms, in order) that the
+    search reaches, with no guard band, then with the predictor's band where every pick
+    measured over; a speedup none reaches is left out. Returns speedup name -> the
+    budget its searched model (``subnets/<budget name>/``) was found under."""
+    def found(b: Budget) -> bool:
+        return b.name in _chosen(run) and (run.subnet_dir(b.name) / "config.json").is_file()
+
+    def over(b: Budget) -> bool:
+        ms = _chosen(run).get(b.name, {}).get("measured_ms")
+        return ms is not None and ms > b.latency_ms
+
+    left = {name: [Budget(latency_ms=float(f"{ms:.4g}")) for ms in ms_list]
+            for name, ms_list in options.items()}
+    out: dict[str, Budget] = {}
+    while left:
+        current = {name: tried[0] for name, tried in left.items()}
+        todo = list({b.name: b for b in current.values() if not found(b)}.values())
+        for guard in (0.0, None):  # measurement decides; the band where all measured over
+            if not todo:
+                break
+            if progress:
+                print(f"searching     {', '.join(b.name for b in todo)} (teacher: "
+                      f"{teacher_ms:.2f} ms" + (")" if guard == 0 else
+                                                "; again, with the predictor's guard band)"),
+                      flush=True)
+            try:
+                search(run, todo, guard=guard, progress=progress, **settings)
+            except ConfigError as e:  # some budget had no candidate: go on with the others
+                notes.append(str(e))
+            todo = [b for b in todo if over(b)]
+        for name, b in current.items():
+            left[name].pop(0)
+            if found(b):
+                out[name] = b
+                del left[name]
+            elif left[name]:
+                notes.append(f"{name}: no model reached {b.name}; held to the next baseline's "
+                             f"{left[name][0].latency_ms:g} ms")
+            else:
+                del left[name]
+    return out
+
+
+def _baselines(run: RunDir, targets: Mapping[str, float], protocol: Protocol, *,
+               progress: bool) -> Baselines:
+    """:func:`build_baselines` at ``targets``, measured once: kept in
+    ``search/baselines.json`` and read back while the targets, the device and the
+    models are the same."""
+    path = run.search / "baselines.json"
+    request = {"targets_ms": dict(targets), "device": device_id(fingerprint(protocol))}
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["request"] == request and all(
+                (run.subnet_dir(i) / "config.json").is_file()
+                for group in kept["groups"].values() for i in group.values()):
+            return Baselines(kept["groups"], kept["latency_ms"])
+    matched = build_baselines(run, targets, protocol=protocol, progress=progress)
+    atomic_write_text(path, json.dumps({"request": request, **dataclasses.asdict(matched)},
+                                       indent=1))
+    return matched
 
 
 def _plan_ids(plan: Mapping[str, Mapping[str, str]]) -> list[str]:
@@ -314,7 +392,8 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     with clock.stage("search and baselines"):
         plan = plan_models(run, config.speedups, protocol, trials=config.search_trials,
                            top_k=config.top_k, refine=config.refine,
-                           baselines=config.baselines, progress=progress)
+                           baselines=config.baselines, reach=config.reach,
+                           progress=progress)
     if config.stage_one:
         with clock.stage("stage one"):
             distill(run, _plan_ids(plan), config.distill, scaling=scaling, progress=progress)

@@ -516,13 +516,14 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
     stored = json.loads((run.search / "plan.json").read_text())
     plan = stored["plan"]
     latency = json.loads((run.search / "side_by_side.json").read_text())["ms"]
-    budgets = stored.get("budgets_ms")  # absent from plans made before the baselines came first
-    matching = ("the baselines first, the shape of each family nearest the teacher's latency "
-                "over the speedup; the search under the latency of the fastest within 2x of "
-                "that (budgets: " + ", ".join(f"{k} {v:.2f} ms" for k, v in budgets.items())
-                + ")" if budgets else
+    asked = stored["request"]
+    matching = (f"the baselines first, the shape of each family nearest the teacher's latency "
+                f"over the speedup; the search under the latency of the fastest within "
+                f"{asked['reach']:g}x of that (budgets: "
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in stored["budgets_ms"].items()) + ")"
+                if asked.get("match") and asked["baselines"] else
                 "the search first, at the teacher's latency over the speedup; the baselines "
-                "nearest the searched model's latency")
+                "nearest the searched model's latency")  # plans made before 2026-12-02
     sections, means, firsts = [], {}, {}
     for task in config.tasks:
         name = task_spec(task).name

@@ -42,32 +42,44 @@ def test_compare_measures_and_tabulates_side_by_side(tiny_run, glue, protocol):
 
 
 def test_plan_searches_under_its_fastest_baseline_and_leaves_out_a_speedup_without_one(
-        tiny_run, protocol, capsys):
+        tiny_run, protocol, capsys, tmp_path):
     import json
+    import shutil
 
     from nasbert.pipeline import plan_models
     from nasbert.search.searchers import Budget
 
     run = RunDir(tiny_run)
-    plan = plan_models(run, [1.0, 1e4], protocol, top_k=2, progress=True)
+    plan = plan_models(run, [1.0, 1e4], protocol, top_k=2, reach=4.0, progress=True)
     out = capsys.readouterr().out
     assert list(plan) == ["1x"]  # no hand-designed model is anywhere near 1e4 x faster
-    assert "skipped       10000x" in out and "over 2x from" in out
+    assert "skipped       10000x" in out and "over 4x from" in out
     stored = json.loads((run.search / "plan.json").read_text())
     group = plan["1x"]
     assert set(group) == {"searched", "uniform", "teacher-first-k"}
-    # the budget is the latency, as measured, of the fastest baseline within 2x of the
-    # target: the searched model has the room of what it is compared with, no more
-    target = stored["teacher_ms"]
-    near = [ms for ms in (stored["measured_ms"][group[k]] for k in ("uniform", "teacher-first-k"))
-            if max(ms / target, target / ms) <= 2]
-    assert near and stored["budgets_ms"]["1x"] == pytest.approx(min(near), rel=1e-3)
+    # the budget is the latency, as measured, of the fastest baseline within 4x of the
+    # target that the search reaches (the next where it reaches none that fast): the
+    # searched model has the room of what it is compared with, no more
+    baseline = sorted(stored["measured_ms"][group[k]] for k in ("uniform", "teacher-first-k"))
+    budget = stored["budgets_ms"]["1x"]
+    assert any(budget == pytest.approx(ms, rel=1e-3) for ms in baseline)
+    assert budget == pytest.approx(baseline[0], rel=1e-3) or "held to the next" in out
     assert group["searched"] == Budget(latency_ms=stored["budgets_ms"]["1x"]).name
     config = json.loads((run.subnet_dir(group["searched"]) / "config.json").read_text())
     assert config["provenance"]["budget"] == group["searched"]
+    assert stored["measured_ms"][group["searched"]] > 0  # what the pick measured
     # asked again, the stored plan answers: nothing is searched or measured again
-    assert plan_models(run, [1.0, 1e4], protocol, top_k=2, progress=True) == plan
+    assert plan_models(run, [1.0, 1e4], protocol, top_k=2, reach=4.0, progress=True) == plan
     assert "searching" not in capsys.readouterr().out
+    # another run searched at this one's budgets (the supernet trained longer)
+    other = RunDir(shutil.copytree(run.path, tmp_path / "other"))
+    shutil.rmtree(other.search)
+    given = plan_models(other, [1.0, 1e4], protocol, top_k=2, baselines=False,
+                        budgets_ms=stored["budgets_ms"], progress=True)
+    assert given == {"1x": {"searched": group["searched"]}}
+    assert "10000x: no budget given" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="baselines=False"):
+        plan_models(other, [1.0], protocol, budgets_ms=stored["budgets_ms"])
 
 
 def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue, tmp_path,
@@ -81,7 +93,8 @@ def test_quickstart_runs_every_stage_and_resumes(tiny_teacher, tiny_corpus, glue
                                mining=MiningConfig(min_count=1))
     config = QuickstartConfig(recipe=str(recipe), task="sst2", data_dir=str(glue),
                               speedups=(1.0, 1e4), latency_samples=12, search_trials=20,
-                              top_k=2, finetune=quick_finetune(), ngram=ngram)
+                              top_k=2, finetune=quick_finetune(), ngram=ngram,
+                              reach=4.0)  # the tiny space's shapes lie far apart
     run = RunDir(tmp_path / "run")
     rows = quickstart(run, config, protocol=protocol, progress=True)
     out, err = capsys.readouterr()

@@ -269,15 +269,6 @@ def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
     return Baselines(groups, measured)
 
 
-def _arch_of(run: RunDir, model_id: str) -> str:
-    config = run.subnet_dir(model_id) / "config.json"
-    try:
-        return json.loads(config.read_text())["arch"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise ConfigError("is missing or not a nasbert subnet; run `nasbert search` to write "
-                          "it", source=str(config)) from None
-
-
 def _num_layers(teacher: str) -> int:
     from transformers import AutoConfig
 
