@@ -28,11 +28,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nasbert.compress.ngram_distill import NgramStudentConfig, train_ngram_student
+from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.stage import finetune
-from nasbert.io import atomic_write_text
+from nasbert.io import atomic_write_text, cached_record
 from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean
 from nasbert.latency.stage import fit, profile, teacher_ms
 from nasbert.recipe import load_recipe
@@ -244,11 +245,11 @@ def _search_budgets(run: RunDir, options: Mapping[str, list[float]], notes: list
     search reaches, with no guard band, then with the predictor's band where every pick
     measured over; a speedup none reaches is left out. Returns speedup name -> the
     budget its searched model (``subnets/<budget name>/``) was found under."""
-    def found(b: Budget) -> bool:
-        return b.name in _chosen(run) and (run.subnet_dir(b.name) / "config.json").is_file()
+    def found(b: Budget, chosen: Mapping[str, dict]) -> bool:
+        return b.name in chosen and (run.subnet_dir(b.name) / "config.json").is_file()
 
-    def over(b: Budget) -> bool:
-        ms = _chosen(run).get(b.name, {}).get("measured_ms")
+    def over(b: Budget, chosen: Mapping[str, dict]) -> bool:
+        ms = chosen.get(b.name, {}).get("measured_ms")
         return ms is not None and ms > b.latency_ms
 
     left = {name: [Budget(latency_ms=float(f"{ms:.4g}")) for ms in ms_list]
@@ -256,7 +257,8 @@ def _search_budgets(run: RunDir, options: Mapping[str, list[float]], notes: list
     out: dict[str, Budget] = {}
     while left:
         current = {name: tried[0] for name, tried in left.items()}
-        todo = list({b.name: b for b in current.values() if not found(b)}.values())
+        chosen = _chosen(run)
+        todo = list({b.name: b for b in current.values() if not found(b, chosen)}.values())
         for guard in (0.0, None):  # measurement decides; the band where all measured over
             if not todo:
                 break
@@ -269,10 +271,11 @@ def _search_budgets(run: RunDir, options: Mapping[str, list[float]], notes: list
                 search(run, todo, guard=guard, progress=progress, **settings)
             except ConfigError as e:  # some budget had no candidate: go on with the others
                 notes.append(str(e))
-            todo = [b for b in todo if over(b)]
+            chosen = _chosen(run)
+            todo = [b for b in todo if over(b, chosen)]
         for name, b in current.items():
             left[name].pop(0)
-            if found(b):
+            if found(b, chosen):
                 out[name] = b
                 del left[name]
             elif left[name]:
@@ -290,15 +293,13 @@ def _baselines(run: RunDir, targets: Mapping[str, float], protocol: Protocol, *,
     models are the same."""
     path = run.search / "baselines.json"
     request = {"targets_ms": dict(targets), "device": device_id(fingerprint(protocol))}
-    if path.is_file():
-        kept = json.loads(path.read_text())
-        if kept["request"] == request and all(
-                (run.subnet_dir(i) / "config.json").is_file()
-                for group in kept["groups"].values() for i in group.values()):
-            return Baselines(kept["groups"], kept["latency_ms"])
+    kept = cached_record(path, digest(request))
+    if kept and all((run.subnet_dir(i) / "config.json").is_file()
+                    for group in kept["groups"].values() for i in group.values()):
+        return Baselines(kept["groups"], kept["latency_ms"])
     matched = build_baselines(run, targets, protocol=protocol, progress=progress)
-    atomic_write_text(path, json.dumps({"request": request, **dataclasses.asdict(matched)},
-                                       indent=1))
+    atomic_write_text(path, json.dumps({"key": digest(request), "request": request,
+                                        **dataclasses.asdict(matched)}, indent=1))
     return matched
 
 
