@@ -29,7 +29,7 @@ so that every student runs on the same kernels (``nasbert.search.baselines.as_na
 First, the run's latency table and predictors at each precision (the results run
 profiles float32; int8 is profiled here, once), whose held-out errors the page reports.
 
-Writes results/deploy.md and results/deploy.png.
+Writes results/deploy.md and results/deploy.png (or into ``--out DIR``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +208,8 @@ def main() -> None:
         sections.append("\n".join(lines + ["", *goals, "", *budgets]))
     sections.append("\n".join(predictor_lines(run, protocol)))
     text = header("Deployment: int8 and length-adaptive inference, chosen with the architecture",
-                  command(args), run=run_line(run),
+                  f"python scripts/results_deploy.py {shlex.join(sys.argv[1:])}".rstrip(),
+                  run=run_line(run),
                   protocol="sequence 128; batch 1 and 32 side by side with the float32 teacher "
                            "in one clean process (3 interleaved rounds, median)") + "\n" + \
         "\n\n".join(sections) + "\n"
@@ -215,20 +218,6 @@ def main() -> None:
     atomic_write_text(out / "deploy.md", text)
     plot(points, out / "deploy.png")
     print(text)
-
-
-def command(args: argparse.Namespace) -> str:
-    """The command line that made the page (a flag only where set; --groups and --kinds
-    only with --build, the only step that reads them)."""
-    words = ["python scripts/results_deploy.py"]
-    for k, v in vars(args).items():
-        if v is None or v is False or v == [] or k == "out" or (
-                k in ("groups", "kinds") and not args.build):
-            continue
-        words.append(f"--{k.replace('_', '-')}")
-        if v is not True:
-            words.append(" ".join(map(str, v)) if isinstance(v, list) else str(v))
-    return " ".join(words)
 
 
 def run_line(run: RunDir) -> str:
