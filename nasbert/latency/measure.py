@@ -238,12 +238,19 @@ def measure_rounds(models: Sequence[str | Path | nn.Module], protocol: Protocol,
                                reference.model if reference else None).result()
 
 
+def rescaled(times: list[float], ref_times: list[float], reference: Reference | None
+             ) -> list[float]:
+    """A model's time in each round, rescaled by the reference's time in that round
+    (as measured, without a reference)."""
+    if reference is None or not ref_times:
+        return list(times)
+    return [t * reference.ms / r for t, r in zip(times, ref_times)]
+
+
 def corrected(times: list[float], ref_times: list[float], reference: Reference | None
               ) -> float:
     """The median over rounds of a model's times, each rescaled by the reference's."""
-    if reference is None or not ref_times:
-        return statistics.median(times)
-    return statistics.median(t * reference.ms / r for t, r in zip(times, ref_times))
+    return statistics.median(rescaled(times, ref_times, reference))
 
 
 def measure_clean(models: Sequence[str | Path | nn.Module], protocol: Protocol, *,
