@@ -11,9 +11,9 @@ of the training set, where one is faster than the full length); both. Those rows
 float32 teacher are measured again side by side in one clean process at batch 1 and at
 batch 32 (sequence 128): the speedups are those ratios. Then 20 budgets, log-spaced over
 the candidates' latency bounds (``measure_bounds``: the 90th percentile of 3 processes x 9
-rounds), are queried and each answer measured again in a process of its own (rescaled
-against the teacher as profiled, as the candidates were): met when within 1.05 x the
-budget.
+rounds), are queried and each answer measured again in 3 fresh processes of 3 rounds
+(rescaled against the teacher as profiled, as the candidates were): met when the median
+of those rounds is within 1.05 x the budget; how each process alone fared is given too.
 
     python scripts/results_deploy.py --run runs/wiki --data-dir ../shared/data/glue
 
@@ -56,7 +56,15 @@ from nasbert.errors import ConfigError
 from nasbert.finetune.config import GLUE_SCHEDULES
 from nasbert.finetune.stage import finetune
 from nasbert.io import atomic_write_bytes, atomic_write_text
-from nasbert.latency.measure import PRECISIONS, Protocol, cpu_name, measure_clean
+from nasbert.latency.measure import (
+    PRECISIONS,
+    Protocol,
+    corrected,
+    cpu_name,
+    measure_clean,
+    measure_rounds,
+    rescaled,
+)
 from nasbert.latency.stage import fit, load_predictor, profile, reference
 from nasbert.pipeline import QuickstartConfig, ResultsConfig, quickstart
 from nasbert.reporting import per_machine, provenance
@@ -65,6 +73,7 @@ from nasbert.search.baselines import convert_to_nasbert
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.05
+CHECK_PROCESSES = 3  # fresh processes each budget's answer is measured again in
 PREAMBLE = """# Deployment: int8 and length-adaptive inference, chosen with the architecture
 
 Every fine-tuned model of a run in float32 and int8, with and without length-adaptive
@@ -219,8 +228,8 @@ def main() -> None:
         protocol="sequence 128; batch 1 and 32 side by side with the float32 teacher in one "
                  "clean process (3 interleaved rounds, median)",
         budgets="answered on the forms' latency bounds (the 90th percentile of 3 fresh "
-                "processes x 9 rounds, `nasbert deploy`), each answer measured again in a "
-                "process of its own"))
+                "processes x 9 rounds, `nasbert deploy`), each answer measured again in "
+                f"{CHECK_PROCESSES} fresh processes x 3 rounds"))
     section += f"\n\n![accuracy against speedup, {cpu_name()}]({png})\n\n" + \
         "\n\n".join(sections) + "\n"
     text = per_machine(out / "deploy.md", PREAMBLE, section)
@@ -295,21 +304,41 @@ def predictor_lines(run: RunDir, protocol: Protocol) -> list[str]:
 def budget_check(run: RunDir, task: str, candidates: list[Deployable], protocol: Protocol
                  ) -> list[str]:
     """20 budgets over the forms' bounds queried, each answer measured again beside the
-    profiled teacher."""
+    profiled teacher in CHECK_PROCESSES fresh processes of 3 rounds: met when the median
+    of those rounds is within TOLERANCE x the budget. One process's 3 rounds alone
+    spread by 10-40 % here, more than the tolerance, so the page also says how the
+    answers fared in each process taken alone."""
     lo, hi = min(c.ms_bound for c in candidates), max(c.ms_bound for c in candidates)
-    budgets = np.geomspace(lo * 1.001, hi * 1.2, 20)
-    answers = [choose(run, task, float(b), protocol) for b in budgets]
-    models = [deployed_encoder(run, c) for c in answers]
-    again = measure_clean(models, protocol, rounds=3, reference=reference(run, protocol))
+    budgets = [float(b) for b in np.geomspace(lo * 1.001, hi * 1.2, 20)]
+    answers = [choose(run, task, b, protocol) for b in budgets]
+    keys = [(c.folder, c.precision, c.length_config) for c in answers]
+    forms = {k: c for k, c in zip(keys, answers)}  # each distinct answer measured once
+    models = [deployed_encoder(run, c) for c in forms.values()]
+    ref = reference(run, protocol)
+    pooled: list[list[float]] = [[] for _ in forms]
+    alone: list[list[float]] = [[] for _ in forms]  # each process's median of its rounds
+    for _ in range(CHECK_PROCESSES):
+        times, ref_times = measure_rounds(models, protocol, rounds=3, reference=ref)
+        for i, t in enumerate(times):
+            pooled[i] += rescaled(t, ref_times, ref)
+            alone[i].append(corrected(t, ref_times, ref))
+    index = {k: i for i, k in enumerate(forms)}
+    again = [float(np.median(pooled[index[k]])) for k in keys]
+    slowest = [max(alone[index[k]]) for k in keys]
     met = [m <= TOLERANCE * b for m, b in zip(again, budgets)]
-    worst = max(m / b for m, b in zip(again, budgets))
     out = [f"- budgets: {sum(met)} of 20 answers measured within {TOLERANCE} x their budget "
-           f"(worst {worst:.3f} x; goal: all 20): **{'met' if all(met) else 'missed'}**"]
+           f"(median of {CHECK_PROCESSES} fresh processes x 3 rounds; worst "
+           f"{max(m / b for m, b in zip(again, budgets)):.3f} x; goal: all 20): "
+           f"**{'met' if all(met) else 'missed'}**"]
     # each miss with what the query read (the deploy stage's median and bound) and what
     # it measures now: a miss is either another process's drift or a form mis-measured
     out += [f"  - budget {b:.2f} ms: {c.describe()}, stored {c.ms:.2f} ms (bound "
             f"{c.ms_bound:.2f} ms), measured {m:.2f} ms"
             for b, c, m, ok in zip(budgets, answers, again, met) if not ok]
+    held = sum(m <= TOLERANCE * b for m, b in zip(slowest, budgets))
+    out.append(f"- in each of those processes alone (3 rounds, median): {held} of 20 answers "
+               f"within {TOLERANCE} x their budget in the slowest of them (worst "
+               f"{max(m / b for m, b in zip(slowest, budgets)):.3f} x)")
     return out
 
 
