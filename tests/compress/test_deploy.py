@@ -77,6 +77,15 @@ def test_every_form_is_bounded_over_rounds_in_several_processes(run, protocol):
     assert {r["precision"]: r["ms"] for r in stored["candidates"]}.keys() == {"float32", "int8"}
     # the same forms, protocol and device: not measured again
     assert measure_bounds(run, "sst2", protocol, BOUNDS, progress=False) == record
+    # a student fine-tuned again under its old id (another record key): timed again
+    path = run.finetune_dir("sst2", "big") / "deploy.json"
+    text = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(text), "key": "fine-tuned again"}))
+        again = measure_bounds(run, "sst2", protocol, BOUNDS, progress=False)
+        assert again["key"] != record["key"] and again["created"] != record["created"]
+    finally:
+        path.write_text(text)
     with pytest.raises(ConfigError, match="quantile"):
         BoundConfig(quantile=0.2)
 
