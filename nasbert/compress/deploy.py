@@ -18,11 +18,11 @@ one such figure missed 1.05 x on re-measurement a quarter of the time (18 MRPC f
 6 processes). So, last, :func:`measure_bounds` times every form of the task side by
 side in several fresh processes (default 3 x 9 rounds) and keeps a high quantile of the
 rounds (default the 90th percentile) as the form's latency *bound*
-(``finetune/<task>/latency.json``); the query fits budgets on bounds. On MRPC here
-(results/deploy.md, AVX2 section) every one of 20 answers then measured within 1.05 x
-its budget on the median of 3 fresh processes (worst 0.943 x); in the slowest of those
-processes alone, 18 of 20 did (worst 1.185 x): one process's rounds spread by more than
-the tolerance.
+(``finetune/<task>/latency.json``); the query fits budgets on bounds. On SST-2 and
+MRPC here (results/deploy.md, AVX2 section) every one of 20 answers each then measured
+within 1.05 x its budget on the median of 3 fresh processes (worst 0.778 x and
+0.971 x); in the slowest of those processes alone, 20 and 17 of 20 did (worst
+1.181 x): one process's rounds spread by more than the tolerance.
 
 :func:`deployment_candidates` gathers every form; :func:`choose` answers a budget at once
 from them; :func:`export` writes the answer as a model folder that loads with
