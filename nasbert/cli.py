@@ -81,9 +81,12 @@ def _export(args: argparse.Namespace) -> None:
     from nasbert.export import export_onnx
 
     writable_output(args.onnx, flag="--onnx", folder=False)
-    report = export_onnx(args.model_dir, args.onnx, opset=args.opset, atol=args.atol)
+    report = export_onnx(args.model_dir, args.onnx, opset=args.opset, atol=args.atol,
+                         optimize=not args.no_optimize)
     for b, t, d in report.checks:
         print(f"check         batch {b}, sequence {t}: max |onnx - torch| {d:.2e}")
+    if report.fusions:
+        print("fused         " + ", ".join(f"{n} {op}" for op, n in report.fusions))
     print(f"wrote         {report.path}  (opset {report.opset}, dynamic batch and sequence)")
 
 
@@ -622,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--no-optimize", action="store_true",
+                   help="write the graph as exported, without ONNX Runtime's fusions")
     p.set_defaults(func=_export)
     return parser
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 import torch
 
 from nasbert import ConfigError, Supernet
-from nasbert.export import export_onnx
+from nasbert.export import _example, export_onnx, ort_session
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,25 @@ def test_onnx_matches_torch_on_dynamic_shapes(model_dir, tmp_path):
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["nasbert.arch"].startswith("E128|") and "nasbert.torch" in meta
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary left
+    # ONNX Runtime's fusions ran: the bias + GELU of each feed-forward (4 F) and
+    # separable convolution (3 S), and the residual + LayerNorm after the layers, are
+    # single ops in the written graph
+    fused = dict(report.fusions)
+    ops = [n.op_type for n in graph.graph.node]
+    assert fused.get("BiasGelu") == ops.count("BiasGelu") == 7
+    assert fused.get("SkipLayerNormalization", 0) >= 10 and "Gelu" not in ops
+    assert json.loads(meta["nasbert.fusions"]) == fused
+
+
+def test_unoptimized_export_computes_the_same(model_dir, tmp_path):
+    plain = export_onnx(model_dir, tmp_path / "plain.onnx", optimize=False)
+    fused = export_onnx(model_dir, tmp_path / "fused.onnx")
+    assert plain.fusions == () and plain.max_abs_diff < 1e-4
+    assert "BiasGelu" not in [n.op_type for n in onnx.load(tmp_path / "plain.onnx").graph.node]
+    feeds = {k: v.numpy() for k, v in _example(2, 50, 2000, seed=5).items()}
+    a = ort_session(tmp_path / "plain.onnx").run(None, feeds)[0]
+    b = ort_session(tmp_path / "fused.onnx").run(None, feeds)[0]
+    assert abs(a - b).max() < 1e-4 and fused.fusions
 
 
 def test_export_refuses_a_broken_model_dir(model_dir, tmp_path):

@@ -342,9 +342,8 @@ def export_ngram_onnx(folder: str | Path, out: str | Path, *, atol: float = 1e-5
     import warnings
 
     import numpy as np
-    import onnxruntime as ort
 
-    from nasbert.export import _quiet
+    from nasbert.export import _quiet, ort_session
     from nasbert.provenance import provenance
 
     model, _ = load_ngram(folder)
@@ -387,7 +386,7 @@ def export_ngram_onnx(folder: str | Path, out: str | Path, *, atol: float = 1e-5
         import onnx
 
         onnx.save(proto, tmp)
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        session = ort_session(tmp)
         for b, t in ((1, 7), (3, 40), (8, 512)):
             feeds = example(b, t, b * 1000 + t)
             got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
