@@ -250,6 +250,8 @@ def _query_deployment(args: argparse.Namespace, run) -> None:
         print(f"kind          a sparse n-gram student: task-specific, it classifies "
               f"{spec.name} only")
     print(f"precision     {c.precision}")
+    print("runtime       " + ("ONNX Runtime (the exported graph)" if c.runtime == "onnxruntime"
+                              else "PyTorch"))
     print("length        " + ("every token" if c.length_config is None else
                               ", ".join(f"{r:g}" for r in c.length_config) + " (kept per block)"))
     print(f"dev {spec.metric:<9} {c.metric:.4f}")
@@ -265,7 +267,7 @@ def _query_deployment(args: argparse.Namespace, run) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> None:
-    from nasbert.compress.deploy import BoundConfig, prepare_deployment
+    from nasbert.compress.deploy import RUNTIMES, BoundConfig, prepare_deployment
     from nasbert.compress.length import LengthSearchConfig
     from nasbert.compress.qat import QatConfig
     from nasbert.data.tasks import load_task
@@ -277,7 +279,7 @@ def _deploy(args: argparse.Namespace) -> None:
         lengths=LengthSearchConfig(trials=args.trials) if args.length_adaptive else None,
         qat=None if qat is None else QatConfig(threshold=qat / 100),
         bounds=BoundConfig(processes=args.bound_processes, rounds=args.bound_rounds),
-        progress=not args.quiet)
+        runtimes=("pytorch",) if args.no_onnxruntime else RUNTIMES, progress=not args.quiet)
     print(f"{'deployable':<52} {data.spec.metric:>9} {'ms':>8} {'bound':>8}")
     for c in sorted(rows, key=lambda c: c.ms_bound):
         print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f} {c.ms_bound:>8.2f}")
@@ -542,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_query)
 
     p = sub.add_parser("deploy", help="measure a task's fine-tuned models in float32 and int8, "
-                       "optionally length-adaptive, for `query --task`")
+                       "on PyTorch and ONNX Runtime, optionally length-adaptive, for "
+                       "`query --task`")
     _add_task(p)
     p.add_argument("--subnet", action="append", help="a fine-tuned model (repeatable; default: "
                    "every subnet's)")
@@ -556,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "every form again for its latency bound, the 90th percentile of their "
                    "rounds (what query checks a budget against)")
     p.add_argument("--bound-rounds", type=int, default=9, help="rounds in each of them")
+    p.add_argument("--no-onnxruntime", action="store_true",
+                   help="PyTorch forms only (default: NAS-BERT students also as their "
+                   "exported ONNX graphs, float32 and int8, on ONNX Runtime)")
     p.add_argument("--quiet", action="store_true")
     _add_protocol(p)
     p.set_defaults(func=_deploy)

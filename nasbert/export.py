@@ -21,13 +21,16 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from nasbert.errors import ConfigError
 from nasbert.extract import check_batch
+from nasbert.hf.quiet import quiet_transformers
 from nasbert.model import NasBertModel, load_model
 from nasbert.provenance import provenance
 
@@ -89,6 +92,44 @@ def ort_session(path: str | Path, *, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+class OnnxEncoder(nn.Module):
+    """An exported encoder (:func:`export_onnx`) run by ONNX Runtime behind the call of a
+    :class:`~nasbert.model.NasBertModel`: ``model(input_ids, attention_mask=...)`` gives
+    ``last_hidden_state``. Put in a classifier's place (``classifier.nasbert =
+    OnnxEncoder(path)``) it evaluates the graph on a task; latency measurement times it
+    as any encoder. The session opens on the first call, with as many threads as torch
+    has then (inside a latency protocol: the protocol's)."""
+
+    def __init__(self, path: str | Path):
+        import onnx
+
+        super().__init__()
+        self.path = str(path)
+        meta = {p.key: p.value for p in onnx.load(self.path, load_external_data=False)
+                .metadata_props}
+        if "nasbert.vocab_size" not in meta:
+            raise ConfigError("was not written by nasbert's export_onnx (no nasbert.vocab_size "
+                              "in its metadata); export the model folder again",
+                              source=self.path)
+        # what latency measurement reads of a model's config; the graph holds its precision
+        self.config = SimpleNamespace(vocab_size=int(meta["nasbert.vocab_size"]),
+                                      precision="float32", arch=meta.get("nasbert.arch"))
+        self._session = None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, **_: object) -> BaseModelOutput:
+        if self._session is None:
+            self._session = ort_session(self.path)
+        ids = input_ids.cpu().numpy().astype(np.int64)
+        feeds = {"input_ids": ids,
+                 "attention_mask": (np.ones_like(ids) if attention_mask is None
+                                    else attention_mask.cpu().numpy().astype(np.int64)),
+                 "token_type_ids": (np.zeros_like(ids) if token_type_ids is None
+                                    else token_type_ids.cpu().numpy().astype(np.int64))}
+        out = self._session.run(None, feeds)[0]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(out).to(input_ids.device))
+
+
 def optimize_graph(proto, *, heads: int = 0, hidden: int = 0):
     """``proto`` with ONNX Runtime's transformer fusions (its Python pass only: the
     session applies its own graph optimisations when it loads), and what it fused.
@@ -144,7 +185,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = 18,
                           f"not {opset}", source="export", field="opset")
     if atol <= 0:
         raise ConfigError(f"must be positive, not {atol}", source="export", field="atol")
-    model = load_model(model_dir, precision="float32").eval()
+    with quiet_transformers():  # a classifier's folder: its head is not the encoder's
+        model = load_model(model_dir, precision="float32").eval()
     precision = precision or json.loads(
         (Path(model_dir) / "config.json").read_text()).get("precision", "float32")
     assert isinstance(model, NasBertModel)
@@ -169,6 +211,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = 18,
         if optimize:
             proto, fused = optimize_graph(proto)
         meta = {"nasbert.arch": model.config.arch,
+                "nasbert.vocab_size": str(model.config.vocab_size),
                 "nasbert.fusions": json.dumps(dict(fused)),
                 **{f"nasbert.{k}": str(v) for k, v in provenance().items()}}
         for k, v in meta.items():

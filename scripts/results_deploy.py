@@ -3,11 +3,13 @@ and without length-adaptive inference, accuracy against measured speedup over th
 float32 teacher; and the joint query checked against measurement.
 
 For each task: ``nasbert deploy`` (``prepare_deployment``: float32 and int8 measured and
-evaluated, quantisation-aware fine-tuning where int8 loses more than a point, LengthDrop
-training and the length search for every NAS-BERT student), then per model up to five
+evaluated, on PyTorch and, for NAS-BERT students, as exported ONNX graphs on ONNX
+Runtime; quantisation-aware fine-tuning where int8 loses more than a point, LengthDrop
+training and the length search for every NAS-BERT student), then per model up to seven
 rows: float32; int8; int8 quantisation-aware; length-adaptive (the fastest length
 configuration of the Pareto set within 1 point of the full length on the held-out slice
-of the training set, where one is faster than the full length); both. Those rows and the
+of the training set, where one is faster than the full length); both; ONNX Runtime
+float32 and int8. Those rows and the
 float32 teacher are measured again side by side in one clean process at batch 1 and at
 batch 32 (sequence 128): the speedups are those ratios. Then 20 budgets, log-spaced over
 the candidates' latency bounds (``measure_bounds``: the 90th percentile of 3 processes x 9
@@ -111,12 +113,15 @@ def build(run: RunDir, data_dir: str, tasks: list[str], groups: list[str],
 def variants(run: RunDir, task: str, metric: str, candidates: list[Deployable],
              model_id: str) -> list[tuple[str, Deployable]]:
     """float32, int8 (and quantisation-aware int8 where it was trained), length-adaptive
-    and length-adaptive + int8, for one model."""
+    and length-adaptive + int8 on PyTorch, and float32 and int8 on ONNX Runtime, for one
+    model."""
     mine = [c for c in candidates if c.model_id == model_id]
-    full = {c.precision: c for c in mine if c.length_config is None and "-lat" not in c.folder
-            and not c.quantisation_aware}
-    out = [(name, full[p]) for name, p in (("float32", "float32"), ("int8", "int8"))
-           if p in full]
+    full = {(c.precision, c.runtime): c for c in mine if c.length_config is None
+            and "-lat" not in c.folder and not c.quantisation_aware}
+    out = [(name, full[key]) for name, key in (
+        ("float32", ("float32", "pytorch")), ("int8", ("int8", "pytorch")),
+        ("ONNX Runtime float32", ("float32", "onnxruntime")),
+        ("ONNX Runtime int8", ("int8", "onnxruntime"))) if key in full]
     out += [("int8 quantisation-aware", c) for c in mine if c.quantisation_aware]
     lengths = lat_dir(run, task, model_id) / "lengths.json"
     if not lengths.is_file():
@@ -311,7 +316,7 @@ def budget_check(run: RunDir, task: str, candidates: list[Deployable], protocol:
     lo, hi = min(c.ms_bound for c in candidates), max(c.ms_bound for c in candidates)
     budgets = [float(b) for b in np.geomspace(lo * 1.001, hi * 1.2, 20)]
     answers = [choose(run, task, b, protocol) for b in budgets]
-    keys = [(c.folder, c.precision, c.length_config) for c in answers]
+    keys = [(c.folder, c.precision, c.length_config, c.runtime) for c in answers]
     forms = {k: c for k, c in zip(keys, answers)}  # each distinct answer measured once
     models = [deployed_encoder(run, c) for c in forms.values()]
     ref = reference(run, protocol)
@@ -355,7 +360,9 @@ def plot(points: dict, path: Path) -> None:
         for k, (form, marker) in enumerate((("float32", "o"), ("int8", "s"),
                                              ("int8 quantisation-aware", "P"),
                                              ("length-adaptive", "^"),
-                                             ("length-adaptive + int8", "D"))):
+                                             ("length-adaptive + int8", "D"),
+                                             ("ONNX Runtime float32", "v"),
+                                             ("ONNX Runtime int8", "X"))):
             xs = [x for x, _, f in pts if f == form]
             ys = [y for _, y, f in pts if f == form]
             if xs:  # a form the run has none of gets no legend entry

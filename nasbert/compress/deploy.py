@@ -91,6 +91,9 @@ class Deployable:
     # what a budget is checked against: a high quantile over rounds in several processes
     # (measure_bounds); ``ms`` for a form measured after the bounds were
     ms_bound: float | None = None
+    # "pytorch", or "onnxruntime": the exported graph (fused; int8: ONNX Runtime's own
+    # quantisation of it) in the student's ``onnx/`` folder
+    runtime: str = "pytorch"
 
     def __post_init__(self) -> None:
         if self.ms_bound is None:
@@ -102,7 +105,18 @@ class Deployable:
         length = ("full length" if self.length_config is None
                   else "length " + ", ".join(f"{r:g}" for r in self.length_config))
         precision = self.precision + (" quantisation-aware" if self.quantisation_aware else "")
-        return f"{self.model_id} ({precision}, {length})"
+        runtime = ", ONNX Runtime" if self.runtime == "onnxruntime" else ""
+        return f"{self.model_id} ({precision}, {length}{runtime})"
+
+
+RUNTIMES = ("pytorch", "onnxruntime")
+ONNX_DIR = "onnx"  # in a student's folder: its encoder as ONNX, float32 and int8
+
+
+def onnx_graph(run: RunDir | str | Path, c: Deployable) -> Path:
+    """The graph an ``onnxruntime`` form runs."""
+    name = "encoder.int8.onnx" if c.precision == "int8" else "encoder.onnx"
+    return RunDir.of(run).path / c.folder / ONNX_DIR / name
 
 
 def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
@@ -129,9 +143,11 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                        lengths: LengthSearchConfig | None = None,
                        drop: LengthDropConfig | None = None, qat: QatConfig | None = None,
                        bounds: BoundConfig | None = BoundConfig(),
+                       runtimes: tuple[str, ...] = RUNTIMES,
                        progress: bool = True) -> list[Deployable]:
     """float32 and int8 of each fine-tuned student of the task (default: every subnet's
-    plain fine-tuned model), measured and evaluated; with ``qat``, each student whose
+    plain fine-tuned model), measured and evaluated, on each of ``runtimes`` (ONNX
+    Runtime: NAS-BERT students, their exported graphs); with ``qat``, each student whose
     int8 form loses more than ``qat.threshold`` also fine-tuned quantisation-aware; with
     ``lengths``, each NAS-BERT student also trained with LengthDrop (``drop``) and
     searched for length configurations; then, with ``bounds``, every form of the task
@@ -145,12 +161,16 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown or "pytorch" not in runtimes:
+        raise ConfigError(f"must include pytorch and be among {', '.join(RUNTIMES)}, not "
+                          f"{', '.join(runtimes)}", source="deployment", field="runtimes")
     task = data.spec.name
     ids = _students(run, task, models)
     records = {m: json.loads((run.finetune_dir(task, m) / "metrics.json").read_text())
                for m in ids}
     keys = {m: digest([records[m]["key"], dataclasses.asdict(protocol),
-                       device_id(fingerprint(protocol))]) for m in ids}
+                       device_id(fingerprint(protocol)), sorted(runtimes)]) for m in ids}
     todo = [m for m in ids if _stored(run, task, m).get("key") != keys[m]]
     if todo:
         tokenizer = run.tokenizer()
@@ -167,13 +187,17 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                     with torch.inference_mode():
                         metrics, _ = evaluate(model, tokenizer, data, schedule)
                 rows.append({"precision": p, "length_config": None, "metrics": metrics,
-                             "ms": ms[p][i],
+                             "ms": ms[p][i], "runtime": "pytorch",
                              "device": device_id(fingerprint(dataclasses.replace(protocol,
                                                                                  dtype=p)))})
-                if progress:
-                    print(f"{m:<24} {p:<8} {data.spec.metric} "
-                          f"{metrics[data.spec.dev_splits[0]][data.spec.metric]:.4f}  "
-                          f"{ms[p][i]:.2f} ms", flush=True)
+            if "onnxruntime" in runtimes and json.loads(
+                    (dirs[i] / "config.json").read_text()).get("model_type") == "nasbert":
+                rows += _onnx_forms(run, data, m, schedule, protocol)
+            if progress:
+                for r in rows:
+                    print(f"{m:<24} {r['precision']:<8} {r['runtime']:<12} {data.spec.metric} "
+                          f"{r['metrics'][data.spec.dev_splits[0]][data.spec.metric]:.4f}  "
+                          f"{r['ms']:.2f} ms", flush=True)
             atomic_write_text(run.finetune_dir(task, m) / "deploy.json", json.dumps(
                 {"key": keys[m], "id": m, "task": task, "protocol": dataclasses.asdict(protocol),
                  "candidates": rows, **provenance()}, indent=1))
@@ -194,6 +218,41 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     return [c for c in deployment_candidates(run, task, protocol) if c.model_id in ids]
 
 
+def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
+                protocol: Protocol) -> list[dict]:
+    """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
+    that graph) into ``<student>/onnx/``, each graph timed side by side in a clean
+    process and rescaled by the teacher as the PyTorch forms are, and evaluated on dev
+    with the student's own head on top: its ``deploy.json`` rows."""
+    import torch
+
+    from nasbert.export import OnnxEncoder, export_onnx
+    from nasbert.finetune.distill import evaluate
+    from nasbert.finetune.stage import _load_classifier
+    from nasbert.latency.measure import measure_clean
+
+    folder = run.finetune_dir(data.spec.name, model_id)
+    out = folder / ONNX_DIR
+    out.mkdir(exist_ok=True)
+    # the int8 graph is judged by its dev metric below, not by export's output check
+    export_onnx(folder / "model", out / "encoder.onnx", precision="int8",
+                int8_rtol=float("inf"))
+    graphs = {"float32": out / "encoder.onnx", "int8": out / "encoder.int8.onnx"}
+    ms = measure_clean([str(g) for g in graphs.values()],
+                       dataclasses.replace(protocol, dtype="float32"),
+                       rounds=protocol.rounds, reference=reference(run, protocol))
+    rows = []
+    for (p, graph), t in zip(graphs.items(), ms):
+        model = _load_classifier(folder / "model", data.spec, schedule.seed)
+        model.nasbert = OnnxEncoder(graph)
+        with torch.inference_mode():
+            metrics, _ = evaluate(model, run.tokenizer(), data, schedule)
+        rows.append({"precision": p, "length_config": None, "metrics": metrics, "ms": t,
+                     "runtime": "onnxruntime",
+                     "device": device_id(fingerprint(dataclasses.replace(protocol, dtype=p)))})
+    return rows
+
+
 def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatConfig, *,
                         progress: bool) -> None:
     """Quantisation-aware fine-tuning of one student when its int8 form loses more than
@@ -201,7 +260,8 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
     and the plain int8 form's latency (the same kernels on the same shapes)."""
     task, metric, main = data.spec.name, data.spec.metric, data.spec.dev_splits[0]
     plain = _stored(run, task, model_id)
-    rows = {c["precision"]: c for c in plain["candidates"]}
+    rows = {c["precision"]: c for c in plain["candidates"]
+            if c.get("runtime", "pytorch") == "pytorch"}  # fine-tuned for PyTorch's int8
     loss = rows["float32"]["metrics"][main][metric] - rows["int8"]["metrics"][main][metric]
     folder = qat_dir(run, task, model_id)
     if config.threshold is not None and loss <= config.threshold:
@@ -252,7 +312,8 @@ def _form(c: Deployable) -> str:
     configuration (a quantisation-aware int8 form, or a LengthDrop model at full length,
     runs the kernels of its plain twin on the same shapes)."""
     length = "full" if c.length_config is None else ",".join(f"{r:g}" for r in c.length_config)
-    return f"{c.model_id} {c.precision} {length}"
+    runtime = "" if c.runtime == "pytorch" else f" {c.runtime}"
+    return f"{c.model_id} {c.precision} {length}{runtime}"
 
 
 def _bounds(run: RunDir, task: str, protocol: Protocol) -> dict:
@@ -318,12 +379,14 @@ def measure_bounds(run: RunDir | str | Path, task: str, protocol: Protocol | Non
 def deployed_encoder(run: RunDir | str | Path, c: Deployable):
     """The form's encoder as it is deployed, for a clean process to time: the model
     folder's encoder with the form's precision (int8 quantises where it is loaded, by
-    its config) and length configuration."""
+    its config) and length configuration; an ``onnxruntime`` form's graph, as a path."""
     from transformers import AutoModel
 
     from nasbert.hf.quiet import quiet_transformers
 
     run = RunDir.of(run)
+    if c.runtime == "onnxruntime":
+        return str(onnx_graph(run, c))
     folder = run.path / c.folder / "model"
     kind = json.loads((folder / "config.json").read_text()).get("model_type")
     with quiet_transformers():  # a nasbert folder loads float32 here, whatever it says
@@ -354,7 +417,8 @@ def _measured(run: RunDir, task: str, protocol: Protocol) -> list[Deployable]:
                                   c["precision"], None if full else tuple(length),
                                   first[spec_metric], metrics, c["ms"], c["device"],
                                   stored.get("kind", "transformer"),
-                                  stored.get("quantisation_aware", False)))
+                                  stored.get("quantisation_aware", False),
+                                  runtime=c.get("runtime", "pytorch")))
     return out
 
 
@@ -397,8 +461,10 @@ def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
     """Write ``choice`` to ``out``: the fine-tuned model folder with its precision and
     length configuration in ``config.json`` (``AutoModelForSequenceClassification.
     from_pretrained(out)`` loads it as chosen), and the encoder as ONNX where the
-    exporter can trace it (int8: ONNX Runtime's quantisation beside it). Returns what
-    was written."""
+    exporter can trace it (int8: ONNX Runtime's quantisation beside it); an
+    ``onnxruntime`` form, the graph it was measured and evaluated as, copied (its
+    ``config.json`` says ``"runtime": "onnxruntime"``; the folder loads in PyTorch too).
+    Returns what was written."""
     run = RunDir.of(run)
     source = run.path / choice.folder / "model"
     out = Path(out)
@@ -407,11 +473,18 @@ def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
         config = json.loads((tmp / "config.json").read_text())
         config["precision"] = choice.precision
         config["length_config"] = list(choice.length_config) if choice.length_config else None
+        config["runtime"] = choice.runtime
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if choice.runtime == "onnxruntime":  # the graph that was measured, as it was
+            name = "model.int8.onnx" if choice.precision == "int8" else "model.onnx"
+            shutil.copyfile(onnx_graph(run, choice), tmp / name)
         atomic_write_text(tmp / "deployment.json", json.dumps(
             {**dataclasses.asdict(choice), "run": str(run.path), **provenance()}, indent=1))
     written: dict = {"model": str(out)}
-    if onnx and choice.kind == "ngram":
+    if choice.runtime == "onnxruntime":
+        written["onnx"] = str(out / ("model.int8.onnx" if choice.precision == "int8"
+                                     else "model.onnx"))
+    elif onnx and choice.kind == "ngram":
         from nasbert.compress.ngram import export_ngram_onnx
 
         written["onnx"] = str(export_ngram_onnx(out, out / "model.onnx"))

@@ -202,9 +202,11 @@ def _measure_in_child(paths: list[str], protocol: Protocol, rounds: int,
     from transformers import AutoModel
 
     import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.export import OnnxEncoder
 
-    with quiet_transformers():
-        models = [AutoModel.from_pretrained(p) for p in paths]  # encoders: a head costs ~0
+    with quiet_transformers():  # encoders: a head costs ~0
+        models = [OnnxEncoder(p) if p.endswith(".onnx") else AutoModel.from_pretrained(p)
+                  for p in paths]
         ref = AutoModel.from_pretrained(reference) if reference else None
     times: list[list[float]] = [[] for _ in paths]
     ref_times: list[float] = []
@@ -220,7 +222,9 @@ def measure_rounds(models: Sequence[str | Path | nn.Module], protocol: Protocol,
                    rounds: int = 3, reference: Reference | None = None
                    ) -> tuple[list[list[float]], list[float]]:
     """Each model's time in each of ``rounds`` interleaved rounds in one fresh process,
-    and the reference's time at the start of each round (empty without one)."""
+    and the reference's time at the start of each round (empty without one). A model is
+    a folder ``AutoModel`` loads, an in-memory ``PreTrainedModel``, or an ``.onnx`` graph
+    of :func:`~nasbert.export.export_onnx` (run by ONNX Runtime)."""
     import multiprocessing
     import tempfile
     from concurrent.futures import ProcessPoolExecutor

@@ -14,11 +14,14 @@ from transformers import AutoModelForSequenceClassification
 from nasbert import ConfigError, RunDir
 from nasbert.cli import main
 from nasbert.compress.deploy import (
+    RUNTIMES,
     BoundConfig,
+    _form,
     choose,
     deployment_candidates,
     export,
     measure_bounds,
+    onnx_graph,
     prepare_deployment,
 )
 from nasbert.compress.quantize import is_quantized
@@ -43,12 +46,13 @@ def run(finetuned_run, glue, protocol, tmp_path_factory):
 
 def test_each_student_is_measured_in_both_precisions(run, glue, protocol):
     found = deployment_candidates(run, "sst2", protocol)
-    assert {(c.model_id, c.precision) for c in found} == {
-        (m, p) for m in ARCHS for p in ("float32", "int8")}
+    # both students are NAS-BERT models: each runs on PyTorch and as its ONNX graph
+    assert sorted((c.model_id, c.precision, c.runtime) for c in found) == sorted(
+        (m, p, r) for m in ARCHS for p in ("float32", "int8") for r in RUNTIMES)
     for c in found:
         assert c.ms > 0 and 0 <= c.metric <= 1 and c.length_config is None
         assert ("int8" in c.device) == (c.precision == "int8")
-    fp32 = {c.model_id: c for c in found if c.precision == "float32"}
+    fp32 = {c.model_id: c for c in found if c.precision == "float32" and c.runtime == "pytorch"}
     for model_id, c in fp32.items():  # the float32 figures are the fine-tuning's own
         record = json.loads((run.finetune_dir("sst2", model_id) / "metrics.json").read_text())
         assert c.metric == record["dev"]["accuracy"]
@@ -64,9 +68,9 @@ def test_each_student_is_measured_in_both_precisions(run, glue, protocol):
 def test_every_form_is_bounded_over_rounds_in_several_processes(run, protocol):
     record = json.loads((run.finetune_dir("sst2") / "latency.json").read_text())
     found = deployment_candidates(run, "sst2", protocol)
-    assert len(record["forms"]) == len(found) == 2 * len(ARCHS)
+    assert len(record["forms"]) == len(found) == 2 * len(RUNTIMES) * len(ARCHS)
     for c in found:  # the median and the 90th percentile of 2 processes x 3 rounds
-        rounds = record["forms"][f"{c.model_id} {c.precision} full"]["rounds"]
+        rounds = record["forms"][_form(c)]["rounds"]
         assert len(rounds) == BOUNDS.processes * BOUNDS.rounds and min(rounds) > 0
         assert c.ms == pytest.approx(float(np.median(rounds)), rel=1e-3)
         assert c.ms_bound == pytest.approx(float(np.quantile(rounds, 0.9)), rel=1e-3)
@@ -114,7 +118,7 @@ def test_choose_takes_the_most_accurate_within_the_budget(run, protocol):
 
 def test_an_exported_choice_loads_as_chosen(run, protocol, tmp_path):
     int8 = next(c for c in deployment_candidates(run, "sst2", protocol)
-                if c.model_id == "big" and c.precision == "int8")
+                if c.model_id == "big" and c.precision == "int8" and c.runtime == "pytorch")
     written = export(run, int8, tmp_path / "out", onnx=False)  # int8 ONNX: test_quantize
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     assert is_quantized(loaded) and loaded.config.precision == "int8"
@@ -130,11 +134,44 @@ def test_an_exported_choice_loads_as_chosen(run, protocol, tmp_path):
         assert torch.equal(loaded(ids).logits, quantize(source)(ids).logits)
 
 
+def test_onnx_runtime_forms_are_the_exported_graphs_evaluated_and_exported(run, glue,
+                                                                           protocol, tmp_path):
+    from nasbert.export import OnnxEncoder
+
+    found = deployment_candidates(run, "sst2", protocol)
+    by = {(c.model_id, c.precision, c.runtime): c for c in found}
+    ids = torch.tensor([[2, 5, 7, 9, 3, 4], [2, 8, 6, 3, 0, 0]])
+    mask = (ids > 0).long()
+    for m in ARCHS:
+        plain, graph = by[(m, "float32", "pytorch")], by[(m, "float32", "onnxruntime")]
+        # the float32 graph computes what PyTorch does: on dev, the same metric
+        assert graph.metric == pytest.approx(plain.metric, abs=0.01)
+        encoder = AutoModelForSequenceClassification.from_pretrained(
+            run.path / plain.folder / "model").nasbert.eval()
+        with torch.no_grad():
+            want = encoder(ids, attention_mask=mask).last_hidden_state
+        got = OnnxEncoder(onnx_graph(run, graph))(ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        assert (got[real] - want[real]).abs().max() < 1e-4
+        assert onnx_graph(run, by[(m, "int8", "onnxruntime")]).is_file()
+    # an ONNX Runtime form exports as the graph it was timed as, byte for byte
+    c = by[("big", "int8", "onnxruntime")]
+    assert c.describe() == "big (int8, full length, ONNX Runtime)"
+    written = export(run, c, tmp_path / "out")
+    assert written["onnx"] == str(tmp_path / "out" / "model.int8.onnx")
+    assert (tmp_path / "out" / "model.int8.onnx").read_bytes() == onnx_graph(run, c).read_bytes()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["runtime"] == "onnxruntime" and config["precision"] == "int8"
+    with pytest.raises(ConfigError, match="must include pytorch"):
+        prepare_deployment(run, load_task("sst2", glue), protocol=protocol,
+                           runtimes=("onnxruntime",), progress=False)
+
+
 def test_a_length_configuration_is_exported_in_the_config(run, protocol, tmp_path):
     from nasbert.compress.deploy import Deployable
 
     fp32 = next(c for c in deployment_candidates(run, "sst2", protocol)
-                if c.model_id == "big" and c.precision == "float32")
+                if c.model_id == "big" and c.precision == "float32" and c.runtime == "pytorch")
     chosen = Deployable(**{**fp32.__dict__, "length_config": (1.0, 0.5)})
     written = export(run, chosen, tmp_path / "out")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
@@ -153,12 +190,13 @@ def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_
                  "--quantisation-aware", "0.5"]) == 0
     table = capsys.readouterr().out
     assert "big (int8, full length)" in table and "small (float32, full length)" in table
+    assert "big (int8, full length, ONNX Runtime)" in table
     budget = 1e6  # anything fits: the most accurate of all
     assert main(["query", str(run), "--task", "sst2", "--latency-ms", str(budget),
                  "--seq", "32", "--repeats", "3", "--export", str(tmp_path / "q")]) == 0
     out = capsys.readouterr().out
     assert "precision" in out and "x the float32 teacher" in out and "wrote" in out
-    assert "bound " in out
+    assert "bound " in out and "runtime " in out
     assert (tmp_path / "q" / "config.json").is_file()
     assert main(["query", str(run), "--task", "cola", "--latency-ms", "5"]) == 2
     err = capsys.readouterr().err
@@ -181,14 +219,16 @@ def test_int8_that_loses_is_fine_tuned_quantisation_aware(run, glue, protocol):
     data = load_task("sst2", glue)
     found = prepare_deployment(run, data, protocol=protocol, qat=QatConfig(threshold=0.0),
                                bounds=BOUNDS, progress=False)
-    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found}
+    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found
+          if c.runtime == "pytorch"}
     for m in ARCHS:  # trained exactly where int8 lost something
         lost = by[(m, "float32", False)].metric - by[(m, "int8", False)].metric
         assert ((m, "int8", True) in by) == (lost > 0), (m, lost)
     # every model (threshold None): offered beside the plain int8 form, at its latency
     found = prepare_deployment(run, data, protocol=protocol, qat=QatConfig(threshold=None),
                                bounds=BOUNDS, progress=False)
-    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found}
+    by = {(c.model_id, c.precision, c.quantisation_aware): c for c in found
+          if c.runtime == "pytorch"}
     for m in ARCHS:
         aware = by[(m, "int8", True)]
         # the plain int8 form's kernels on its shapes: its median and bound
