@@ -1,9 +1,11 @@
 """The deployable family of a task, and the joint choice: the most accurate (model,
-precision, length configuration) the run has measured within a latency budget.
+precision, length configuration, runtime) the run has measured within a latency budget.
 
 :func:`prepare_deployment` measures, for each fine-tuned student of a task, its float32
 and int8 forms at full length: dev metrics (int8 evaluated after quantisation) and
-latency, every model of the call in both precisions side by side in one clean process.
+latency, every model of the call in both precisions side by side in one clean process;
+and a NAS-BERT student's exported graph on ONNX Runtime, float32 and int8, the same way
+(``<id>/onnx/``; results/runtimes.md: fused, 1.1-1.3x faster than PyTorch in float32 here).
 Each model's figures go to ``finetune/<task>/<id>/deploy.json``. Where int8 loses more
 than a threshold, quantisation-aware fine-tuning (:mod:`~nasbert.compress.qat`) gives a
 second int8 form (``finetune/<task>/<id>-qat/deploy.json``). The length-adaptive
@@ -192,7 +194,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                                                                                  dtype=p)))})
             if "onnxruntime" in runtimes and json.loads(
                     (dirs[i] / "config.json").read_text()).get("model_type") == "nasbert":
-                rows += _onnx_forms(run, data, m, schedule, protocol)
+                rows += _onnx_forms(run, data, m, schedule, protocol, tokenizer)
             if progress:
                 for r in rows:
                     print(f"{m:<24} {r['precision']:<8} {r['runtime']:<12} {data.spec.metric} "
@@ -219,7 +221,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
 
 
 def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
-                protocol: Protocol) -> list[dict]:
+                protocol: Protocol, tokenizer) -> list[dict]:
     """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
     that graph) into ``<student>/onnx/``, each graph timed side by side in a clean
     process and rescaled by the teacher as the PyTorch forms are, and evaluated on dev
@@ -246,7 +248,7 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
         model = _load_classifier(folder / "model", data.spec, schedule.seed)
         model.nasbert = OnnxEncoder(graph)
         with torch.inference_mode():
-            metrics, _ = evaluate(model, run.tokenizer(), data, schedule)
+            metrics, _ = evaluate(model, tokenizer, data, schedule)
         rows.append({"precision": p, "length_config": None, "metrics": metrics, "ms": t,
                      "runtime": "onnxruntime",
                      "device": device_id(fingerprint(dataclasses.replace(protocol, dtype=p)))})
@@ -308,9 +310,9 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
 
 
 def _form(c: Deployable) -> str:
-    """What a form's latency depends on: the model's shape, precision and length
-    configuration (a quantisation-aware int8 form, or a LengthDrop model at full length,
-    runs the kernels of its plain twin on the same shapes)."""
+    """What a form's latency depends on: the model's shape, precision, length
+    configuration and runtime (a quantisation-aware int8 form, or a LengthDrop model at
+    full length, runs the kernels of its plain twin on the same shapes)."""
     length = "full" if c.length_config is None else ",".join(f"{r:g}" for r in c.length_config)
     runtime = "" if c.runtime == "pytorch" else f" {c.runtime}"
     return f"{c.model_id} {c.precision} {length}{runtime}"
@@ -475,15 +477,14 @@ def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
         config["length_config"] = list(choice.length_config) if choice.length_config else None
         config["runtime"] = choice.runtime
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        graph = "model.int8.onnx" if choice.precision == "int8" else "model.onnx"
         if choice.runtime == "onnxruntime":  # the graph that was measured, as it was
-            name = "model.int8.onnx" if choice.precision == "int8" else "model.onnx"
-            shutil.copyfile(onnx_graph(run, choice), tmp / name)
+            shutil.copyfile(onnx_graph(run, choice), tmp / graph)
         atomic_write_text(tmp / "deployment.json", json.dumps(
             {**dataclasses.asdict(choice), "run": str(run.path), **provenance()}, indent=1))
     written: dict = {"model": str(out)}
     if choice.runtime == "onnxruntime":
-        written["onnx"] = str(out / ("model.int8.onnx" if choice.precision == "int8"
-                                     else "model.onnx"))
+        written["onnx"] = str(out / graph)
     elif onnx and choice.kind == "ngram":
         from nasbert.compress.ngram import export_ngram_onnx
 

@@ -343,7 +343,8 @@ def export_ngram_onnx(folder: str | Path, out: str | Path, *, atol: float = 1e-5
 
     import numpy as np
 
-    from nasbert.export import _quiet, ort_session
+    from nasbert.export import ort_session
+    from nasbert.hf.quiet import quiet_logger
     from nasbert.provenance import provenance
 
     model, _ = load_ngram(folder)
@@ -373,7 +374,7 @@ def export_ngram_onnx(folder: str | Path, out: str | Path, *, atol: float = 1e-5
     os.close(fd)
     try:
         batch_dim, ids_dim = torch.export.Dim("batch"), torch.export.Dim("ids")
-        with warnings.catch_warnings(), torch.no_grad(), _quiet("torch.onnx"):
+        with warnings.catch_warnings(), torch.no_grad(), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 Logits(model).eval(), tuple(example(2, 16, 0).values()), dynamo=True,

@@ -158,14 +158,14 @@ def quantize_onnx(source: str | Path, target: str | Path, *, per_channel: bool =
     (per channel by default), activations quantised at run time; written to ``target``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from nasbert.export import _quiet
+    from nasbert.hf.quiet import quiet_logger
 
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     # the quantiser suggests its pre-processing (shape inference, its own optimisation
     # pass) on the root logger at every call; results/runtimes.md measured the graphs
     # quantised without it
-    with _quiet("root"):
+    with quiet_logger("root"):
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8,
                          per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"])
     tmp.replace(target)

@@ -1,8 +1,9 @@
-"""transformers' own logging and progress bars, quieted where they are noise."""
+"""Libraries' own logging and progress bars, quieted where they are noise."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from transformers.utils import logging as hf_logging
@@ -22,3 +23,18 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_logger(*names: str) -> Iterator[None]:
+    """Info and warnings of the named loggers (``"root"``: the root logger) off for the
+    block: an exporter's or a quantiser's reports are noise for users."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
