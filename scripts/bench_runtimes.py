@@ -11,7 +11,8 @@ batch 1 and 32, sequence 128, no padding:
   on the graph with ONNX Runtime's transformer fusions (``export_onnx``'s default).
 
 Every session is opened with :func:`nasbert.export.ort_session` (threads sleep between
-runs). Each round runs the six one after another in a rotating order; a speedup is the
+runs); the last lines show why, timing PyTorch right after a session whose threads
+spin. Each round runs the six one after another in a rotating order; a speedup is the
 median over rounds of PyTorch float32's time over the runtime's in the same round.
 Weights are a random initialisation (denormals flushed, so the time does not depend on
 them); the float32 graphs' outputs are checked against PyTorch's, and the int8 ones'
@@ -105,6 +106,35 @@ def bench_shape(space: SearchSpace, arch: str, folder: Path, batches: list[int],
     return [dict(r, fusions=fused.fusions) for r in rows]
 
 
+def spinning(space: SearchSpace, folder: Path, seq: int, rounds: int) -> tuple[float, float]:
+    """PyTorch float32's median time at batch 1 right after an ONNX Runtime run, on a
+    session whose threads spin after a run (ONNX Runtime's default) and on one whose
+    threads sleep (:func:`ort_session`), interleaved."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = Supernet(space).extract(Arch.parse(SHAPES["teacher shape"])).eval()
+    model.save_pretrained(folder)
+    export_onnx(folder, folder / "fused.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    spins = ort.InferenceSession(str(folder / "fused.onnx"), options,
+                                 providers=["CPUExecutionProvider"])
+    sleeps = ort_session(folder / "fused.onnx")
+    ids = torch.randint(0, space.dims.vocab_size, (1, seq))
+    mask = torch.ones_like(ids)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+             "token_type_ids": np.zeros_like(ids.numpy())}
+    after: dict[str, list[float]] = {"spin": [], "sleep": []}
+    with torch.inference_mode():
+        model(ids, attention_mask=mask)
+        for i in range(rounds):
+            for name in (("spin", "sleep") if i % 2 else ("sleep", "spin")):
+                (spins if name == "spin" else sleeps).run(None, feeds)
+                after[name].append(timed(lambda: model(ids, attention_mask=mask)))
+    return statistics.median(after["spin"]), statistics.median(after["sleep"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -142,6 +172,15 @@ def main() -> None:
                                            else f"{r['speedup']:.2f}x") for r in cells)
                     + f" | {cells[-1]['error']:.1e} |")
             sections.append("\n".join(lines))
+        spin, sleep = spinning(space, Path(tmp) / "spin", args.seq, rounds[1] if 1 in rounds
+                               else 30)
+        sections.append("\n".join([
+            "### Threads that spin", "",
+            "PyTorch float32 on the teacher's shape at batch 1, timed right after a run of "
+            "its fused graph on an ONNX Runtime session (median of the rounds, interleaved): "
+            f"after a session with ONNX Runtime's default threads, which spin after a run, "
+            f"{spin:.2f} ms; after one from `nasbert.export.ort_session`, whose threads "
+            f"sleep, {sleep:.2f} ms ({spin / sleep:.2f}x)."]))
 
     cmd = "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT))
                                 if Path(sys.argv[0]).is_absolute() else sys.argv[0],
