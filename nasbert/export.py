@@ -7,9 +7,8 @@ True
 
 The graph is optimised with ONNX Runtime's transformer fusions (bias + GELU, residual +
 LayerNorm) before it is checked and written; :func:`ort_session` opens it the way it was
-measured (``results/runtimes.md``, a 2-core AVX2 EPYC: the fused float32 graph ran up
-to 1.3x faster than PyTorch in float32, and its int8 form was the fastest of all on the
-larger shapes).
+measured (``results/runtimes.md``, a 2-core AVX2 EPYC, batch 1: the fused float32 graph
+ran 1.21-1.26x faster than PyTorch in float32, its int8 form 1.76-1.82x).
 """
 
 from __future__ import annotations
@@ -69,8 +68,8 @@ def ort_session(path: str | Path, *, threads: int = 0):
     """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (0: as
     many as torch uses) that sleep between runs. ONNX Runtime's threads spin after a run
     by default, and spinning threads take the cores from whatever runs next in the
-    process: measured here (2 cores), PyTorch's forward beside two such sessions took
-    77.5 ms instead of 28.0 ms."""
+    process: PyTorch's forward right after such a session took 2.06x as long as after
+    one of these (``results/runtimes.md``, 2 cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

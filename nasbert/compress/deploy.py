@@ -5,7 +5,8 @@ precision, length configuration, runtime) the run has measured within a latency 
 and int8 forms at full length: dev metrics (int8 evaluated after quantisation) and
 latency, every model of the call in both precisions side by side in one clean process;
 and a NAS-BERT student's exported graph on ONNX Runtime, float32 and int8, the same way
-(``<id>/onnx/``; results/runtimes.md: fused, 1.1-1.3x faster than PyTorch in float32 here).
+(``<id>/onnx/``; results/runtimes.md: fused, up to 1.26x faster than PyTorch in float32
+here, though not on the deploy run's small students at batch 1).
 Each model's figures go to ``finetune/<task>/<id>/deploy.json``. Where int8 loses more
 than a threshold, quantisation-aware fine-tuning (:mod:`~nasbert.compress.qat`) gives a
 second int8 form (``finetune/<task>/<id>-qat/deploy.json``). The length-adaptive
