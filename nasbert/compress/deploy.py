@@ -245,8 +245,8 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
                        dataclasses.replace(protocol, dtype="float32"),
                        rounds=protocol.rounds, reference=reference(run, protocol))
     rows = []
+    model = _load_classifier(folder / "model", data.spec, schedule.seed)  # its head, once
     for (p, graph), t in zip(graphs.items(), ms):
-        model = _load_classifier(folder / "model", data.spec, schedule.seed)
         model.nasbert = OnnxEncoder(graph)
         with torch.inference_mode():
             metrics, _ = evaluate(model, tokenizer, data, schedule)
