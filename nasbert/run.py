@@ -29,6 +29,7 @@ PosixPath('runs/qs/subnets/latency-8ms')
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,80 @@ if TYPE_CHECKING:
 
 TEACHER = "teacher"  # the fine-tuned teacher's id beside the students under finetune/<task>/
 NGRAM = "ngram"  # the task's sparse n-gram student's id there (nasbert.compress.ngram_distill)
+
+# the folder name's parts under finetune/<task>/, in the order they are appended
+_SEED, _EXTRACTED, _AUGMENTED = "-seed", "-extracted", "-aug"
+_FORMS = {"length-adaptive": "-lat", "quantisation-aware": "-qat"}
+
+
+def is_ngram(model_id: str) -> bool:
+    """Whether ``model_id`` names a task's n-gram student (``ngram`` or ``ngram-<name>``)."""
+    return model_id == NGRAM or model_id.startswith(NGRAM + "-")
+
+
+def ngram_id(name: str | None = None) -> str:
+    """The id of a task's n-gram student: ``ngram``, or ``ngram-<name>`` for another one
+    beside it (``name`` reduced to lower-case letters, digits and dashes)."""
+    if not name:
+        return NGRAM
+    clean = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    return f"{NGRAM}-{clean}" if clean else NGRAM
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What one folder under ``finetune/<task>/`` holds: a model (a subnet's id, the
+    teacher, an n-gram student) fine-tuned one way. Its folder name is built
+    (:attr:`folder`) and read back (:meth:`parse`) here alone, so no other module
+    encodes or decodes what a folder holds in its name::
+
+        <model_id>[-seed<n>][-extracted][-aug][-lat|-qat]
+
+    >>> Variant("4x", seed=1, extracted=True).folder
+    '4x-seed1-extracted'
+    >>> Variant.parse("latency-8ms-qat").form
+    'quantisation-aware'
+    """
+
+    model_id: str
+    seed: int | None = None  # a student seed other than the schedule's own
+    extracted: bool = False  # fine-tuned from the extracted weights (no stage one)
+    augmented: bool = False  # with teacher-labelled transfer data
+    # a form derived from the plain fine-tuned model: "length-adaptive" (LengthDrop,
+    # nasbert.compress.length) or "quantisation-aware" (nasbert.compress.qat); "": none
+    form: str = ""
+
+    def __post_init__(self) -> None:
+        if self.form and self.form not in _FORMS:
+            raise ValueError(f"unknown form {self.form!r}; one of {sorted(_FORMS)}")
+
+    @property
+    def folder(self) -> str:
+        return (self.model_id + (f"{_SEED}{self.seed}" if self.seed is not None else "")
+                + (_EXTRACTED if self.extracted else "") + (_AUGMENTED if self.augmented else "")
+                + _FORMS.get(self.form, ""))
+
+    @property
+    def plain(self) -> bool:
+        """The model's main fine-tuned form: not a seed's, an ablation's or a derived form."""
+        return self == Variant(self.model_id)
+
+    @classmethod
+    def parse(cls, folder: str) -> Variant:
+        """The variant a folder name holds (the inverse of :attr:`folder`)."""
+        name, form, seed = folder, "", None
+        for kind, suffix in _FORMS.items():
+            if name.endswith(suffix) and len(name) > len(suffix):
+                name, form = name[:-len(suffix)], kind
+                break
+        augmented = name.endswith(_AUGMENTED) and len(name) > len(_AUGMENTED)
+        name = name[:-len(_AUGMENTED)] if augmented else name
+        extracted = name.endswith(_EXTRACTED) and len(name) > len(_EXTRACTED)
+        name = name[:-len(_EXTRACTED)] if extracted else name
+        head, sep, digits = name.rpartition(_SEED)
+        if sep and head and digits.isdigit():
+            name, seed = head, int(digits)
+        return cls(name, seed, extracted, augmented, form)
 
 
 def _path(*parts: str) -> property:
@@ -128,10 +203,27 @@ class RunDir:
         """``studies/<name>/``: a run of its own, forked from this one."""
         return RunDir(self.studies / name)
 
-    def finetune_dir(self, task: str, model_id: str | None = None) -> Path:
-        """``finetune/<task>/`` or ``finetune/<task>/<model_id>/``."""
+    def study_copy_id(self, study: RunDir, model_id: str) -> str:
+        """The id under which this run holds ``study``'s model ``model_id``
+        (``<model_id>-<study>`` under ``subnets/``)."""
+        return f"{model_id}-{study.path.name}"
+
+    def finetune_dir(self, task: str, model: str | Variant | None = None) -> Path:
+        """``finetune/<task>/``, or the folder of one fine-tuned model in it: a
+        :class:`Variant`, or a model id (its plain variant)."""
         folder = self.path / "finetune" / task
-        return folder / model_id if model_id else folder
+        if model is None:
+            return folder
+        return folder / (model.folder if isinstance(model, Variant) else model)
+
+    def finetuned(self, task: str) -> list[Variant]:
+        """Every model fine-tuned on ``task`` (a folder holding ``metrics.json``), as the
+        variants their folders hold, the teacher and n-gram students included."""
+        folder = self.finetune_dir(task)
+        if not folder.is_dir():
+            return []
+        return [Variant.parse(p.name) for p in sorted(folder.iterdir())
+                if (p / "metrics.json").is_file()]
 
     # -- stage 1: the recipe, the teacher, the corpus, the supernet -----------------------
 

@@ -49,8 +49,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from results_run import ResultsConfig
 
 from nasbert.compress.deploy import Deployable, choose, deployed_encoder, prepare_deployment
+from nasbert.compress.forms import FormsRecord
 from nasbert.compress.length import LengthDropConfig, LengthSearchConfig, lat_dir
 from nasbert.compress.qat import QatConfig
 from nasbert.data.tasks import load_task
@@ -68,10 +70,11 @@ from nasbert.latency.measure import (
     rescaled,
 )
 from nasbert.latency.stage import fit, load_predictor, profile, reference
-from nasbert.pipeline import QuickstartConfig, ResultsConfig, quickstart
+from nasbert.pipeline import QuickstartConfig, quickstart
 from nasbert.reporting import per_machine, provenance
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import TEACHER, RunDir, Variant
 from nasbert.search.baselines import convert_to_nasbert
+from nasbert.search.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.05
@@ -99,12 +102,12 @@ def build(run: RunDir, data_dir: str, tasks: list[str], groups: list[str],
     # profiled as the page profiles the int8 table, so that neither step re-measures
     # the other's samples (another count draws another plan of subnets)
     quickstart(run, QuickstartConfig(latency_samples=SAMPLES))
-    plan = json.loads((run.search / "plan.json").read_text())["plan"]
+    plan = Plan.load(run).groups
     ids = [plan[g][k] for g in groups for k in kinds if k in plan.get(g, {})]
     if not ids:
         raise ConfigError(f"holds none of groups {groups} x kinds {kinds}; it plans "
                           + ", ".join(f"{g}: {sorted(v)}" for g, v in plan.items()),
-                          source=str(run.search / "plan.json"))
+                          source=str(Plan.path(run)))
     for task in tasks:
         finetune(run, task, data_dir=data_dir, models=ids, config=GLUE_SCHEDULES[task])
     return ids
@@ -117,26 +120,25 @@ def variants(run: RunDir, task: str, metric: str, candidates: list[Deployable],
     model."""
     mine = [c for c in candidates if c.model_id == model_id]
     full = {(c.precision, c.runtime): c for c in mine if c.length_config is None
-            and "-lat" not in c.folder and not c.quantisation_aware}
+            and Variant.parse(Path(c.folder).name).form == "" and not c.quantisation_aware}
     out = [(name, full[key]) for name, key in (
         ("float32", ("float32", "pytorch")), ("int8", ("int8", "pytorch")),
         ("ONNX Runtime float32", ("float32", "onnxruntime")),
         ("ONNX Runtime int8", ("int8", "onnxruntime"))) if key in full]
     out += [("int8 quantisation-aware", c) for c in mine if c.quantisation_aware]
-    lengths = lat_dir(run, task, model_id) / "lengths.json"
-    if not lengths.is_file():
+    lengths = FormsRecord.load(lat_dir(run, task, model_id) / "lengths.json")
+    if lengths is None:
         return out
-    stored = json.loads(lengths.read_text())["candidates"]
-    full = next(c for c in stored
-                if c["precision"] == "float32" and all(r == 1 for r in c["length_config"]))
+    stored = lengths.candidates
+    full = next(c for c in stored if c.precision == "float32" and c.full_length)
     # shorter and faster (dropping after a model's last layer only adds the gathers:
     # measured slower than the full length for one-layer stacks)
-    short = [c for c in stored if c["precision"] == "float32"
-             and not all(r == 1 for r in c["length_config"]) and c["ms"] < full["ms"]
-             and c["heldout"][metric] >= full["heldout"][metric] - 0.01]
+    short = [c for c in stored if c.precision == "float32"
+             and not c.full_length and c.ms < full.ms
+             and c.heldout[metric] >= full.heldout[metric] - 0.01]
     if not short:
         return out
-    best = min(short, key=lambda c: c["ms"])["length_config"]
+    best = min(short, key=lambda c: c.ms).length_config
     for name, p in (("length-adaptive", "float32"), ("length-adaptive + int8", "int8")):
         out += [(name, c) for c in mine
                 if c.length_config == tuple(best) and c.precision == p]
@@ -186,8 +188,10 @@ def main() -> None:
     for task in args.tasks:
         # teacher prefixes fine-tuned before baselines were built in nasbert form: the
         # same function on the students' kernels, so that speeds compare architectures
-        for folder in sorted(run.finetune_dir(task).glob("teacher-first-*/model")):
-            if convert_to_nasbert(folder, space):
+        prefixes = [run.finetune_dir(task, v) / "model" for v in run.finetuned(task)
+                    if v.model_id.startswith("teacher-first-")]
+        for folder in prefixes:
+            if folder.is_dir() and convert_to_nasbert(folder, space):
                 print(f"{folder}: converted to nasbert form (same weights, checked)",
                       flush=True)
         data = load_task(task, None if task == "tweets" else args.data_dir)

@@ -2,7 +2,7 @@
 speedup against hand-designed baselines of the same latency, every one distilled on the
 corpus (stage one) and then fine-tuned with distillation on the whole training sets.
 
-One command builds the whole results run (``nasbert.pipeline.build_results``: supernet
+One command builds the whole results run (``scripts/results_run.py``: supernet
 on the ``minilm_wiki`` recipe, latency, search, baselines, stage one, fine-tuning over
 seeds, the estimate study and the ablation) and resumes it where it stopped; the table
 is then written from what the run holds, so a run still going gives a partial table
@@ -23,21 +23,19 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from results_run import ResultsConfig, arch_of, build_results, longer_study, seed_variant
+
+from nasbert.compress.forms import FormsRecord
 from nasbert.data.metrics import compute_metrics
 from nasbert.data.tasks import load_task, task_spec
+from nasbert.errors import ConfigError
+from nasbert.finetune.stage import student_variant
 from nasbert.io import atomic_write_bytes, atomic_write_text
 from nasbert.latency.measure import Protocol
-from nasbert.pipeline import (
-    ResultsConfig,
-    arch_of,
-    build_results,
-    copied_id,
-    longer_study,
-    seeded,
-    speedup_name,
-)
 from nasbert.reporting import header, md_cell
-from nasbert.run import NGRAM, TEACHER, RunDir
+from nasbert.run import NGRAM, TEACHER, RunDir, Variant
+from nasbert.search.plan import Plan, speedup_name
+from nasbert.search.stage import load_chosen
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = {"sst2": ("MiniLM-L6-H384 (microsoft/unilm README)", 0.915)}
@@ -50,14 +48,9 @@ def title(spec) -> str:
         else spec.folder
 
 
-def record(run: RunDir, task: str, folder: str) -> dict | None:
+def record(run: RunDir, task: str, folder: str | Variant) -> dict | None:
     path = run.finetune_dir(task, folder) / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def seed_folder(model_id: str, schedule, seed: int) -> str:
-    config = seeded(schedule, seed)
-    return model_id if config.student_seed is None else f"{model_id}-seed{seed}"
 
 
 def scores(run: RunDir, task: str, model_id: str, config: ResultsConfig,
@@ -66,7 +59,7 @@ def scores(run: RunDir, task: str, model_id: str, config: ResultsConfig,
     spec, schedule = task_spec(task), config.schedule(task)
     out = []
     for seed in seeds:
-        r = record(run, spec.name, seed_folder(model_id, schedule, seed))
+        r = record(run, spec.name, seed_variant(model_id, schedule, seed))
         if r is not None:
             out.append(r[spec.dev_splits[0]][spec.metric])
     return out
@@ -120,7 +113,7 @@ def task_section(run, task, plan, latency, config, data_dir
         for kind, model_id in ids.items():
             seeds = config.baseline_seeds if kind == "teacher-first-k" else config.seeds
             values = scores(run, task, model_id, config, seeds)
-            r = record(run, spec.name, seed_folder(model_id, schedule, seeds[0]))
+            r = record(run, spec.name, seed_variant(model_id, schedule, seeds[0]))
             params = f"{r['params'] / 1e6:.2f}M" if r else "?"
             label = f"searched {group}" if kind == "searched" else f"{model_id} ({group})"
             share = f"{statistics.mean(values) / t_metric:.1%}" if values and t_metric else "—"
@@ -132,9 +125,9 @@ def task_section(run, task, plan, latency, config, data_dir
             if r is not None:  # the first seed alone: what the goals say while seeds run
                 firsts[(group, kind)] = r[spec.dev_splits[0]][spec.metric]
     ngram = record(run, spec.name, NGRAM)
-    deploy = run.finetune_dir(spec.name, NGRAM) / "deploy.json"
-    if ngram is not None and deploy.is_file():  # `nasbert ngram` measured it (its own call)
-        ms = json.loads(deploy.read_text())["candidates"][0]["ms"]
+    deploy = FormsRecord.load(run.finetune_dir(spec.name, NGRAM) / "deploy.json")
+    if ngram is not None and deploy is not None:  # `nasbert ngram` measured it (its own call)
+        ms = deploy.candidates[0].ms
         value = ngram[spec.dev_splits[0]][spec.metric]
         lines.append(f"| n-gram student (task-specific; results/ngram.md) | "
                      f"{ngram['params'] / 1e6:.2f}M, sparse | {ms:.3f} | {base / ms:,.0f}x | "
@@ -355,7 +348,7 @@ def estimate_section(run: RunDir, config: ResultsConfig) -> list[str]:
 
 
 def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
-    """The supernet trained longer (``nasbert.pipeline.longer_supernet``): what the search
+    """The supernet trained longer (``results_run.longer_supernet``): what the search
     picks from it at the same budgets, and how its block-wise score ranks the models the
     estimate study fine-tuned."""
     from nasbert.search.approx import Approximator
@@ -376,7 +369,7 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
     spec = task_spec(config.estimate_task)
     ours, theirs = Approximator.from_run(run), Approximator.from_run(study)
     lines += [f"The run's supernet trained on from its last checkpoint (step {steps:,}) to "
-              f"step {longer:,} on the same corpus (`nasbert.pipeline.longer_supernet`; the "
+              f"step {longer:,} on the same corpus (`results_run.longer_supernet`; the "
               "learning rate's linear decay re-planned to the later end, so after step "
               f"{steps:,} it rises again to {rise:.0%} of its peak; shrinking goes on at "
               "every epoch end), then searched again at the same budgets. A pick that "
@@ -391,7 +384,7 @@ def longer_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str]:
         mine = plan[name]["searched"]
         arch, arch_mine = arch_of(study.subnet_dir(ids["searched"])), arch_of(run.subnet_dir(mine))
         # a changed pick is compared as its copy in the run (pending until it is there)
-        copied = mine if arch == arch_mine else copied_id(study, ids["searched"])
+        copied = mine if arch == arch_mine else run.study_copy_id(study, ids["searched"])
         for label, model_id, a in ((f"{steps:,} steps", mine, arch_mine),
                                    (f"{longer:,} steps", copied, arch)):
             r = record(run, spec.name, model_id)
@@ -426,9 +419,7 @@ def ablation_section(run: RunDir, plan: dict, config: ResultsConfig) -> list[str
         for kind, model_id in group.items():
             cells = []
             for schedule in variants.values():
-                folder = model_id + ("-extracted" if schedule.init == "extracted" else "") + (
-                    "-aug" if schedule.augment.enabled else "")
-                r = record(run, spec.name, folder)
+                r = record(run, spec.name, student_variant(model_id, schedule))
                 cells.append(f"{r[spec.dev_splits[0]][spec.metric]:.4f}" if r else "pending")
             lines.append(f"| {kind} ({model_id}) | " + " | ".join(cells) + " |")
         lines.append("")
@@ -513,14 +504,17 @@ def plot(path: Path, run: RunDir, plan: dict, latency: dict, config: ResultsConf
 
 
 def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
-    stored = json.loads((run.search / "plan.json").read_text())
-    plan = stored["plan"]
+    stored = Plan.load(run)
+    if stored is None:
+        raise ConfigError("holds no plan yet; build the run first (without --render-only)",
+                          source=str(run))
+    plan = stored.groups
     latency = json.loads((run.search / "side_by_side.json").read_text())["ms"]
-    asked = stored["request"]
+    asked = stored.request
     matching = (f"the baselines first, the shape of each family nearest the teacher's latency "
                 f"over the speedup; the search under the latency of the fastest within "
                 f"{asked['reach']:g}x of that (budgets: "
-                + ", ".join(f"{k} {v:.2f} ms" for k, v in stored["budgets_ms"].items()) + ")"
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in stored.budgets_ms.items()) + ")"
                 if asked.get("match") and asked["baselines"] else
                 "the search first, at the teacher's latency over the speedup; the baselines "
                 "nearest the searched model's latency")  # plans made before 2026-12-02
@@ -535,9 +529,9 @@ def render(run: RunDir, config: ResultsConfig, out: Path, command: str) -> None:
                  for i in run.subnet_ids() if (run.distilled_dir(i) / "stage_one.json").is_file()]
     archs = {i: json.loads((run.subnet_dir(i) / "nasbert.json").read_text()).get("arch", "")
              for g in plan.values() for i in g.values()}
-    chosen = json.loads((run.search / "chosen.json").read_text())["chosen"]
-    found = {i: (f"{c.get('origin') or 'block-wise best'}, end-to-end loss {c['full_loss']:.4f}"
-                 if c.get("full_loss") is not None else "")
+    chosen = load_chosen(run)
+    found = {i: (f"{c.origin or 'block-wise best'}, end-to-end loss {c.full_loss:.4f}"
+                 if c.full_loss is not None else "")
              for i, c in chosen.items() if i in archs}
     plot(out.with_suffix(".png"), run, plan, latency, config)
     atomic_write_text(out, "\n".join([

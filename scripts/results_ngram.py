@@ -27,6 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
+from results_run import ResultsConfig
+
 from nasbert.compress.ngram import NgramTokenizer
 from nasbert.compress.ngram_distill import NgramStudentConfig, measure_ngram, train_ngram_student
 from nasbert.data.tasks import load_task, task_spec
@@ -34,9 +36,9 @@ from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.stage import finetune_teacher
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import Protocol, measure_clean
-from nasbert.pipeline import ResultsConfig
 from nasbert.reporting import header
-from nasbert.run import NGRAM, RunDir
+from nasbert.run import NGRAM, RunDir, ngram_id
+from nasbert.search.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 1024)
@@ -65,7 +67,7 @@ def text_study(text: tuple[str, ...]) -> dict[str, NgramStudentConfig]:
 
 
 def slug(name: str) -> str:
-    return NGRAM + "-" + "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    return ngram_id(name)
 
 
 def tokenize_us(run: RunDir, task: str, data) -> tuple[float, float]:
@@ -136,7 +138,7 @@ def main() -> None:
     run = RunDir(args.run)
     text = tuple(args.text)
     results = ResultsConfig()
-    plan = json.loads((run.search / "plan.json").read_text())["plan"]
+    plan = Plan.load(run).groups
     smallest = plan[max(plan, key=lambda g: float(g.rstrip("x")))]["searched"]
     records, teachers, datas = {}, {}, {}
     for task in args.tasks:

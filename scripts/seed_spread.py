@@ -27,9 +27,9 @@ from nasbert.finetune.config import GLUE_SCHEDULES
 from nasbert.finetune.stage import finetune_student, finetune_teacher
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import Protocol
-from nasbert.pipeline import plan_models
 from nasbert.reporting import header
 from nasbert.run import RunDir
+from nasbert.search.plan import plan_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

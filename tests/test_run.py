@@ -49,3 +49,32 @@ def test_a_corrupt_artefact_is_one_clear_error(tiny_run, tmp_path):
         run.recipe()
     with pytest.raises(ConfigError, match="is not a model folder"):
         run.model_ids(["nope"])
+
+
+def test_a_variant_s_folder_name_is_built_and_read_back_by_the_run_alone(tmp_path):
+    from nasbert.run import NGRAM, Variant, is_ngram, ngram_id
+
+    cases = [Variant("uniform-L3-H192"), Variant("latency-8.1ms", seed=2),
+             Variant("a-b", seed=1, extracted=True, augmented=True),
+             Variant("4x", extracted=True, augmented=True),
+             Variant("x-seed", form="length-adaptive"), Variant("m", form="quantisation-aware"),
+             Variant("latency-8ms-supernet-40-steps", seed=0)]
+    for v in cases:
+        assert Variant.parse(v.folder) == v, v
+    assert Variant("4x", seed=1, extracted=True, augmented=True).folder == "4x-seed1-extracted-aug"
+    assert Variant("4x").plain and not Variant("4x", augmented=True).plain
+    assert Variant.parse("teacher") == Variant("teacher")
+    with pytest.raises(ValueError, match="unknown form"):
+        Variant("x", form="int8")
+    assert is_ngram(NGRAM) and is_ngram(ngram_id("Wiki text")) and not is_ngram("ngrams")
+    assert ngram_id("Wiki text!") == "ngram-wiki-text" and ngram_id() == NGRAM
+    # what a task folder holds, read back as variants; a folder without a record is not one
+    run = RunDir(tmp_path / "run")
+    for v in cases[:3]:
+        folder = run.finetune_dir("sst2", v)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text("{}")
+    run.finetune_dir("sst2", "half-done").mkdir()
+    assert sorted(run.finetuned("sst2"), key=str) == sorted(cases[:3], key=str)
+    assert run.finetune_dir("sst2", "4x") == run.finetune_dir("sst2", Variant("4x"))
+    assert run.study_copy_id(run.study("supernet-40-steps"), "4x") == "4x-supernet-40-steps"

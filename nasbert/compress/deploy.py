@@ -41,10 +41,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
-from nasbert.compress.length import SUFFIX, LengthDropConfig, LengthSearchConfig, search_lengths
-from nasbert.compress.qat import SUFFIX as QAT_SUFFIX
+from nasbert.compress.forms import FormsRecord, LatencyBounds, MeasuredForm, TimedForm
+from nasbert.compress.length import LengthDropConfig, LengthSearchConfig, lat_dir, search_lengths
 from nasbert.compress.qat import QatConfig, qat_dir, train_quantization_aware
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
@@ -54,7 +55,7 @@ from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
 from nasbert.latency.stage import reference
 from nasbert.provenance import provenance
-from nasbert.run import NGRAM, TEACHER, RunDir
+from nasbert.run import TEACHER, RunDir, Variant, is_ngram
 from nasbert.schema import parse
 
 
@@ -127,17 +128,17 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
     if not folder.is_dir():
         raise ConfigError(f"has no fine-tuned models for {task}; run `nasbert finetune {run} "
                           f"--task {task}` first", source=str(run))
-    have = sorted(p.name for p in folder.iterdir()
-                  if (p / "metrics.json").is_file() and (p / "model").is_dir()
-                  and p.name != TEACHER and not p.name.endswith((SUFFIX, QAT_SUFFIX))
-                  and p.name.split("-")[0] != NGRAM)
+    have = [v.folder for v in run.finetuned(task)  # not the derived forms
+              if not v.form and v.model_id != TEACHER and not is_ngram(v.model_id)
+              and (run.finetune_dir(task, v) / "model").is_dir()]
     if models:
         missing = [m for m in models if m not in have]
         if missing:
             raise ConfigError(f"holds no fine-tuned {missing[0]!r}; run `nasbert finetune {run} "
                               f"--task {task} --subnet {missing[0]}` first", source=str(folder))
         return list(models)
-    plain = [m for m in have if m in run.subnet_ids()]  # not the seeds' and ablations' copies
+    subnets = set(run.subnet_ids())  # not the seeds' and ablations' copies
+    plain = [m for m in have if Variant.parse(m).plain and m in subnets]
     return plain or have
 
 
@@ -160,7 +161,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
 
     from nasbert.compress.quantize import quantize
     from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import _load_classifier
+    from nasbert.finetune.stage import load_classifier
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
@@ -174,7 +175,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                for m in ids}
     keys = {m: digest([records[m]["key"], dataclasses.asdict(protocol),
                        device_id(fingerprint(protocol)), sorted(runtimes)]) for m in ids}
-    todo = [m for m in ids if _stored(run, task, m).get("key") != keys[m]]
+    todo = [m for m in ids if _key(_stored(run, task, m)) != keys[m]]
     if todo:
         tokenizer = run.tokenizer()
         dirs = [run.finetune_dir(task, m) / "model" for m in todo]
@@ -186,24 +187,21 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                 if p == "float32":
                     metrics = {s: records[m][s] for s in data.spec.dev_splits}
                 else:
-                    model = quantize(_load_classifier(dirs[i], data.spec, schedule.seed))
+                    model = quantize(load_classifier(dirs[i], data.spec, schedule.seed))
                     with torch.inference_mode():
                         metrics, _ = evaluate(model, tokenizer, data, schedule)
-                rows.append({"precision": p, "length_config": None, "metrics": metrics,
-                             "ms": ms[p][i], "runtime": "pytorch",
-                             "device": device_id(fingerprint(dataclasses.replace(protocol,
-                                                                                 dtype=p)))})
+                rows.append(MeasuredForm(p, metrics, ms[p][i], device_id(fingerprint(
+                    dataclasses.replace(protocol, dtype=p)))))
             if "onnxruntime" in runtimes and json.loads(
                     (dirs[i] / "config.json").read_text()).get("model_type") == "nasbert":
                 rows += _onnx_forms(run, data, m, schedule, protocol, tokenizer)
             if progress:
                 for r in rows:
-                    print(f"{m:<24} {r['precision']:<8} {r['runtime']:<12} {data.spec.metric} "
-                          f"{r['metrics'][data.spec.dev_splits[0]][data.spec.metric]:.4f}  "
-                          f"{r['ms']:.2f} ms", flush=True)
-            atomic_write_text(run.finetune_dir(task, m) / "deploy.json", json.dumps(
-                {"key": keys[m], "id": m, "task": task, "protocol": dataclasses.asdict(protocol),
-                 "candidates": rows, **provenance()}, indent=1))
+                    print(f"{m:<24} {r.precision:<8} {r.runtime:<12} {data.spec.metric} "
+                          f"{r.metrics[data.spec.dev_splits[0]][data.spec.metric]:.4f}  "
+                          f"{r.ms:.2f} ms", flush=True)
+            FormsRecord(keys[m], m, task, dataclasses.asdict(protocol), rows,
+                        provenance=provenance()).save(run.finetune_dir(task, m) / "deploy.json")
     if qat is not None:
         for m in ids:
             _quantisation_aware(run, data, m, qat, progress=progress)
@@ -222,7 +220,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
 
 
 def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
-                protocol: Protocol, tokenizer) -> list[dict]:
+                protocol: Protocol, tokenizer) -> list[MeasuredForm]:
     """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
     that graph) into ``<student>/onnx/``, each graph timed side by side in a clean
     process and rescaled by the teacher as the PyTorch forms are, and evaluated on dev
@@ -231,7 +229,7 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
 
     from nasbert.export import OnnxEncoder, export_onnx
     from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import _load_classifier
+    from nasbert.finetune.stage import load_classifier
     from nasbert.latency.measure import measure_clean
 
     folder = run.finetune_dir(data.spec.name, model_id)
@@ -245,14 +243,13 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
                        dataclasses.replace(protocol, dtype="float32"),
                        rounds=protocol.rounds, reference=reference(run, protocol))
     rows = []
-    model = _load_classifier(folder / "model", data.spec, schedule.seed)  # its head, once
+    model = load_classifier(folder / "model", data.spec, schedule.seed)  # its head, once
     for (p, graph), t in zip(graphs.items(), ms):
         model.nasbert = OnnxEncoder(graph)
         with torch.inference_mode():
             metrics, _ = evaluate(model, tokenizer, data, schedule)
-        rows.append({"precision": p, "length_config": None, "metrics": metrics, "ms": t,
-                     "runtime": "onnxruntime",
-                     "device": device_id(fingerprint(dataclasses.replace(protocol, dtype=p)))})
+        rows.append(MeasuredForm(p, metrics, t, device_id(fingerprint(
+            dataclasses.replace(protocol, dtype=p))), runtime="onnxruntime"))
     return rows
 
 
@@ -263,33 +260,37 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
     and the plain int8 form's latency (the same kernels on the same shapes)."""
     task, metric, main = data.spec.name, data.spec.metric, data.spec.dev_splits[0]
     plain = _stored(run, task, model_id)
-    rows = {c["precision"]: c for c in plain["candidates"]
-            if c.get("runtime", "pytorch") == "pytorch"}  # fine-tuned for PyTorch's int8
-    loss = rows["float32"]["metrics"][main][metric] - rows["int8"]["metrics"][main][metric]
+    assert plain is not None  # measured by prepare_deployment before
+    rows = {c.precision: c for c in plain.candidates
+            if c.runtime == "pytorch"}  # fine-tuned for PyTorch's int8
+    loss = rows["float32"].metrics[main][metric] - rows["int8"].metrics[main][metric]
     folder = qat_dir(run, task, model_id)
     if config.threshold is not None and loss <= config.threshold:
-        stale = folder / "deploy.json"  # made from an earlier form of the student
-        if stale.is_file() and json.loads(stale.read_text()).get("plain_key") != plain["key"]:
-            stale.unlink()
+        stale = FormsRecord.load(folder / "deploy.json")  # from an earlier form of the student
+        if stale is not None and stale.plain_key != plain.key:
+            (folder / "deploy.json").unlink()
         return
     record = train_quantization_aware(run, data, model_id, config, progress=progress)
-    key = digest([record["key"], plain["key"]])
-    if _stored(run, task, folder.name).get("key") == key:
+    key = digest([record["key"], plain.key])
+    if _key(FormsRecord.load(folder / "deploy.json")) == key:
         return
     metrics = {s: record[s] for s in data.spec.dev_splits}
     if progress:
         print(f"{model_id:<24} int8 quantisation-aware {metric} "
               f"{metrics[main][metric]:.4f} (plain int8 "
-              f"{rows['int8']['metrics'][main][metric]:.4f})", flush=True)
-    atomic_write_text(folder / "deploy.json", json.dumps(
-        {"key": key, "plain_key": plain["key"], "id": model_id, "task": task,
-         "protocol": plain["protocol"], "quantisation_aware": True, "int8_loss": loss,
-         "candidates": [{**rows["int8"], "metrics": metrics}], **provenance()}, indent=1))
+              f"{rows['int8'].metrics[main][metric]:.4f})", flush=True)
+    FormsRecord(key, model_id, task, plain.protocol,
+                [dataclasses.replace(rows["int8"], metrics=metrics)], quantisation_aware=True,
+                plain_key=plain.key, int8_loss=loss, provenance=provenance()
+                ).save(folder / "deploy.json")
 
 
-def _stored(run: RunDir, task: str, model_id: str) -> dict:
-    path = run.finetune_dir(task, model_id) / "deploy.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _stored(run: RunDir, task: str, model_id: str) -> FormsRecord | None:
+    return FormsRecord.load(run.finetune_dir(task, model_id) / "deploy.json")
+
+
+def _key(record: FormsRecord | None) -> str | None:
+    return record.key if record is not None else None
 
 
 def deployment_candidates(run: RunDir | str | Path, task: str,
@@ -301,11 +302,12 @@ def deployment_candidates(run: RunDir | str | Path, task: str,
     bound from ``latency.json`` where :func:`measure_bounds` timed it."""
     run = RunDir.of(run)
     protocol = protocol or Protocol()
-    forms = _bounds(run, task, protocol).get("forms", {})
+    bounds = _bounds(run, task, protocol)
+    forms = bounds.forms if bounds is not None else {}
     out = []
     for c in _measured(run, task, protocol):
         timed = forms.get(_form(c))
-        out.append(dataclasses.replace(c, ms=timed["ms"], ms_bound=timed["ms_bound"])
+        out.append(dataclasses.replace(c, ms=timed.ms, ms_bound=timed.ms_bound)
                    if timed else c)
     return out
 
@@ -319,22 +321,24 @@ def _form(c: Deployable) -> str:
     return f"{c.model_id} {c.precision} {length}{runtime}"
 
 
-def _bounds(run: RunDir, task: str, protocol: Protocol) -> dict:
+def _bounds(run: RunDir, task: str, protocol: Protocol) -> LatencyBounds | None:
     """The task's ``latency.json`` when it was measured under ``protocol`` on this device."""
-    path = run.finetune_dir(task) / "latency.json"
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    return stored if stored.get("device") == device_id(fingerprint(protocol)) else {}
+    stored = LatencyBounds.load(run.finetune_dir(task) / "latency.json")
+    if stored is None or stored.device != device_id(fingerprint(protocol)):
+        return None
+    return stored
 
 
 def measure_bounds(run: RunDir | str | Path, task: str, protocol: Protocol | None = None,
-                   config: BoundConfig = BoundConfig(), *, progress: bool = True) -> dict:
+                   config: BoundConfig = BoundConfig(), *,
+                   progress: bool = True) -> LatencyBounds | None:
     """Every deployable form of the task (:func:`deployment_candidates`, one per
     :func:`_form`) timed side by side with the run's teacher in ``config.processes``
     fresh processes of ``config.rounds`` interleaved rounds, each round rescaled against
     the teacher as profiled: per form the median (``ms``) and the ``config.quantile``
     quantile (``ms_bound``) of those rounds, written with the rounds to
     ``finetune/<task>/latency.json``. Skipped when the forms, protocol, device and
-    config are those stored. Returns the record."""
+    config are those stored. Returns the record (None: the task has no form to time)."""
     import numpy as np
 
     from nasbert.latency.measure import measure_rounds, rescaled
@@ -346,12 +350,12 @@ def measure_bounds(run: RunDir | str | Path, task: str, protocol: Protocol | Non
         forms.setdefault(_form(c), c)
     device = device_id(fingerprint(protocol))
     # the records' keys too: a student fine-tuned again under its old id is timed again
-    records = {str(p.relative_to(run.path)): json.loads(p.read_text())["key"]
+    records = {str(p.relative_to(run.path)): _key(FormsRecord.load(p))
                for p in _sources(run, task)}
     key = digest([sorted(forms), {f: c.folder for f, c in forms.items()}, records,
                   dataclasses.asdict(protocol), device, dataclasses.asdict(config)])
     stored = _bounds(run, task, protocol)
-    if stored.get("key") == key or not forms:
+    if _key(stored) == key or not forms:
         return stored
     ref = reference(run, protocol)
     encoders = [deployed_encoder(run, c) for c in forms.values()]
@@ -364,18 +368,17 @@ def measure_bounds(run: RunDir | str | Path, task: str, protocol: Protocol | Non
                                           reference=ref)
         for i, t in enumerate(times):
             rounds[i] += rescaled(t, ref_times, ref)
-    record = {"key": key, "task": task, "device": device,
-              "protocol": dataclasses.asdict(protocol), "config": dataclasses.asdict(config),
-              "reference": dataclasses.asdict(ref) if ref else None,
-              "forms": {f: {"ms": float(np.median(r)),
-                            "ms_bound": float(np.quantile(r, config.quantile)),
-                            "folder": c.folder, "rounds": [round(x, 4) for x in r]}
-                        for (f, c), r in zip(forms.items(), rounds)},
-              **provenance()}
-    atomic_write_text(run.finetune_dir(task) / "latency.json", json.dumps(record, indent=1))
+    record = LatencyBounds(
+        key=key, task=task, device=device, protocol=dataclasses.asdict(protocol),
+        config=dataclasses.asdict(config), reference=dataclasses.asdict(ref) if ref else None,
+        forms={f: TimedForm(float(np.median(r)), float(np.quantile(r, config.quantile)),
+                            c.folder, [round(x, 4) for x in r])
+               for (f, c), r in zip(forms.items(), rounds)},
+        provenance=provenance())
+    record.save(run.finetune_dir(task) / "latency.json")
     if progress:
-        for f, row in record["forms"].items():
-            print(f"  {f:<48} {row['ms']:7.2f} ms, bound {row['ms_bound']:7.2f} ms", flush=True)
+        for f, row in record.forms.items():
+            print(f"  {f:<48} {row.ms:7.2f} ms, bound {row.ms_bound:7.2f} ms", flush=True)
     return record
 
 
@@ -407,28 +410,26 @@ def _measured(run: RunDir, task: str, protocol: Protocol) -> list[Deployable]:
     devices = {device_id(fingerprint(dataclasses.replace(protocol, dtype=p))) for p in PRECISIONS}
     out = []
     for path in _sources(run, task):
-        stored = json.loads(path.read_text())
-        model_id = stored["id"]
-        for c in stored["candidates"]:
-            if c["device"] not in devices:
+        stored = FormsRecord.load(path)
+        if stored is None:
+            continue
+        for c in stored.candidates:
+            if c.device not in devices:
                 continue
-            metrics = c["metrics"]
-            length = c.get("length_config")
-            full = length is None or all(r == 1 for r in length)
-            first = next(iter(metrics.values()))
-            out.append(Deployable(model_id, str(path.parent.relative_to(run.path)),
-                                  c["precision"], None if full else tuple(length),
-                                  first[spec_metric], metrics, c["ms"], c["device"],
-                                  stored.get("kind", "transformer"),
-                                  stored.get("quantisation_aware", False),
-                                  runtime=c.get("runtime", "pytorch")))
+            first = next(iter(c.metrics.values()))
+            out.append(Deployable(stored.id, str(path.parent.relative_to(run.path)),
+                                  c.precision, None if c.full_length else c.length_config,
+                                  first[spec_metric], c.metrics, c.ms, c.device,
+                                  stored.kind, stored.quantisation_aware, runtime=c.runtime))
     return out
 
 
 def _sources(run: RunDir, task: str) -> list[Path]:
     """The stages' records of the task's forms."""
     folder = run.finetune_dir(task)
-    return sorted(folder.glob("*/deploy.json")) + sorted(folder.glob(f"*{SUFFIX}/lengths.json"))
+    lengths = [lat_dir(run, task, v.model_id) / "lengths.json" for v in run.finetuned(task)
+               if v.form == "length-adaptive"]
+    return sorted(folder.glob("*/deploy.json")) + sorted(p for p in lengths if p.is_file())
 
 
 def _metric(task: str) -> str:
@@ -450,6 +451,16 @@ def choose(run: RunDir | str | Path, task: str, latency_ms: float,
     if not candidates:
         raise ConfigError(f"has no measured deployment candidates for {task} on this device; "
                           f"run `nasbert deploy {run} --task {task}`", source=str(run))
+    return pick(candidates, latency_ms)
+
+
+def pick(candidates: Sequence[Deployable], latency_ms: float) -> Deployable:
+    """The most accurate of ``candidates`` whose latency bound is within ``latency_ms``
+    (ties: the lower bound, then the lower median); an impossible budget is one clear
+    error naming the fastest form's bound. Measures nothing: what :func:`choose` applies
+    to a run's measured forms."""
+    if not candidates:
+        raise ValueError("no candidates to pick from")
     fits = [c for c in candidates if c.ms_bound <= latency_ms]
     if not fits:
         fastest = min(candidates, key=lambda c: c.ms_bound)

@@ -39,26 +39,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nasbert.compress.forms import FormsRecord, MeasuredForm
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import (
     CHECKPOINT_SECONDS,
-    _decide,
+    decide,
     evaluate,
     predict,
     seconds_before,
     train_classifier,
 )
 from nasbert.finetune.stage import (
-    _cached,
-    _load_classifier,
-    _save,
-    _workdir,
+    WorkDir,
+    cached_result,
     distillation_set,
+    load_classifier,
+    save_result,
 )
-from nasbert.io import atomic_write_text
 from nasbert.latency.measure import (
     PRECISIONS,
     Protocol,
@@ -71,10 +71,8 @@ from nasbert.latency.measure import (
 from nasbert.latency.stage import reference
 from nasbert.ops import Attention
 from nasbert.provenance import provenance
-from nasbert.run import RunDir
+from nasbert.run import RunDir, Variant
 from nasbert.schema import check
-
-SUFFIX = "-lat"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +163,7 @@ def _split(n: int, config: LengthDropConfig) -> tuple[list[int], list[int]]:
 
 
 def lat_dir(run: RunDir, task: str, model_id: str) -> Path:
-    return run.finetune_dir(task, model_id + SUFFIX)
+    return run.finetune_dir(task, Variant(model_id, form="length-adaptive"))
 
 
 def _sets(run: RunDir, data: TaskData, schedule: FinetuneConfig, config: LengthDropConfig):
@@ -194,17 +192,17 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
     folder = lat_dir(run, task, model_id)
     # the schedule too: its batch size, loss weights and lengths shape the training
     key = digest([student["key"], dataclasses.asdict(config), dataclasses.asdict(schedule)])
-    cached = _cached(folder, key)
+    cached = cached_result(folder, key)
     if cached:
         return cached
-    model = _load_classifier(source / "model", data.spec, schedule.seed)
+    model = load_classifier(source / "model", data.spec, schedule.seed)
     if model.config.model_type != "nasbert":
         raise ConfigError("is not a NAS-BERT model; length-adaptive inference is built into "
                           "the extracted subnets (nasbert model type)", source=str(source))
     blocks = droppable(model)
     train, held, _ = _sets(run, data, schedule, config)
     start = time.time()
-    with _workdir(folder, key) as work:  # a killed training resumes; kept until written
+    with WorkDir(folder, key) as work:  # a killed training resumes; kept until written
         history = train_classifier(
             model, run.tokenizer(), data, schedule, train_set=train, lr=config.lr,
             epochs=config.epochs, batch_size=schedule.batch_size, alpha=schedule.alpha,
@@ -220,7 +218,7 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
                   "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
                   "history": history,
                   **provenance()}
-        _save(folder, model, run.tokenizer(), record, preds)
+        save_result(folder, model, run.tokenizer(), record, preds)
     return record
 
 
@@ -232,7 +230,7 @@ def _score(model: nn.Module, dataset, labels: list, data: TaskData,
     from nasbert.data.metrics import compute_metrics
 
     logits = predict(_Configured(model, length_config), dataset)
-    return compute_metrics(data.spec, _decide(data.spec, logits), labels)
+    return compute_metrics(data.spec, decide(data.spec, logits), labels)
 
 
 class _Configured(nn.Module):
@@ -263,7 +261,7 @@ def _ratio(model: nn.Module, config: Sequence[float], protocol: Protocol, rounds
 def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
                    schedule: FinetuneConfig, config: LengthSearchConfig | None = None, *,
                    drop: LengthDropConfig | None = None, protocol: Protocol | None = None,
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True) -> list[MeasuredForm]:
     """Search the LengthDrop model of ``model_id`` for length configurations (see the
     module's docstring); writes and returns the candidates of ``lengths.json``: each
     Pareto member (and the full length) at every precision, with its held-out and dev
@@ -279,9 +277,10 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
     key = digest([record["key"], dataclasses.asdict(config), dataclasses.asdict(protocol),
                   device_id(fingerprint(protocol))])
     out = folder / "lengths.json"
-    if out.is_file() and json.loads(out.read_text()).get("key") == key:
-        return json.loads(out.read_text())["candidates"]
-    model = _load_classifier(folder / "model", data.spec, schedule.seed).eval()
+    stored = FormsRecord.load(out)
+    if stored is not None and stored.key == key:
+        return stored.candidates
+    model = load_classifier(folder / "model", data.spec, schedule.seed).eval()
     blocks = record["droppable"]
     _, held, labels = _sets(run, data, schedule, drop)
     metric = data.spec.metric
@@ -318,16 +317,15 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
     candidates = _measure_candidates(model, run.tokenizer(), data, schedule, chosen, held,
                                      labels, protocol, reference(run, protocol),
                                      progress=progress)
-    atomic_write_text(out, json.dumps({"key": key, "id": model_id, "task": task,
-                                       "protocol": dataclasses.asdict(protocol),
-                                       "candidates": candidates, **provenance()}, indent=1))
+    FormsRecord(key, model_id, task, dataclasses.asdict(protocol), candidates,
+                provenance=provenance()).save(out)
     return candidates
 
 
 def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: FinetuneConfig,
                         chosen: list[tuple[float, ...]], held, labels: list,
                         protocol: Protocol, ref: Reference | None, *,
-                        progress: bool) -> list[dict]:
+                        progress: bool) -> list[MeasuredForm]:
     """Every chosen configuration at every precision: metrics on the held-out slice and
     on dev, and latency, every configuration and precision side by side in one clean
     process."""
@@ -347,10 +345,10 @@ def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: F
             with torch.inference_mode():
                 heldout = _score(runnable, held, labels, data, length)
                 dev, _ = evaluate(_Configured(runnable, length), tokenizer, data, schedule)
-            out.append({"length_config": list(length), "precision": precision,
-                        "tokens_kept": tokens_kept(length, protocol.seq),
-                        "heldout": heldout, "metrics": dev, "ms": latency,
-                        "device": device_id(fingerprint(p))})
+            out.append(MeasuredForm(precision, dev, latency, device_id(fingerprint(p)),
+                                    length_config=tuple(length),
+                                    tokens_kept=tokens_kept(length, protocol.seq),
+                                    heldout=heldout))
             if progress:
                 print(f"  {precision:<8} {list(length)}  held-out "
                       f"{heldout[data.spec.metric]:.4f}  {latency:.2f} ms", flush=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from nasbert.compress.forms import FormsRecord, MeasuredForm
 from nasbert.compress.ngram import (
     MiningConfig,
     NgramForSequenceClassification,
@@ -54,7 +55,7 @@ from nasbert.finetune.augment import IGNORE, AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.io import atomic_dir, atomic_write_text, cached_record
 from nasbert.provenance import provenance
-from nasbert.run import NGRAM, TEACHER, RunDir
+from nasbert.run import NGRAM, TEACHER, RunDir, is_ngram
 from nasbert.schema import check, parse
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -193,10 +194,10 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     others) and returns its record (the stored one when it was made from the same
     inputs)."""
     from nasbert.finetune.distill import Encoded, evaluate, train_classifier
-    from nasbert.finetune.stage import _workdir
+    from nasbert.finetune.stage import WorkDir
     from nasbert.hf.quiet import quiet_transformers
 
-    if model_id != NGRAM and not model_id.startswith(NGRAM + "-"):
+    if not is_ngram(model_id):
         raise ConfigError(f"must be {NGRAM!r} or start with '{NGRAM}-' (the family tells n-gram "
                           "students by their id)", source=f"model id {model_id!r}")
     run = RunDir.of(run)
@@ -245,7 +246,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
         optimizer.load_state_dict(torch.load(stage_one / "optimizer.pt", weights_only=True))
 
     def fit(train_set, epochs: float, alpha: float, name: str) -> list[dict]:
-        with _workdir(folder) as work:
+        with WorkDir(folder) as work:
             return train_classifier(
                 model, tokenizer, data, schedule, train_set=train_set, lr=config.lr,
                 epochs=epochs, batch_size=config.batch_size, alpha=alpha, workdir=work,
@@ -380,10 +381,8 @@ def measure_ngram(run: RunDir | str | Path, task: str, protocol=None, *,
     from nasbert.data.tasks import task_spec
 
     metrics = {s: record[s] for s in task_spec(task).dev_splits}
-    deploy = {"key": key, "id": model_id, "kind": NGRAM, "task": task,
-              "protocol": dataclasses.asdict(protocol),
-              "candidates": [{"precision": "float32", "length_config": None,
-                              "metrics": metrics, "ms": ms, "device": device}],
-              **provenance()}
-    atomic_write_text(folder / "deploy.json", json.dumps(deploy, indent=1))
-    return deploy
+    deploy = FormsRecord(key, model_id, task, dataclasses.asdict(protocol),
+                         [MeasuredForm("float32", metrics, ms, device)], kind=NGRAM,
+                         provenance=provenance())
+    deploy.save(folder / "deploy.json")
+    return deploy.to_dict()

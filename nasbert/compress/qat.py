@@ -31,17 +31,15 @@ from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import evaluate, train_classifier
 from nasbert.finetune.stage import (
-    _cached,
-    _load_classifier,
-    _save,
-    _workdir,
+    WorkDir,
+    cached_result,
     distillation_set,
+    load_classifier,
+    save_result,
 )
 from nasbert.provenance import provenance
-from nasbert.run import RunDir
+from nasbert.run import RunDir, Variant
 from nasbert.schema import check, parse
-
-SUFFIX = "-qat"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +61,7 @@ class QatConfig:
 
 
 def qat_dir(run: RunDir, task: str, model_id: str) -> Path:
-    return run.finetune_dir(task, model_id + SUFFIX)
+    return run.finetune_dir(task, Variant(model_id, form="quantisation-aware"))
 
 
 def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id: str,
@@ -84,15 +82,15 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
     student = json.loads((source / "metrics.json").read_text())
     folder = qat_dir(run, task, model_id)
     key = digest([student["key"], dataclasses.asdict(config)])
-    cached = _cached(folder, key)
+    cached = cached_result(folder, key)
     if cached:
         return cached
     schedule = parse(FinetuneConfig, student["config"], source=str(source))
     tokenizer = run.tokenizer()
     train, _ = distillation_set(run, data, schedule)
-    model = _load_classifier(source / "model", data.spec, schedule.seed)
+    model = load_classifier(source / "model", data.spec, schedule.seed)
     start = time.time()
-    with _workdir(folder) as work, fake_quantized(model, per_channel=config.per_channel):
+    with WorkDir(folder) as work, fake_quantized(model, per_channel=config.per_channel):
         history = train_classifier(
             model, tokenizer, data, schedule, train_set=train, lr=config.lr,
             epochs=config.epochs, batch_size=schedule.batch_size, alpha=schedule.alpha,
@@ -103,5 +101,5 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
               "source": str(source), "precision": "int8", "config": dataclasses.asdict(config),
               "seconds": round(time.time() - start, 1), **metrics, "history": history,
               **provenance()}
-    _save(folder, model, tokenizer, record, preds)
+    save_result(folder, model, tokenizer, record, preds)
     return record

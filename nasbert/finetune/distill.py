@@ -152,11 +152,11 @@ def _trainer_class():
 def _metric_fn(spec: TaskSpec) -> Callable:
     def fn(pred) -> dict[str, float]:
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-        return compute_metrics(spec, _decide(spec, torch.as_tensor(logits)), pred.label_ids)
+        return compute_metrics(spec, decide(spec, torch.as_tensor(logits)), pred.label_ids)
     return fn
 
 
-def _decide(spec: TaskSpec, logits: Tensor) -> list:
+def decide(spec: TaskSpec, logits: Tensor) -> list:
     return logits.view(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
 
 
@@ -368,7 +368,7 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
     for split in data.spec.dev_splits:
         examples = data.split(split).subset(config.max_dev_examples, config.seed)
         logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len))
-        preds[split] = _decide(data.spec, logits)
+        preds[split] = decide(data.spec, logits)
         metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
     return metrics, preds
 

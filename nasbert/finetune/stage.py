@@ -43,10 +43,10 @@ from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
 from nasbert.model import check_model_dir
 from nasbert.provenance import provenance
-from nasbert.run import TEACHER, RunDir
+from nasbert.run import TEACHER, RunDir, Variant
 
 
-def _load_classifier(path: str | Path, spec: TaskSpec, seed: int):
+def load_classifier(path: str | Path, spec: TaskSpec, seed: int):
     """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head."""
     from transformers import AutoModelForSequenceClassification
 
@@ -72,7 +72,7 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.base_model.parameters())
 
 
-def _save(folder: Path, model, tokenizer, metrics: dict, preds: dict[str, list],
+def save_result(folder: Path, model, tokenizer, metrics: dict, preds: dict[str, list],
           extra: dict | None = None) -> None:
     """model/ (unless ``model`` is None), metrics.json and predictions, all at once (a
     folder swap)."""
@@ -96,15 +96,15 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
     run = RunDir.of(run)
     folder = run.finetune_dir(data.spec.name, TEACHER)
     key = config.teacher_key(data)
-    if _cached(folder, key):
+    if cached_result(folder, key):
         return folder
     name = run.teacher_name()
     tokenizer = run.tokenizer()
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
     train_set = Encoded(tokenizer, train_examples, config.max_seq_len)
-    model = _load_classifier(name, data.spec, config.seed)
+    model = load_classifier(name, data.spec, config.seed)
     start = time.time()
-    with _workdir(folder, key) as work:  # kept until the result is written
+    with WorkDir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
             model, tokenizer, data, config, lr=config.teacher_lr, epochs=config.teacher_epochs,
             batch_size=config.teacher_batch_size, train_set=train_set, workdir=work,
@@ -118,19 +118,19 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
                   "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
                   "history": history,
                   **provenance()}
-        _save(folder, model, tokenizer, record, preds,
+        save_result(folder, model, tokenizer, record, preds,
               extra={"train_logits.pt": {"key": key, "logits": logits}})
     return folder
 
 
-def _cached(folder: Path, key: str) -> dict | None:
+def cached_result(folder: Path, key: str) -> dict | None:
     record = cached_record(folder / "metrics.json", key)
     if record is not None:  # and the scratch folder a kill after writing it may have left
-        shutil.rmtree(_workdir(folder).path, ignore_errors=True)
+        shutil.rmtree(WorkDir(folder).path, ignore_errors=True)
     return record
 
 
-class _workdir:
+class WorkDir:
     """Trainer's scratch folder beside the result. With ``key`` (what the result
     depends on) it holds the checkpoints a killed training resumes from: kept when the
     block fails, reused while the key is the same, removed once the block (which writes
@@ -164,7 +164,7 @@ def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: st
     (default: the one ``config`` gives)."""
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
     teacher_key = teacher_key or config.teacher_key(data)
-    if not _cached(teacher_dir, teacher_key):
+    if not cached_result(teacher_dir, teacher_key):
         raise ConfigError(f"holds no teacher fine-tuned on {data.spec.name} with this schedule; "
                           f"run `nasbert finetune {run} --task {data.spec.name}` first",
                           source=str(teacher_dir))
@@ -174,7 +174,7 @@ def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: st
         stored = torch.load(path, weights_only=True)
         return Examples([tuple(t) for t in stored["texts"]], stored["labels"]), stored["logits"]
     examples = make()
-    model = _load_classifier(teacher_dir / "model", data.spec, config.seed)
+    model = load_classifier(teacher_dir / "model", data.spec, config.seed)
     label = f"{data.spec.name}: the teacher labels {len(examples):,} {name} examples"
     logits = predict(model, Encoded(run.tokenizer(), examples, config.max_seq_len),
                      progress=label if progress else None)
@@ -242,6 +242,13 @@ def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
             examples)
 
 
+def student_variant(model_id: str, config: FinetuneConfig) -> Variant:
+    """Which fine-tuned folder of ``model_id`` the schedule ``config`` writes: another
+    student seed's, without stage one (``init="extracted"``), with transfer data."""
+    return Variant(model_id, seed=config.student_seed, extracted=config.init == "extracted",
+                   augmented=config.augment.enabled)
+
+
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                      config: FinetuneConfig, *, out_dir: Path | None = None,
                      on_epoch: Callable[[dict], None] | None = None,
@@ -256,18 +263,15 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
     teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
     tkey = config.teacher_key(data)
-    if not _cached(teacher_dir, tkey):
+    if not cached_result(teacher_dir, tkey):
         raise ConfigError("holds no teacher fine-tuned with this data and schedule; run "
                           "finetune_teacher first", source=str(teacher_dir))
     seed = config.seed if config.student_seed is None else config.student_seed
-    name = model_id if config.student_seed is None else f"{model_id}-seed{seed}"
-    if config.init == "extracted":
-        name += "-extracted"
-    if config.augment.enabled:
-        name += "-aug"
-    folder = out_dir or run.finetune_dir(data.spec.name, name)
+    variant = student_variant(model_id, config)
+    name = variant.folder
+    folder = out_dir or run.finetune_dir(data.spec.name, variant)
     key = student_key(config, tkey, model_id, identity)
-    cached = _cached(folder, key)
+    cached = cached_result(folder, key)
     if cached:
         return cached
     tokenizer = run.tokenizer()
@@ -278,11 +282,11 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
         augmented = len(examples)
         train_set = torch.utils.data.ConcatDataset(
             [train_set, Encoded(tokenizer, examples, config.max_seq_len, teacher=logits)])
-    model = _load_classifier(source, data.spec, seed)
-    teacher = (_load_classifier(teacher_dir / "model", data.spec, seed)
+    model = load_classifier(source, data.spec, seed)
+    teacher = (load_classifier(teacher_dir / "model", data.spec, seed)
                if config.hidden_epochs > 0 else None)
     start = time.time()
-    with _workdir(folder, key) as work:  # kept until the result is written
+    with WorkDir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
             model, tokenizer, data, config, lr=config.lr, epochs=config.epochs,
             batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
@@ -301,7 +305,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                   "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
                   "history": history,
                   **provenance()}
-        _save(folder, model if save_model else None, tokenizer, record, preds)
+        save_result(folder, model if save_model else None, tokenizer, record, preds)
     return record
 
 

@@ -221,6 +221,14 @@ class Baselines:
     groups: dict[str, dict[str, str]]
     latency_ms: dict[str, float]
 
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, "latency_ms": self.latency_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Baselines:
+        return cls({k: dict(v) for k, v in data["groups"].items()},
+                   {k: float(v) for k, v in data["latency_ms"].items()})
+
 
 def build_baselines(run: RunDir | str | Path, targets: Mapping[str, float], *,
                     protocol: Protocol | None = None, shortlist: int = 3,

@@ -255,9 +255,7 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
     merged = {**previous, **everything}
     cands = list(merged.values())
     front = pareto(cands)
-    old_chosen = {}
-    if (folder / "chosen.json").is_file():
-        old_chosen = json.loads((folder / "chosen.json").read_text())["chosen"]
+    old_chosen = {k: c.to_dict() for k, c in _read_chosen(folder).items()}
     meta = {"fingerprint": pred.fingerprint, "predictor": pred.kind, "error": pred.error,
             "end_to_end": END_TO_END}
     atomic_write_text(folder / "candidates.json", json.dumps(
@@ -277,6 +275,24 @@ def _write(folder: Path, everything: dict[str, Candidate], chosen: dict[str, Can
         atomic_write_text(folder / "front.json", json.dumps({**meta, "fronts": out}))
     _plot(folder / "pareto.png", cands, front, chosen, budgets)
     logging.getLogger(__name__).info("wrote %s", folder)
+
+
+def load_chosen(run: RunDir | str | Path) -> dict[str, Candidate]:
+    """What the search exported, by budget name (the model id under ``subnets/``), with
+    its score, predicted and measured latency: ``search/chosen.json``, which this module
+    alone writes. Empty when the run has not been searched."""
+    return _read_chosen(RunDir.of(run).search)
+
+
+def _read_chosen(folder: Path) -> dict[str, Candidate]:
+    path = folder / "chosen.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {k: Candidate.from_dict(c)
+                for k, c in json.loads(path.read_text())["chosen"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # ConfigError, JSON too
+        raise ConfigError("is corrupt; re-run `nasbert search`", source=str(path)) from None
 
 
 def _load_store(folder: Path) -> tuple[dict[str, Candidate], dict]:

@@ -80,13 +80,13 @@ def test_every_form_is_bounded_over_rounds_in_several_processes(run, protocol):
     stored = json.loads((run.finetune_dir("sst2", "big") / "deploy.json").read_text())
     assert {r["precision"]: r["ms"] for r in stored["candidates"]}.keys() == {"float32", "int8"}
     # the same forms, protocol and device: not measured again
-    assert measure_bounds(run, "sst2", protocol, BOUNDS, progress=False) == record
+    assert measure_bounds(run, "sst2", protocol, BOUNDS, progress=False).to_dict() == record
     # a student fine-tuned again under its old id (another record key): timed again
     path = run.finetune_dir("sst2", "big") / "deploy.json"
     text = path.read_text()
     try:
         path.write_text(json.dumps({**json.loads(text), "key": "fine-tuned again"}))
-        again = measure_bounds(run, "sst2", protocol, BOUNDS, progress=False)
+        again = measure_bounds(run, "sst2", protocol, BOUNDS, progress=False).to_dict()
         assert again["key"] != record["key"] and again["created"] != record["created"]
     finally:
         path.write_text(text)
@@ -245,15 +245,15 @@ def test_int8_that_loses_is_fine_tuned_quantisation_aware(run, glue, protocol):
     from nasbert.compress.quantize import quantize
     from nasbert.finetune.config import FinetuneConfig
     from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import _load_classifier
+    from nasbert.finetune.stage import load_classifier
     from nasbert.schema import parse
 
     schedule = parse(FinetuneConfig, json.loads(
         (run.finetune_dir("sst2", "small") / "metrics.json").read_text())["config"], source="t")
-    model = quantize(_load_classifier(folder / "model", data.spec, 0))
+    model = quantize(load_classifier(folder / "model", data.spec, 0))
     metrics, _ = evaluate(model, run.tokenizer(), data, schedule)
     assert metrics["dev"] == record["dev"]
-    source = _load_classifier(run.finetune_dir("sst2", "small") / "model", data.spec, 0)
-    trained = _load_classifier(folder / "model", data.spec, 0)
+    source = load_classifier(run.finetune_dir("sst2", "small") / "model", data.spec, 0)
+    trained = load_classifier(folder / "model", data.spec, 0)
     assert any(not torch.equal(a, b) for a, b in zip(source.state_dict().values(),
                                                      trained.state_dict().values()))

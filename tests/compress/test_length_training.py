@@ -3,7 +3,6 @@ on the tiny run and a generated SST-2."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import optuna
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from nasbert import ConfigError
+from nasbert.compress.forms import FormsRecord
 from nasbert.compress.length import (
     LengthDropConfig,
     LengthSearchConfig,
@@ -22,7 +22,7 @@ from nasbert.compress.length import (
 )
 from nasbert.data.tasks import Examples, TaskData, load_task, task_spec
 from nasbert.extract import save_subnet
-from nasbert.finetune.stage import _load_classifier
+from nasbert.finetune.stage import load_classifier
 
 from conftest import deploy_schedule
 
@@ -52,24 +52,24 @@ def test_length_drop_then_search_writes_measured_candidates(run, glue, protocol)
     assert (record["train_examples"], record["heldout_examples"]) == (144, 48)
     assert record["droppable"] == [True, True]
     folder = lat_dir(run, "sst2", "big")
-    model = _load_classifier(folder / "model", data.spec, 0)
+    model = load_classifier(folder / "model", data.spec, 0)
     assert model.config.length_config is None  # the trained model keeps every token by default
     search = LengthSearchConfig(trials=6, grid=(0.5, 1.0), keep=3, rounds=1)
     candidates = search_lengths(run, data, "big", QUICK, search, drop=DROP, protocol=protocol,
                                 progress=False)
-    configs = {tuple(c["length_config"]) for c in candidates}
+    configs = {c.length_config for c in candidates}
     assert (1.0, 1.0) in configs  # always; the others only where the search found them faster
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'lengths.db'}")
     assert len(study.trials) == 6
     front = {tuple(t.user_attrs["length_config"]) for t in study.best_trials}
     assert configs - {(1.0, 1.0)} <= front
-    assert {c["precision"] for c in candidates} == {"float32", "int8"}
+    assert {c.precision for c in candidates} == {"float32", "int8"}
     for c in candidates:
-        assert c["ms"] > 0 and 0 <= c["metrics"]["dev"]["accuracy"] <= 1
-        assert 0 <= c["heldout"]["accuracy"] <= 1 and c["device"].count("int8") == (
-            c["precision"] == "int8")
-    stored = json.loads((folder / "lengths.json").read_text())
-    assert stored["candidates"] == candidates
+        assert c.ms > 0 and 0 <= c.metrics["dev"]["accuracy"] <= 1
+        assert 0 <= c.heldout["accuracy"] <= 1 and c.device.count("int8") == (
+            c.precision == "int8")
+    stored = FormsRecord.load(folder / "lengths.json")
+    assert stored.candidates == candidates and stored.id == "big"
     # done: the same call returns what is stored, without training or searching again
     again = search_lengths(run, data, "big", QUICK, search, drop=DROP, protocol=protocol,
                            progress=False)
@@ -112,7 +112,7 @@ def test_length_drop_makes_short_configurations_agree_with_the_full_one(run, tmp
     save_subnet(run.supernet(), "E16|H16:M,F|H24:M,F", source)
 
     def gap(length_drop: bool) -> float:
-        model = _load_classifier(source, data.spec, 0)
+        model = load_classifier(source, data.spec, 0)
         configs = (sandwich([True, True], LengthDropConfig(max_drop=0.5)) if length_drop
                    else None)
         train_classifier(model, tok, data, schedule, train_set=train, lr=1e-3, epochs=20,

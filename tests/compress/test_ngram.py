@@ -189,10 +189,10 @@ def test_the_student_distils_the_teacher_into_the_family(ngram_run, protocol, tm
     # the bounds time it as deployed, as every other form
     bounds = measure_bounds(run, "sst2", protocol, BoundConfig(processes=1, rounds=2),
                             progress=False)
-    timed = bounds["forms"][f"{ngram.model_id} float32 full"]
-    assert len(timed["rounds"]) == 2 and 0 < timed["ms"] <= timed["ms_bound"]
+    timed = bounds.forms[f"{ngram.model_id} float32 full"]
+    assert len(timed.rounds) == 2 and 0 < timed.ms <= timed.ms_bound
     ngram = next(c for c in deployment_candidates(run, "sst2", protocol) if c.kind == "ngram")
-    assert ngram.ms_bound == timed["ms_bound"]
+    assert ngram.ms_bound == timed.ms_bound
     written = export(run, ngram, tmp_path / "out")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     assert type(model) is NgramForSequenceClassification and written["onnx"].endswith(".onnx")

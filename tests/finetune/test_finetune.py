@@ -15,7 +15,7 @@ from nasbert.data.tasks import load_task
 from nasbert.extract import save_subnet
 from nasbert.finetune.config import SweepConfig
 from nasbert.finetune.distill import Encoded, predict
-from nasbert.finetune.stage import _load_classifier, finetune, finetune_student, finetune_teacher
+from nasbert.finetune.stage import finetune, finetune_student, finetune_teacher, load_classifier
 from nasbert.finetune.sweep import sweep
 
 from conftest import quick_finetune
@@ -49,7 +49,7 @@ def test_distillation_lowers_the_students_gap_to_the_teacher(run, glue):
     teacher_dir = finetune_teacher(run, data, QUICK, progress=False)
     teacher = json.loads((teacher_dir / "metrics.json").read_text())
     assert teacher["dev"]["accuracy"] > 0.8  # the rule is learnable: the teacher learnt it
-    before = _gap(run, glue, _load_classifier(run.subnet_dir("small"), data.spec, QUICK.seed),
+    before = _gap(run, glue, load_classifier(run.subnet_dir("small"), data.spec, QUICK.seed),
                   QUICK)
     record = finetune_student(run, "small", data, QUICK, progress=False)  # alpha 0: KD only
     folder = run.finetune_dir("sst2", "small")
