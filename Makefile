@@ -1,7 +1,8 @@
 # Two commands, on a fresh clone, with nothing installed by hand:
 #   make demo   set up .venv/ and run the quickstart (every stage, under 15 minutes)
 #   make test   set up .venv/ and run the tests
-# Both create .venv/ in the repository root, or reuse it when setup.cfg is unchanged.
+#   make docs   set up .venv/ and build the documentation site into site/ (strict)
+# All create .venv/ in the repository root, or reuse it when setup.cfg is unchanged.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: venv demo test test-all clean
+.PHONY: venv demo test test-all docs clean
 
 venv: $(STAMP)
 
@@ -32,5 +33,9 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -q -m ""
 
+# mkdocs.yml: the pages in docs/, the API reference read from the source, results/.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
