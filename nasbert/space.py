@@ -13,7 +13,7 @@ operations keep the block's hidden size and narrow the inside of a layer: ``M<n>
 attention with ``n`` heads (of the head size at that width, fewer than ``M``'s), ``F<n>``
 a feed-forward layer of inner size ``n`` (smaller than ``F``'s ``ffn_ratio * hidden``).
 They share weights with ``M`` and ``F`` and inherit the teacher's most important heads
-and neurons (see :mod:`nasbert.compress.importance`).
+and neurons (see :mod:`nasbert.importance`).
 
 >>> space = SearchSpace.from_yaml("minilm_l6")   # a shipped space, or a YAML path
 >>> arch = space.sample(0)

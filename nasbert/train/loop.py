@@ -42,8 +42,8 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nasbert.compress.importance import Importance
 from nasbert.errors import ConfigError
+from nasbert.importance import Importance
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.losses import masked_mse
 from nasbert.provenance import provenance
