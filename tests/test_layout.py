@@ -179,49 +179,139 @@ def test_no_stage_imports_the_trainer(graph):
         assert not trainer, f"{m} imports the trainer ({trainer}); read the run through RunDir"
 
 
-def test_shipped_spaces_and_recipes_are_package_data():
+def test_shipped_spaces_and_recipes_are_top_level_folders():
+    """The YAML lives where the design card says (``search_spaces/``, ``supernet/``), none
+    inside the package, and what nasbert finds by name is those files."""
     from nasbert.recipe import load_recipe
-    from nasbert.resources import names
+    from nasbert.resources import folder, names
     from nasbert.space import SearchSpace
 
+    inside = sorted(PACKAGE.rglob("*.yaml"))
+    assert not inside, f"shipped YAML belongs in search_spaces/ or supernet/: {inside}"
+    for kind, source in (("spaces", "search_spaces"), ("recipes", "supernet")):
+        assert folder(kind) == ROOT / source
+        assert names(kind) == sorted(p.stem for p in (ROOT / source).glob("*.yaml"))
     assert {"minilm_l6", "nasbert_base", "tiny"} <= set(names("spaces"))
     assert {"quickstart", "minilm_wiki", "bert_base_paper"} <= set(names("recipes"))
     for name in names("recipes"):
-        recipe = load_recipe(name)
-        assert recipe.space.is_relative_to(PACKAGE)
+        recipe = load_recipe(name)  # a recipe names its space: a shipped file
+        assert recipe.space.is_file() and recipe.space.parent == folder("spaces")
         assert SearchSpace.from_yaml(recipe.space).name == recipe.space.stem
 
 
-def test_a_built_wheel_carries_the_spaces_and_recipes(tmp_path):
-    """What `pip install .` (not editable) installs: `nasbert quickstart` needs them."""
+def _sources(tmp_path: Path) -> Path:
+    """A copy of what `pip install .` reads (building writes build/ beside the sources)."""
     import shutil
+
+    source = tmp_path / "source"
+    for name in ("nasbert", "search_spaces", "supernet"):
+        shutil.copytree(ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    return source
+
+
+# run by an installed nasbert, away from the source tree: where its modules, its shipped
+# folder and the quickstart's space come from, and the shipped names
+_CHECK = """
+import json, sys
+from importlib import resources
+import nasbert
+from nasbert.recipe import load_recipe
+from nasbert.resources import names
+from nasbert.space import SearchSpace
+r = load_recipe("quickstart")
+print(json.dumps({"package": nasbert.__file__, "spaces": str(resources.files("nasbert.spaces")),
+                  "recipes": str(resources.files("nasbert.recipes")), "space": str(r.space),
+                  "name": SearchSpace.from_yaml(r.space).name, "names": names("spaces")}))
+"""
+
+
+def _installed(python: str, cwd: Path, env: dict[str, str]) -> dict:
+    import json
+    import subprocess
+
+    out = subprocess.run([python, "-c", _CHECK], cwd=cwd, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    # no PYTHONPATH: the installed nasbert, not the one this test runs from
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env | {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
+
+def test_a_built_wheel_carries_the_spaces_and_recipes(tmp_path):
+    """What `pip install .` (not editable) installs: every module, and the top-level YAML
+    as nasbert/spaces/ and nasbert/recipes/ (`nasbert quickstart` needs them)."""
     import subprocess
     import sys
     import zipfile
 
-    from nasbert.resources import names
-
-    source = tmp_path / "source"  # a copy: building writes build/ beside the sources
-    shutil.copytree(PACKAGE, source / "nasbert", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
+    source = _sources(tmp_path)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
                     "--no-build-isolation", "--quiet", "-w", str(tmp_path)], check=True,
                    capture_output=True)
     wheel = next(tmp_path.glob("nasbert-*.whl"))
     inside = set(zipfile.ZipFile(wheel).namelist())
-    for kind in ("spaces", "recipes"):
-        for name in names(kind):
-            assert f"nasbert/{kind}/{name}.yaml" in inside
+    # every subpackage: setup.cfg lists them by hand
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")
+                     if p.relative_to(ROOT).as_posix() not in inside)
+    assert not missing, f"add their packages to setup.cfg's [options] packages: {missing}"
+    for kind, folder in (("spaces", "search_spaces"), ("recipes", "supernet")):
+        for path in (ROOT / folder).glob("*.yaml"):
+            assert f"nasbert/{kind}/{path.name}" in inside
+    assert not any(n.startswith(("search_spaces/", "supernet/")) for n in inside)
     # installed from the wheel, away from the source tree, the quickstart's recipe loads
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
                     "--quiet", "--target", str(target), str(wheel)], check=True,
                    capture_output=True)
-    code = ("import nasbert, sys; from nasbert.recipe import load_recipe; "
-            "from nasbert.space import SearchSpace; r = load_recipe('quickstart'); "
-            "print(nasbert.__file__.startswith(sys.argv[1]), SearchSpace.from_yaml(r.space).name)")
-    out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path,
-                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True)
-    assert out.stdout.split() == ["True", "minilm_l6"], out.stderr
+    found = _installed(sys.executable, tmp_path, _clean_env() | {"PYTHONPATH": str(target)})
+    assert found["package"] == str(target / "nasbert" / "__init__.py")
+    assert found["spaces"] == str(target / "nasbert" / "spaces")
+    assert found["recipes"] == str(target / "nasbert" / "recipes")
+    assert found["space"] == str(target / "nasbert" / "spaces" / "minilm_l6.yaml")
+    assert found["name"] == "minilm_l6"
+
+
+def test_an_editable_install_finds_the_top_level_folders(tmp_path):
+    """What `scripts/install.py` makes (`pip install -e`): setuptools' editable finder
+    maps nasbert.spaces and nasbert.recipes to the checkout's search_spaces/ and
+    supernet/, so a YAML added there after installing is found by name at once.
+
+    In a throwaway venv, never the one the tests run in: it sees this interpreter's
+    packages (torch, pyyaml, setuptools, pip) through a .pth file naming its
+    site-packages (``--system-site-packages`` would give the base interpreter's instead);
+    .pth files inside those are not run, so no other editable nasbert is on the path."""
+    import shutil
+    import site
+    import subprocess
+    import sys
+
+    source = _sources(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], check=True, capture_output=True, text=True)
+    Path(purelib.stdout.strip(), "_deps.pth").write_text("\n".join(site.getsitepackages()))
+    env = _clean_env()
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--quiet", "-e", str(source)], check=True,
+                   capture_output=True, env=env)
+    shutil.copy(source / "search_spaces" / "tiny.yaml", source / "search_spaces" / "added.yaml")
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    found = _installed(python, away, env)
+    assert found["package"] == str(source / "nasbert" / "__init__.py")
+    assert found["spaces"] == str(source / "search_spaces")
+    assert found["recipes"] == str(source / "supernet")
+    assert found["space"] == str(source / "search_spaces" / "minilm_l6.yaml")
+    assert found["name"] == "minilm_l6"
+    assert "added" in found["names"]
