@@ -15,18 +15,21 @@ shows a better one:
   the teacher's weights through ``hf.bert`` and int8 quantisation quiets ONNX Runtime's
   logging through ``hf.quiet``; the teacher needs nothing but the space.
 * ``importance`` and ``quantize`` left ``compress/`` for the model's layer: the supernet
-  inherits the teacher through importance scoring (``train``), and the model loads int8
-  on load, the latency protocol times it and export writes it (``quantize``). They are
+  inherits the teacher through importance scoring (``train``), and the model quantises
+  on load, the latency protocol times int8 and export writes it (``quantize``). They are
   the model's tools, not steps that take a model folder and write one.
+* ``supernet`` and ``extract`` (the issue placed neither) sit right above the model:
+  ``extract`` makes a standalone model of a supernet's path, ``export`` reads what it
+  writes, and ``RunDir`` loads the supernet.
 * ``export`` comes right after the model, far before ``compress``: the latency protocol
   times ONNX Runtime graphs that ``export`` writes, and ``compress.deploy`` and
   ``compress.ngram`` export through it.
 * the latency *protocol and tables* (``latency.measure``, ``latency.predictors``) sit
   below ``run``, while the latency *stage* (``latency.stage``, profile and fit) stays
   after ``train``: ``RunDir`` loads every stage's artefacts, latency tables included (the
-  design card), and ``reporting`` names the machine through ``latency.measure``. A
-  longer prefix ranks before a shorter one, so the rest of ``nasbert.latency`` is the
-  stage.
+  design card), and ``reporting`` names the machine through ``latency.measure``. The
+  longest prefix that covers a module decides its layer, so the rest of
+  ``nasbert.latency`` is the stage.
 * ``recipe`` ranks with ``run`` (a run holds its recipe), after ``data``, whose corpus
   configuration a recipe holds.
 
