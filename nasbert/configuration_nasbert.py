@@ -35,7 +35,7 @@ class NasBertConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     provenance: dict | None = None  # what produced the weights (space, supernet, run, ...)
-    # deployment: "int8" quantises the linear layers on load (nasbert.compress.quantize);
+    # deployment: "int8" quantises the linear layers on load (nasbert.quantize);
     # length_config, one token retention in (0, 1] per block, drops tokens after each
     # block (nasbert.compress.length); None keeps every token
     precision: str = "float32"

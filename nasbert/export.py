@@ -230,7 +230,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = 18,
 
 def _export_int8(model: NasBertModel, fp32: Path, report: ExportReport, rtol: float
                  ) -> ExportReport:
-    from nasbert.compress.quantize import quantize_onnx
+    from nasbert.quantize import quantize_onnx
 
     target = fp32.with_name(f"{fp32.stem}.int8.onnx")
     quantize_onnx(fp32, target)

@@ -56,10 +56,10 @@ class NasBertPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args: Any, **kwargs: Any):
         """transformers' loading, then int8 quantisation when the config says
         ``"precision": "int8"`` (the folder keeps float32 weights: dynamic quantisation is
-        a function of them, :mod:`nasbert.compress.quantize`)."""
+        a function of them, :mod:`nasbert.quantize`)."""
         model = super().from_pretrained(*args, **kwargs)
         if getattr(model.config, "precision", "float32") == "int8":
-            from nasbert.compress.quantize import quantize
+            from nasbert.quantize import quantize
 
             model = quantize(model, inplace=True)
         return model

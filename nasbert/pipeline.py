@@ -41,7 +41,7 @@ from nasbert.train import DistillConfig, distill, train_supernet
 class QuickstartConfig:
     """Sized to finish in under 15 minutes on 2 CPU cores."""
 
-    recipe: str = "quickstart"  # a shipped recipe (nasbert/recipes/) or a YAML path
+    recipe: str = "quickstart"  # a shipped recipe (supernet/) or a YAML path
     task: str = "tweets"
     data_dir: str | None = None
     speedups: tuple[float, ...] = (2.0, 4.0, 8.0)

@@ -1,6 +1,6 @@
 """The recipe of a run: one frozen dataclass per concern, parsed once.
 
-A recipe (YAML; the shipped ones are in ``nasbert/recipes/``) names the search space,
+A recipe (YAML; the shipped ones are in ``supernet/``) names the search space,
 the teacher, the corpus, the training schedule, the shrinking schedule and the scaling.
 ``run.yaml`` stores it resolved. The search space is a shipped name (``minilm_l6``) or
 a path relative to the recipe file (a recipe and its space travel together); corpus

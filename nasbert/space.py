@@ -1,6 +1,6 @@
 """Search spaces and architectures.
 
-A :class:`SearchSpace` is data (a YAML file; the shipped ones are in ``nasbert/spaces/``);
+A :class:`SearchSpace` is data (a YAML file; the shipped ones are in ``search_spaces/``);
 an :class:`Arch` is one point in it and the currency between every stage of the
 pipeline. Its string form is compact, human-readable and parses back exactly::
 
@@ -13,7 +13,7 @@ operations keep the block's hidden size and narrow the inside of a layer: ``M<n>
 attention with ``n`` heads (of the head size at that width, fewer than ``M``'s), ``F<n>``
 a feed-forward layer of inner size ``n`` (smaller than ``F``'s ``ffn_ratio * hidden``).
 They share weights with ``M`` and ``F`` and inherit the teacher's most important heads
-and neurons (see :mod:`nasbert.compress.importance`).
+and neurons (see :mod:`nasbert.importance`).
 
 >>> space = SearchSpace.from_yaml("minilm_l6")   # a shipped space, or a YAML path
 >>> arch = space.sample(0)
@@ -314,7 +314,7 @@ def _check_sizes(sizes: Sequence[int], field: str) -> None:
 IdentityRule = Literal["anywhere", "block_end"]
 
 
-# The YAML form of a search space (see nasbert/spaces/): parsed by nasbert.schema, then
+# The YAML form of a search space (see search_spaces/): parsed by nasbert.schema, then
 # turned into a SearchSpace.
 
 
@@ -393,7 +393,7 @@ class SearchSpace:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
         """A search space from a YAML file, or a shipped one by name (``minilm_l6``,
-        ``nasbert_base``, ``tiny``: see ``nasbert/spaces/``)."""
+        ``nasbert_base``, ``tiny``: see ``search_spaces/``)."""
         path = shipped("spaces", path)
         return cls.from_dict(load_yaml(path), source=str(path))
 

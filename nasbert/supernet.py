@@ -205,7 +205,7 @@ class Supernet(nn.Module):
         positions, every attention (``M`` and its pruned ``M<n>``) and feed-forward
         (``F``, ``F<n>``) at position ``p`` from teacher layer ``p * t // L`` of the block.
         Pruned ops and narrower widths take prefixes of these weights, so permute the
-        teacher by importance first (:func:`nasbert.compress.importance.permute`) for
+        teacher by importance first (:func:`nasbert.importance.permute`) for
         the prefixes to hold its most important heads and neurons. Returns what it set."""
         state = teacher_model.state_dict()
         if not is_bert_like(state):

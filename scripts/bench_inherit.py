@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nasbert.compress.importance import score
+from nasbert.importance import score
 from nasbert.io import atomic_write_text
 from nasbert.losses import masked_mse
 from nasbert.recipe import load_recipe
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
              "mean over the 6 blocks (the teacher's own path: 0)",
         wall_time=f"{time.time() - t0:.0f} s")
     text += ("\nFisher: diagonal Fisher of head and neuron masks on each layer's output "
-             "(nasbert.compress.importance); magnitude: L2 norm of the unit's weights. "
+             "(nasbert.importance); magnitude: L2 norm of the unit's weights. "
              "Best initialisation per path in bold.\n\n## Means by group\n\n"
              + "\n".join(summary) + "\n\n## Per path\n\n" + "\n".join(lines) + "\n")
     if trained_name:

@@ -6,7 +6,7 @@ and two at hidden 256; the 8x group's uniform L1-H256), side by side in one proc
 batch 1 and 32, sequence 128, no padding:
 
 * PyTorch float32: the model as it runs at inference (``nasbert.ops.project``);
-* PyTorch int8: dynamic quantisation of its linear layers (``nasbert.compress.quantize``);
+* PyTorch int8: dynamic quantisation of its linear layers (``nasbert.quantize``);
 * ONNX Runtime float32 and int8 (``quantize_onnx``), each on the graph as exported and
   on the graph with ONNX Runtime's transformer fusions (``export_onnx``'s default).
 
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasbert.compress.quantize import quantize, quantize_onnx
 from nasbert.export import export_onnx, ort_session
 from nasbert.io import atomic_write_text
+from nasbert.quantize import quantize, quantize_onnx
 from nasbert.reporting import md_cell, per_machine, provenance
 from nasbert.space import Arch, SearchSpace
 from nasbert.supernet import Supernet

@@ -138,7 +138,7 @@ def main() -> None:
         *(f"| `{md_cell(a)}` | {p / 1e6:.2f}M | {ts * 1e3:.0f} | {tm * 1e3:.0f} | {r:.3f} |"
           for a, p, ts, tm, r in rows),
         "", "## Quickstart recipe throughput", "",
-        f"`nasbert/recipes/quickstart.yaml`: batch {qs['batch']} x {qs['seq']} tokens; one step "
+        f"`supernet/quickstart.yaml`: batch {qs['batch']} x {qs['seq']} tokens; one step "
         "trains the embeddings and every block on its own sampled path; "
         f"{qs['steps']} steps each.", "",
         "| what | tokens/s |", "| --- | --- |",

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = ROOT / "nasbert" / "spaces"
+SPACES = ROOT / "search_spaces"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # a quick latency protocol for tiny models
 PROTOCOL_KW = dict(batch=1, seq=32, warmup=1, repeats=3)

@@ -159,9 +159,9 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     same inputs is skipped. Returns the students' deployable forms."""
     import torch
 
-    from nasbert.compress.quantize import quantize
     from nasbert.finetune.distill import evaluate
     from nasbert.finetune.stage import load_classifier
+    from nasbert.quantize import quantize
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()

@@ -173,7 +173,8 @@ def compress(model_dir: str | Path, out_dir: str | Path, config: OfflineConfig, 
 
 def _compress(model, config: OfflineConfig, saved: int, batches: list[dict], record: dict):
     if config.method == "prune":
-        from nasbert.compress import importance, prune
+        from nasbert import importance
+        from nasbert.compress import prune
 
         keys = ("input_ids", "attention_mask", "token_type_ids")
         scores = importance.score(model, [tuple(b[k] for k in keys if k in b) for b in batches],

@@ -2,7 +2,7 @@
 Kwon et al., *A Fast Post-Training Pruning Framework for Transformers* (NeurIPS 2022):
 
 1. **Importance**: the diagonal Fisher of each head's and neuron's mask, on the task's
-   own text with the model's predictive distribution (:mod:`~nasbert.compress.importance`,
+   own text with the model's predictive distribution (:mod:`~nasbert.importance`,
    ``target="logits"``): ``F_ii / 2`` estimates the loss increase of removing unit ``i``.
 2. **Selection** (:func:`select`): the heads and neurons to remove, globally across
    layers, to remove at least a parameter count at the least total Fisher. With one cost
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nasbert.compress.importance import Importance, _geometry, encoder_of
 from nasbert.errors import ConfigError
 from nasbert.hf.bert import bert_embeddings, bert_layer
+from nasbert.importance import Importance, _geometry, encoder_of
 
 
 @dataclass

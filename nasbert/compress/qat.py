@@ -1,6 +1,6 @@
 """Quantisation-aware fine-tuning: for a student that dynamic int8 costs accuracy, a
 short fine-tuning with every linear layer computing on int8's grid
-(:func:`~nasbert.compress.quantize.fake_quantized`), distilled from the task's teacher as
+(:func:`~nasbert.quantize.fake_quantized`), distilled from the task's teacher as
 the student was (its cached logits, the student's schedule), so the weights settle where
 rounding them costs least. Through the one fine-tuning loop.
 
@@ -51,7 +51,7 @@ class QatConfig:
     threshold: float | None = 0.01
     epochs: float = 1.0
     lr: float = 1e-5
-    per_channel: bool = True  # as deployment quantises (nasbert.compress.quantize)
+    per_channel: bool = True  # as deployment quantises (nasbert.quantize)
 
     def __post_init__(self) -> None:
         check(self.threshold is None or self.threshold >= 0, "must be at least 0",
@@ -70,7 +70,7 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
     ``finetune/<task>/<id>-qat/``, with the student's own schedule and teacher logits;
     returns its record (dev metrics of the int8 model). A no-op when done with the same
     inputs."""
-    from nasbert.compress.quantize import fake_quantized, quantize
+    from nasbert.quantize import fake_quantized, quantize
 
     run = RunDir.of(run)
     config = config or QatConfig()

@@ -54,7 +54,7 @@ class Protocol:
     # torch.set_flush_denormal(True) to get the measured figures.
     flush_denormal: bool = True
     # the precision models run in; "int8": dynamic int8 quantisation of every linear layer
-    # (activations float32; nasbert.compress.quantize), CPU only
+    # (activations float32; nasbert.quantize), CPU only
     dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
     device: Literal["cpu", "cuda"] = "cpu"
 
@@ -139,7 +139,7 @@ def prepare(module: nn.Module, protocol: Protocol) -> nn.Module:
     """``module`` in eval mode on the protocol's device and in its precision (int8: a
     quantised copy), or in int8 when its config says ``"precision": "int8"`` (any model
     type), so that float32 and int8 forms are measured side by side in one process."""
-    from nasbert.compress.quantize import is_quantized, quantize
+    from nasbert.quantize import is_quantized, quantize
 
     module = module.eval()
     if is_quantized(module):  # a NAS-BERT folder that says int8 quantises on load

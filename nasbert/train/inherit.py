@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from nasbert.compress.importance import Importance, permute, score
+from nasbert.importance import Importance, permute, score
 from nasbert.recipe import Recipe
 from nasbert.run import RunDir
 from nasbert.space import SearchSpace

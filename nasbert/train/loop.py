@@ -42,8 +42,8 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nasbert.compress.importance import Importance
 from nasbert.errors import ConfigError
+from nasbert.importance import Importance
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.losses import masked_mse
 from nasbert.provenance import provenance
@@ -87,6 +87,13 @@ class Worker:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return cls(rank, world, device)
 
+    # Not accelerate (it is installed, for transformers' Trainer): its Accelerator would join
+    # Ray Train's process group (it initialises one only when none is), but its gradient
+    # sync is DDP through ``prepare(model)``, which syncs only what runs through the
+    # wrapped module's ``forward``, while the supernet trains through ``forward_block``
+    # on sampled paths (parameters unused on most steps); and ``Accelerator.reduce``
+    # issues one collective per tensor (accelerate 1.16, utils/operations.py), where this
+    # sends every gradient of the step in one. These dozen lines are the whole of it.
     def all_reduce_mean(self, tensors: list[Tensor]) -> None:
         if self.world == 1 or not tensors:
             return
@@ -238,6 +245,12 @@ class LoopTrainer:
         ``keep_checkpoints`` removed. Ray Train: reported to Ray (every worker reports, the
         main one with the state), which stores and prunes them."""
         name = f"step-{self.step:08d}"
+        # Not accelerate's save_state with ProjectConfiguration(total_limit=...): it writes
+        # checkpoint_<i>/ in place after deleting the oldest (accelerate 1.16), so a kill
+        # mid-write leaves a half checkpoint as the latest and one fewer good one; here the
+        # new one is complete (atomic_dir) before an old one goes. Its folders are named by
+        # its own save counter, not by step as resume() and Ray's folders are, and on Ray
+        # Train the rotation is Ray's (CheckpointConfig), which it would not replace.
         if not self.on_ray:
             with atomic_dir(self.checkpoints / name) as tmp:
                 torch.save(self.state_dict(), tmp / STATE)

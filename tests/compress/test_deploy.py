@@ -24,8 +24,8 @@ from nasbert.compress.deploy import (
     onnx_graph,
     prepare_deployment,
 )
-from nasbert.compress.quantize import is_quantized
 from nasbert.data.tasks import load_task
+from nasbert.quantize import is_quantized
 
 from conftest import DEPLOY_ARCHS as ARCHS
 
@@ -128,7 +128,7 @@ def test_an_exported_choice_loads_as_chosen(run, protocol, tmp_path):
     ids = torch.tensor([[2, 5, 7, 9, 3]])
     source = AutoModelForSequenceClassification.from_pretrained(
         run.finetune_dir("sst2", "big") / "model")
-    from nasbert.compress.quantize import quantize
+    from nasbert.quantize import quantize
 
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, quantize(source)(ids).logits)
@@ -242,10 +242,10 @@ def test_int8_that_loses_is_fine_tuned_quantisation_aware(run, glue, protocol):
     record = train_quantization_aware(run, data, "small", QatConfig(epochs=1), progress=False)
     folder = qat_dir(run, "sst2", "small")
     assert record["precision"] == "int8" and 0 <= record["dev"]["accuracy"] <= 1
-    from nasbert.compress.quantize import quantize
     from nasbert.finetune.config import FinetuneConfig
     from nasbert.finetune.distill import evaluate
     from nasbert.finetune.stage import load_classifier
+    from nasbert.quantize import quantize
     from nasbert.schema import parse
 
     schedule = parse(FinetuneConfig, json.loads(

@@ -108,7 +108,7 @@ def test_ranks_remove_what_was_asked(classifier_dir):
 
 
 def _importance(model, batches):
-    from nasbert.compress.importance import score
+    from nasbert.importance import score
 
     keys = ("input_ids", "attention_mask", "token_type_ids")
     return score(model, [tuple(b[k] for k in keys) for b in batches], target="logits")

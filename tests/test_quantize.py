@@ -9,8 +9,8 @@ from torch import nn
 from transformers import AutoModel
 
 from nasbert import ConfigError, Supernet
-from nasbert.compress.quantize import is_quantized, quantize
 from nasbert.latency.measure import Protocol, device_id, fingerprint, measure
+from nasbert.quantize import is_quantized, quantize
 
 ARCH = "E128|H256:M,F,S5,F|H192:S3,M,F,I|H384:M,F,S7,M"
 
@@ -115,7 +115,7 @@ def test_both_precisions_are_measured_side_by_side(model_dir, tiny_teacher):
 
 def test_fake_quantised_training_computes_as_int8_and_leaves_a_plain_model(model_dir):
     import nasbert  # noqa: F401
-    from nasbert.compress.quantize import fake_quantized
+    from nasbert.quantize import fake_quantized
 
     model = AutoModel.from_pretrained(model_dir).eval()
     keys = list(model.state_dict())

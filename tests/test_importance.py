@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nasbert.compress.importance import Importance, permute, score
+from nasbert.importance import Importance, permute, score
 
 
 def _bert(seed: int = 0, classifier: bool = False):
