@@ -186,8 +186,8 @@ def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp
     with pytest.raises(ConfigError, match="no candidate fits .* the smallest found needs "
                                           ".* ms.* raise the budget"):
         search(copy, [Budget(latency_ms=1e-6)], protocol=protocol, export=False)
-    assert main(["search", str(copy.path), "--latency-ms", "0.000001", "--batch",
-                 str(protocol.batch), "--seq", str(protocol.seq), "--threads",
+    assert main(["search", str(copy.path), "--latency-ms", "0.000001", "--timing-batch",
+                 str(protocol.batch), "--timing-seq", str(protocol.seq), "--timing-threads",
                  str(protocol.threads)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nasbert: error:") and "raise the budget" in err[0]
