@@ -1104,8 +1104,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``argv``, only the verb it names gets its flags (the
     others' dataclasses import torch, which ``nasbert query`` must not)."""
     chosen = None if argv is None else _chosen(argv)
-    parser = _Parser(prog="nasbert",
-                     description="Compress BERT-family models by neural architecture search.")
+    parser = _Parser(
+        prog="nasbert", description="Compress BERT-family models by neural architecture search.",
+        epilog="A verb that works on a run takes the run directory first: nasbert VERB RUN "
+               "[flags]. Every configuration field is a flag (--max-seq-len), and --set "
+               "KEY=VALUE sets it by its path; --device is where models train, --timing-* "
+               "how latency is measured; --json (query, search, latency fit) prints one JSON "
+               "document. `nasbert VERB --help` lists a verb's flags.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, Any] = {}
     for name, (help_, add) in _VERBS.items():

@@ -13,11 +13,11 @@ from nasbert.errors import ConfigError
 class Protocol:
     """How a latency is measured."""
 
-    batch: int = 1
-    seq: int = 128
+    batch: int = 1  # sequences per forward
+    seq: int = 128  # tokens per sequence
     threads: int = 0  # 0: as many as torch uses by default
-    warmup: int = 5
-    repeats: int = 20
+    warmup: int = 5  # untimed forwards before the timed ones
+    repeats: int = 20  # timed forwards; the latency is their median
     rounds: int = 3  # profiling measures every subnet this many times, spread over time
     # CPU: flush subnormal floats to zero. GELU tails and small attention weights produce
     # them, and computing on them is slow: up to ~30 % of a forward here, and dependent
@@ -27,7 +27,7 @@ class Protocol:
     # the precision models run in; "int8": dynamic int8 quantisation of every linear layer
     # (activations float32; nasbert.compress.quantize), CPU only
     dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"  # where models are timed (cuda: CUDA events)
 
     def __post_init__(self) -> None:
         flags = {"batch": 1, "seq": 1, "threads": 0, "warmup": 0, "repeats": 1, "rounds": 1}
