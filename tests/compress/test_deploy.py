@@ -200,6 +200,12 @@ def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_
     assert "precision" in out and "x the float32 teacher" in out and "wrote" in out
     assert "bound " in out and "runtime " in out
     assert (tmp_path / "q" / "config.json").is_file()
+    assert main(["query", str(run), "--task", "sst2", "--latency-ms", str(budget), "1e5",
+                 "--timing-seq", "32", "--timing-repeats", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document, nothing else on stdout
+    assert doc["task"] == "sst2" and doc["teacher_ms"] > 0 and doc["exported"] is None
+    assert [a["budget"]["latency_ms"] for a in doc["answers"]] == [budget, 1e5]
+    assert all(a["ms_bound"] <= a["budget"]["latency_ms"] for a in doc["answers"])
     assert main(["query", str(run), "--task", "cola", "--latency-ms", "5"]) == 2
     err = capsys.readouterr().err
     assert f"nasbert finetune {run} --task cola" in err and len(err.strip().splitlines()) == 1
