@@ -56,7 +56,8 @@ from nasbert.io import writable_output
 # builds the dataclass with every default filled in (tyro prints a multi-line boxed
 # error for a bad int), so that a flag could not be layered over a recipe file and
 # `--set` through `nasbert.schema.parse`, the one place that checks a value and names
-# its field, and none warns on a deprecated spelling. What is needed here is ~150 lines.
+# its field; and an old spelling that warns needs a custom argparse action anyway (tyro
+# 1.0's markers have none). What is needed here is ~150 lines.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -414,6 +415,10 @@ def _stdout_for(args: argparse.Namespace):
 
 
 # ------------------------------------------------------------------ verbs
+#
+# One module, each verb's `_add_<verb>` beside its handler, rather than a package of verb
+# modules: tests/test_layout.py lets `nasbert.cli` (and `nasbert.pipeline`) alone import
+# the trainer.
 
 _VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 _GROUPS = {"space": "inspect a search space", "latency": "latency lookup table and predictor"}
