@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/install.py
 	touch $(STAMP)
 
 demo: venv
-	$(VENV)/bin/nasbert quickstart --run runs/quickstart
+	$(VENV)/bin/nasbert quickstart runs/quickstart
 
 # The suite is mostly single-threaded Python over tiny tensors: two processes of one
 # thread each (pytest-xdist, a file per process at a time) take it from 4 min 41 s to

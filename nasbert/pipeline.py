@@ -229,7 +229,7 @@ def quickstart(run: RunDir | str | Path = "runs/quickstart",
     table = render(rows, spec.name, spec.metric)
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in clock.this_call.items())
     atomic_write_text(run.results, header(
-        "Quickstart results", "nasbert quickstart" + (" --gpu" if config.gpu else ""),
+        "Quickstart results", "nasbert quickstart" + (" --device cuda" if config.gpu else ""),
         run=f"`{run}`",
         task=f"{spec.name} (dev split; {config.finetune.max_train_examples or 'all'} "
              "training examples)",

@@ -7,7 +7,7 @@ found with :mod:`importlib.resources`: in a wheel install they are
 ``site-packages/nasbert/spaces/``, in the editable install ``scripts/install.py`` makes
 setuptools' editable finder maps those names to the repository's folders. So an
 installed nasbert finds them by name, from any working directory: ``nasbert space show
-minilm_l6``, ``nasbert train-supernet quickstart --run runs/qs``.
+minilm_l6``, ``nasbert train-supernet runs/qs --recipe quickstart``.
 """
 
 from __future__ import annotations

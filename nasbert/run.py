@@ -230,12 +230,12 @@ class RunDir:
     def recipe(self) -> Recipe:
         """The resolved recipe the run was started with."""
         if not self.run_yaml.is_file():
-            raise ConfigError("is missing; run `nasbert train-supernet RECIPE --run DIR` first",
+            raise ConfigError("is missing; run `nasbert train-supernet DIR --recipe RECIPE` first",
                               source=str(self.run_yaml))
         try:
             stored = yaml.safe_load(self.run_yaml.read_text())["recipe"]
         except (yaml.YAMLError, KeyError, TypeError):
-            raise ConfigError("is corrupt; start a new --run", source=str(self.run_yaml)) from None
+            raise ConfigError("is corrupt; start a new run directory", source=str(self.run_yaml)) from None
         return recipe_from_dict(stored, source=str(self.run_yaml))
 
     def teacher_name(self) -> str:
@@ -260,8 +260,8 @@ class RunDir:
         from nasbert.data.corpus import Corpus
 
         if not self.corpus_file.is_file():
-            raise ConfigError("is missing; run `nasbert train-supernet RECIPE --run "
-                              f"{self.path}` first", source=str(self.corpus_file))
+            raise ConfigError(f"is missing; run `nasbert train-supernet {self.path} --recipe "
+                              "RECIPE` first", source=str(self.corpus_file))
         return Corpus.load(self.corpus_file)
 
     def corpus_key(self) -> str:
@@ -294,8 +294,8 @@ class RunDir:
         from nasbert.supernet import Supernet
 
         if not self.has_supernet():
-            raise ConfigError("holds no trained supernet; run `nasbert train-supernet RECIPE "
-                              f"--run {self.path}` first", source=str(self.path))
+            raise ConfigError(f"holds no trained supernet; run `nasbert train-supernet {self.path} "
+                              "--recipe RECIPE` first", source=str(self.path))
         return Supernet.load(self.final)
 
     def survivors(self) -> list[dict[BlockArch, float]]:
@@ -318,7 +318,8 @@ class RunDir:
         survivors = self.survivors()
         if not survivors:
             raise ConfigError("holds no shrink tables (shrink/block0.json); run `nasbert "
-                              f"train-supernet RECIPE --run {self.path}` with shrinking enabled",
+                              f"train-supernet {self.path} --recipe RECIPE` with shrinking "
+                              "enabled",
                               source=str(self.path))
         return survivors
 

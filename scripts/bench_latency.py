@@ -1,6 +1,6 @@
 """Latency prediction, budget honouring and the performance approximator, on a trained run
 of the default space (by default the quickstart run; train it first with
-`nasbert train-supernet quickstart --run runs/qs`).
+`nasbert train-supernet runs/qs --recipe quickstart`).
 
 1. Held-out MAPE, RMSE and Kendall's tau of the lookup table and of the learned
    predictor on this CPU, at batch 1 and batch 32, sequence 128.

@@ -297,7 +297,8 @@ def predictor_lines(run: RunDir, protocol: Protocol) -> list[str]:
     ``nasbert latency fit`` stored them)."""
     out = ["### Latency predictors per precision (batch 1, sequence 128)", "",
            "Each precision is its own device: profiled with `nasbert latency profile RUN "
-           "--precision P --samples 120`, fitted with `nasbert latency fit RUN --precision P` "
+           "--timing-dtype P --samples 120`, fitted with `nasbert latency fit RUN "
+           "--timing-dtype P` "
            "(held-out split of the measured subnets).", "",
            "| precision | predictor | held-out MAPE % | RMSE ms | Kendall tau | train / test |",
            "| --- | --- | ---: | ---: | ---: | --- |"]

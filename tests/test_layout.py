@@ -24,12 +24,12 @@ shows a better one:
 * ``export`` comes right after the model, far before ``compress``: the latency protocol
   times ONNX Runtime graphs that ``export`` writes, and ``compress.deploy`` and
   ``compress.ngram`` export through it.
-* the latency *protocol and tables* (``latency.measure``, ``latency.predictors``) sit
-  below ``run``, while the latency *stage* (``latency.stage``, profile and fit) stays
-  after ``train``: ``RunDir`` loads every stage's artefacts, latency tables included (the
-  design card), and ``reporting`` names the machine through ``latency.measure``. The
-  longest prefix that covers a module decides its layer, so the rest of
-  ``nasbert.latency`` is the stage.
+* the latency *protocol and tables* (``latency.protocol``, ``latency.measure``,
+  ``latency.predictors``) sit below ``run``, while the latency *stage*
+  (``latency.stage``, profile and fit) stays after ``train``: ``RunDir`` loads every
+  stage's artefacts, latency tables included (the design card), and ``reporting`` names
+  the machine through ``latency.measure``. The longest prefix that covers a module
+  decides its layer, so the rest of ``nasbert.latency`` is the stage.
 * ``recipe`` ranks with ``run`` (a run holds its recipe), after ``data``, whose corpus
   configuration a recipe holds.
 
@@ -61,8 +61,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("supernet, extract", ("nasbert.supernet", "nasbert.extract")),
     ("export", ("nasbert.export",)),
     ("data", ("nasbert.data",)),
-    ("measuring", ("nasbert.latency.measure", "nasbert.latency.predictors",
-                   "nasbert.reporting")),
+    ("measuring", ("nasbert.latency.protocol", "nasbert.latency.measure",
+                   "nasbert.latency.predictors", "nasbert.reporting")),
     ("recipe, run", ("nasbert.recipe", "nasbert.run")),
     ("stage: train", ("nasbert.train",)),
     ("stage: latency", ("nasbert.latency",)),

@@ -99,7 +99,7 @@ class LengthDropConfig:
 class LengthSearchConfig:
     """The search over length configurations of a LengthDrop model."""
 
-    trials: int = 60
+    trials: int = 60  # length configurations tried
     grid: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # retentions a block may take
     rounds: int = 5  # timings per trial, interleaved with the full-length model
     keep: int = 8  # Pareto members measured cleanly and evaluated on dev

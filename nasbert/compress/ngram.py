@@ -73,9 +73,9 @@ class MiningConfig:
     """Which n-grams get a row: 1 to ``max_n`` words, seen at least ``min_count`` times in
     the distillation text, the ``max_ngrams`` most frequent (ties by the n-gram)."""
 
-    max_n: int = 4
-    min_count: int = 2
-    max_ngrams: int = 1_000_000
+    max_n: int = 4  # n-grams of 1 to max_n words
+    min_count: int = 2  # times an n-gram must occur
+    max_ngrams: int = 1_000_000  # rows of the table, at most
     lowercase: bool = True
     token_pattern: str = TOKEN_PATTERN
 

@@ -39,9 +39,9 @@ class OfflineConfig:
     """How to compress: the method, the size (exactly one of ``ratio`` / ``params_m``)
     and the calibration text's size."""
 
-    method: str
-    ratio: float | None = None
-    params_m: float | None = None
+    method: str  # autoencoder, svd or prune
+    ratio: float | None = None  # divide the encoder layers' parameters by this
+    params_m: float | None = None  # or: the whole model's parameters, millions
     calibration: int = 256  # sequences of calibration text (autoencoder, prune)
     max_seq_len: int = 128
     batch_size: int = 32

@@ -99,7 +99,7 @@ class SweepConfig:
     rate, epochs, batch size, alpha and temperature; ASHA stops poor trials after
     ``grace_period`` epochs. Trials run in parallel, ``cpus_per_trial`` each."""
 
-    trials: int = 20
+    trials: int = 20  # configurations tried per model
     lr: tuple[float, float] = (2e-5, 5e-4)  # log-uniform
     epochs: tuple[int, ...] = (1, 2, 3)
     batch_size: tuple[int, ...] = (16, 32, 64)

@@ -5,7 +5,7 @@ that profiles and fits them for a run (:mod:`~nasbert.latency.stage`)."""
 from nasbert import _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(__name__, {
-    "Protocol": "nasbert.latency.measure", "measure": "nasbert.latency.measure",
+    "Protocol": "nasbert.latency.protocol", "measure": "nasbert.latency.measure",
     "measure_clean": "nasbert.latency.measure", "fingerprint": "nasbert.latency.measure",
     "LatencyPredictor": "nasbert.latency.predictors",
     "TablePredictor": "nasbert.latency.predictors",

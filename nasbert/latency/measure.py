@@ -26,55 +26,17 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_write_text
+from nasbert.latency.protocol import Protocol
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "int8": torch.float32}  # int8: float32 weights, quantised by prepare()
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """How a latency is measured."""
-
-    batch: int = 1
-    seq: int = 128
-    threads: int = 0  # 0: as many as torch uses by default
-    warmup: int = 5
-    repeats: int = 20
-    rounds: int = 3  # profiling measures every subnet this many times, spread over time
-    # CPU: flush subnormal floats to zero. GELU tails and small attention weights produce
-    # them, and computing on them is slow: up to ~30 % of a forward here, and dependent
-    # on the weights and data, which makes latency unpredictable. Deploy with
-    # torch.set_flush_denormal(True) to get the measured figures.
-    flush_denormal: bool = True
-    # the precision models run in; "int8": dynamic int8 quantisation of every linear layer
-    # (activations float32; nasbert.quantize), CPU only
-    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
-    device: Literal["cpu", "cuda"] = "cpu"
-
-    def __post_init__(self) -> None:
-        from nasbert.errors import ConfigError
-
-        flags = {"batch": 1, "seq": 1, "threads": 0, "warmup": 0, "repeats": 1, "rounds": 1}
-        for name, least in flags.items():
-            if getattr(self, name) < least:
-                raise ConfigError(f"must be at least {least}, not {getattr(self, name)}; "
-                                  f"give --{name} {max(least, 1)} or more",
-                                  source="latency protocol", field=name)
-        if self.dtype == "int8" and self.device != "cpu":
-            raise ConfigError("int8 (dynamic quantisation) runs on the CPU; measure it "
-                              "without --gpu", source="latency protocol", field="dtype")
-
-    def resolved(self) -> Protocol:
-        if self.threads:
-            return self
-        return dataclasses.replace(self, threads=torch.get_num_threads())
 
 
 def cpu_name() -> str:

@@ -71,10 +71,10 @@ def prepare_run(recipe: Recipe, run: RunDir | str | Path, *, progress: bool = Tr
         diff = _differences(run.recipe().to_dict(), resolved)
         if diff:
             raise ConfigError(f"the run was started with a different recipe ({', '.join(diff)} "
-                              "differ); resume with the same recipe or start a new --run",
+                              "differ); resume with the same recipe or start a new run directory",
                               source=str(run.run_yaml))
     if run.path.exists() and not run.path.is_dir():
-        raise ConfigError("is a file; name a folder for the run", source=f"--run {run.path}")
+        raise ConfigError("is a file; name a folder for the run", source=str(run.path))
     tokenizer = load_tokenizer(recipe.teacher, space)  # checks the teacher fits, too
     key = corpus_key(recipe.corpus, recipe.teacher)
     if not run.corpus_file.is_file() or Corpus.load(run.corpus_file).info.get("key") != key:

@@ -81,8 +81,9 @@ class Worker:
         device = torch.device("cpu")
         if use_gpu:
             if not torch.cuda.is_available():
-                raise ConfigError("asks for a GPU, but torch sees no CUDA device here; drop "
-                                  "--gpu (scaling.use_gpu) or install a CUDA build of torch",
+                raise ConfigError("asks for a GPU, but torch sees no CUDA device here; give "
+                                  "--device cpu (scaling.use_gpu: false) or install a CUDA "
+                                  "build of torch",
                                   source="scaling", field="use_gpu")
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return cls(rank, world, device)
@@ -134,7 +135,7 @@ def load_state(folder: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same error
         raise ConfigError(f"is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
                           "delete its folder to resume from the one before, or start a new "
-                          "--run", source=str(path)) from None
+                          "run directory", source=str(path)) from None
 
 
 # ----------------------------------------------------------------------------- the loop

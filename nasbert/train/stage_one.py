@@ -69,7 +69,7 @@ RIDGE = 1e-2  # of the mean state variance: the projections' least-squares regul
 class DistillConfig:
     """Stage one's schedule and loss; ``tokens`` is the budget every model gets."""
 
-    tokens: int = 2_000_000
+    tokens: int = 2_000_000  # corpus tokens each model trains on
     batch_size: int = 32  # sequences of the run's corpus (its seq_len)
     lr: float = 1e-4
     warmup_ratio: float = 0.05

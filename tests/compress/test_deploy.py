@@ -184,26 +184,33 @@ def test_a_length_configuration_is_exported_in_the_config(run, protocol, tmp_pat
 
 
 def test_cli_deploy_then_query_and_a_task_not_fine_tuned(run, glue, capsys, tmp_path):
-    quick = ["--repeats", "3", "--warmup", "1", "--seq", "32", "--quiet",  # the fixture's
-             "--bound-processes", "2", "--bound-rounds", "3"]
+    quick = ["--timing-repeats", "3", "--timing-warmup", "1", "--timing-seq", "32", "--quiet",
+             "--bound-processes", "2", "--bound-rounds", "3"]  # the fixture's protocol
     # PyTorch forms only (the ONNX Runtime ones: the fixture's and the test above)
     assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick,
-                 "--quantisation-aware", "0.5", "--no-onnxruntime"]) == 0
+                 "--quantisation-aware", "--qat-threshold", "0.005", "--no-onnxruntime"]) == 0
     table = capsys.readouterr().out
     assert "big (int8, full length)" in table and "small (float32, full length)" in table
     assert "ONNX Runtime" not in table
     budget = 1e6  # anything fits: the most accurate of all
     assert main(["query", str(run), "--task", "sst2", "--latency-ms", str(budget),
-                 "--seq", "32", "--repeats", "3", "--export", str(tmp_path / "q")]) == 0
+                 "--timing-seq", "32", "--timing-repeats", "3", "--export", str(tmp_path / "q")]
+                ) == 0
     out = capsys.readouterr().out
     assert "precision" in out and "x the float32 teacher" in out and "wrote" in out
     assert "bound " in out and "runtime " in out
     assert (tmp_path / "q" / "config.json").is_file()
+    assert main(["query", str(run), "--task", "sst2", "--latency-ms", str(budget), "1e5",
+                 "--timing-seq", "32", "--timing-repeats", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document, nothing else on stdout
+    assert doc["task"] == "sst2" and doc["teacher_ms"] > 0 and doc["exported"] is None
+    assert [a["budget"]["latency_ms"] for a in doc["answers"]] == [budget, 1e5]
+    assert all(a["ms_bound"] <= a["budget"]["latency_ms"] for a in doc["answers"])
     assert main(["query", str(run), "--task", "cola", "--latency-ms", "5"]) == 2
     err = capsys.readouterr().err
     assert f"nasbert finetune {run} --task cola" in err and len(err.strip().splitlines()) == 1
     assert main(["deploy", str(run), "--task", "sst2", "--data-dir", str(glue), *quick,
-                 "--quantisation-aware", "-1"]) == 2
+                 "--quantisation-aware", "--qat-threshold", "-0.01"]) == 2
     err = capsys.readouterr().err
     assert "threshold" in err and len(err.strip().splitlines()) == 1
     before = (run.finetune_dir("sst2") / "latency.json").read_text()

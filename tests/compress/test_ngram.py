@@ -205,7 +205,7 @@ def test_cli_errors_are_one_line(ngram_run, glue, capsys, tmp_path):
     for args, words in (
             ([str(run), "--task", "nope"], "is not a known task"),
             ([str(run), "--task", "stsb"], "has no teacher fine-tuned on stsb"),
-            ([str(run), "--task", "sst2", "--text", str(empty)], "is empty: no text")):
+            ([str(run), "--task", "sst2", "--texts", str(empty)], "is empty: no text")):
         assert main(["ngram", *args, "--data-dir", str(glue)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], lines

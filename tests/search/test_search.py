@@ -176,6 +176,48 @@ def test_query_cli_is_fast_and_impossible_budgets_fail_cleanly(run, searched):
     assert _cli("query", run, "--latency-ms", "-1").returncode == 2
 
 
+def test_query_imports_no_torch(run, searched):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "nasbert", "query",
+                           str(run.path), "--latency-ms", "1000"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and "architecture" in proc.stdout, proc.stderr[-2000:]
+    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert "nasbert.search.stage" in modules  # what answered
+    assert not {m for m in modules if m.split(".")[0] == "torch"}
+
+
+def test_json_documents_of_latency_fit_search_and_query(run, searched, protocol, tmp_path,
+                                                        capsys):
+    """``--json``: one document on stdout (progress and the API's lines go to stderr)."""
+    import shutil
+
+    from nasbert.cli import main
+
+    budget, _ = searched
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    timing = ["--timing-batch", str(protocol.batch), "--timing-seq", str(protocol.seq),
+              "--timing-warmup", str(protocol.warmup), "--timing-repeats",
+              str(protocol.repeats)]
+    assert main(["latency", "fit", str(copy.path), *timing, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"] == str(copy.path) and "table" in doc["predictors"]
+    assert all(e["n"] > 0 and e["mape"] >= 0 for e in doc["predictors"].values())
+    assert main(["search", str(copy.path), "--latency-ms", str(budget.latency_ms), "--top-k",
+                 "1", "--no-export", *timing, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ((name, chosen),) = doc["chosen"].items()
+    assert name == budget.name and chosen["latency_ms"] <= budget.latency_ms
+    assert doc["exported"] == []
+    answer = _cli("query", copy.path, "--latency-ms", "1000", str(budget.latency_ms), "--json")
+    assert answer.returncode == 0, answer.stderr
+    answers = json.loads(answer.stdout)["answers"]
+    assert [a["budget"] for a in answers] == [{"latency_ms": 1000.0, "params_m": None},
+                                              {"latency_ms": budget.latency_ms,
+                                               "params_m": None}]
+    assert answers[1]["arch"] == str(query(copy, budget).arch)
+
+
 def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp_path, capsys):
     import shutil
 
@@ -186,8 +228,8 @@ def test_a_budget_below_the_smallest_model_is_one_clear_error(run, protocol, tmp
     with pytest.raises(ConfigError, match="no candidate fits .* the smallest found needs "
                                           ".* ms.* raise the budget"):
         search(copy, [Budget(latency_ms=1e-6)], protocol=protocol, export=False)
-    assert main(["search", str(copy.path), "--latency-ms", "0.000001", "--batch",
-                 str(protocol.batch), "--seq", str(protocol.seq), "--threads",
+    assert main(["search", str(copy.path), "--latency-ms", "0.000001", "--timing-batch",
+                 str(protocol.batch), "--timing-seq", str(protocol.seq), "--timing-threads",
                  str(protocol.threads)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nasbert: error:") and "raise the budget" in err[0]

@@ -160,7 +160,7 @@ def test_distill_cli(run, records, capsys):
     (["--set", "hidden_weight=0", "--set", "attention_weight=0", "--set", "output_weight=0"],
      ["positive weight"]),
     (["--set", "nonsense=1"], ["unknown key 'nonsense'"]),
-    pytest.param(["--gpu"], ["no CUDA device", "drop --gpu"],
+    pytest.param(["--device", "cuda"], ["no CUDA device", "--device cpu"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
 ])
 def test_distill_bad_input(run, args, words, capsys):

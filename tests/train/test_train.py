@@ -115,7 +115,7 @@ def test_kill_and_resume(tiny_teacher, tiny_corpus, tmp_path):
     recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=60,
                                        checkpoint_every=5))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nasbert", "train-supernet", str(recipe), "--run", str(run),
+    cmd = [sys.executable, "-m", "nasbert", "train-supernet", str(run), "--recipe", str(recipe),
            "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -202,7 +202,7 @@ def test_bad_recipes(tiny_teacher, tiny_corpus, tmp_path, change, words):
         text = text.replace(old, new)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
-    _one_line_error(_cli("train-supernet", recipe, "--run", tmp_path / "run"), words)
+    _one_line_error(_cli("train-supernet", tmp_path / "run", "--recipe", recipe), words)
     assert not (tmp_path / "run").exists()
 
 
@@ -211,7 +211,7 @@ def test_teacher_that_does_not_fit_the_space(tiny_teacher, tiny_corpus, tmp_path
         str(SPACES / "tiny.yaml"), "minilm_l6")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
-    _one_line_error(_cli("train-supernet", recipe, "--run", tmp_path / "run"),
+    _one_line_error(_cli("train-supernet", tmp_path / "run", "--recipe", recipe),
                     "has hidden size 32 but the space 'minilm_l6' expects 384")
 
 
@@ -224,14 +224,14 @@ def test_missing_or_empty_corpus(tiny_teacher, tmp_path, kind):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_text(tiny_teacher, corpus))
     words = "does not exist" if kind == "missing" else "is empty"
-    _one_line_error(_cli("train-supernet", recipe, "--run", tmp_path / "run"), words)
+    _one_line_error(_cli("train-supernet", tmp_path / "run", "--recipe", recipe), words)
 
 
 def test_unreadable_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("space: [unclosed\n")
-    _one_line_error(_cli("train-supernet", recipe, "--run", tmp_path / "run"), "malformed YAML")
-    _one_line_error(_cli("train-supernet", tmp_path / "nope.yaml", "--run", tmp_path / "run"),
+    _one_line_error(_cli("train-supernet", tmp_path / "run", "--recipe", recipe), "malformed YAML")
+    _one_line_error(_cli("train-supernet", tmp_path / "run", "--recipe", tmp_path / "nope.yaml"),
                     "no such file")
 
 
@@ -245,7 +245,7 @@ def test_corrupt_checkpoint_is_reported_and_kept(tiny_teacher, tiny_corpus, tmp_
     ckpt.write_bytes(b"not a checkpoint")
     recipe.write_text(tiny_recipe_text(tiny_teacher, tiny_corpus, max_steps=20,
                                        checkpoint_every=5))
-    proc = _cli("train-supernet", recipe, "--run", run, "--quiet")
+    proc = _cli("train-supernet", run, "--recipe", recipe, "--quiet")
     _one_line_error(proc, f"{ckpt}: is corrupt")
     assert ckpt.read_bytes() == b"not a checkpoint"  # nothing already written is damaged
 
