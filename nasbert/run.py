@@ -235,7 +235,8 @@ class RunDir:
         try:
             stored = yaml.safe_load(self.run_yaml.read_text())["recipe"]
         except (yaml.YAMLError, KeyError, TypeError):
-            raise ConfigError("is corrupt; start a new run directory", source=str(self.run_yaml)) from None
+            raise ConfigError("is corrupt; start a new run directory",
+                              source=str(self.run_yaml)) from None
         return recipe_from_dict(stored, source=str(self.run_yaml))
 
     def teacher_name(self) -> str:
