@@ -26,6 +26,7 @@ from pathlib import Path
 
 from nasbert.compress.ngram_distill import NgramStudentConfig, train_ngram_student
 from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.finetune.stage import finetune
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import Protocol, device_id, fingerprint, measure_clean
@@ -138,9 +139,10 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     results = finetune(run, task, data_dir=data_dir, models=ids, config=config,
                        progress=progress)
     ngram = run.finetune_dir(spec.name, NGRAM)
-    ngram = ngram if (ngram / "metrics.json").is_file() else None
-    if ngram is not None:
-        results[NGRAM] = json.loads((ngram / "metrics.json").read_text())
+    ngram_record = FinetunedRecord.load(ngram)
+    ngram = ngram if ngram_record is not None else None
+    if ngram_record is not None:
+        results[NGRAM] = ngram_record.to_dict()
     latency = dict(latencies) if latencies else side_by_side(
         run, ids, protocol, others={NGRAM: ngram / "model"} if ngram else None)
     base_ms = latency[TEACHER]

@@ -51,12 +51,12 @@ from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.io import atomic_dir, atomic_write_text
 from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
 from nasbert.latency.stage import reference
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir, Variant, is_ngram
-from nasbert.schema import parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +171,8 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                           f"{', '.join(runtimes)}", source="deployment", field="runtimes")
     task = data.spec.name
     ids = _students(run, task, models)
-    records = {m: json.loads((run.finetune_dir(task, m) / "metrics.json").read_text())
-               for m in ids}
-    keys = {m: digest([records[m]["key"], dataclasses.asdict(protocol),
+    records = {m: FinetunedRecord.load(run.finetune_dir(task, m)) for m in ids}
+    keys = {m: digest([records[m].key, dataclasses.asdict(protocol),
                        device_id(fingerprint(protocol)), sorted(runtimes)]) for m in ids}
     todo = [m for m in ids if _key(_stored(run, task, m)) != keys[m]]
     if todo:
@@ -181,11 +180,11 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
         dirs = [run.finetune_dir(task, m) / "model" for m in todo]
         ms = measure_precisions(dirs, protocol, reference=reference(run, protocol))
         for i, m in enumerate(todo):
-            schedule = parse(FinetuneConfig, records[m]["config"], source=str(dirs[i]))
+            schedule = records[m].schedule(str(dirs[i]))
             rows = []
             for p in PRECISIONS:
                 if p == "float32":
-                    metrics = {s: records[m][s] for s in data.spec.dev_splits}
+                    metrics = {s: records[m].metrics[s] for s in data.spec.dev_splits}
                 else:
                     model = quantize(load_classifier(dirs[i], data.spec, schedule.seed))
                     with torch.inference_mode():
@@ -211,7 +210,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
             if json.loads((folder / "model" / "config.json").read_text()).get(
                     "model_type") != "nasbert":
                 continue  # a teacher prefix (transformers' BERT) has no token dropping
-            schedule = parse(FinetuneConfig, records[m]["config"], source=str(folder))
+            schedule = records[m].schedule(str(folder))
             search_lengths(run, data, m, schedule, lengths, drop=drop, protocol=protocol,
                            progress=progress)
     if bounds is not None:

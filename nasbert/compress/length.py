@@ -28,7 +28,6 @@ Run folder: ``finetune/<task>/<id>-lat/`` holds the LengthDrop model (``model/``
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import statistics
@@ -52,6 +51,7 @@ from nasbert.finetune.distill import (
     seconds_before,
     train_classifier,
 )
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.finetune.stage import (
     WorkDir,
     cached_result,
@@ -184,14 +184,13 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
     config = config or LengthDropConfig()
     task = data.spec.name
     source = run.finetune_dir(task, model_id)
-    student = (json.loads((source / "metrics.json").read_text())
-               if (source / "metrics.json").is_file() else None)
+    student = FinetunedRecord.load(source)
     if not student or not (source / "model").is_dir():
         raise ConfigError(f"holds no fine-tuned model; run `nasbert finetune {run} --task "
                           f"{task} --subnet {model_id}` first", source=str(source))
     folder = lat_dir(run, task, model_id)
     # the schedule too: its batch size, loss weights and lengths shape the training
-    key = digest([student["key"], dataclasses.asdict(config), dataclasses.asdict(schedule)])
+    key = digest([student.key, dataclasses.asdict(config), dataclasses.asdict(schedule)])
     cached = cached_result(folder, key)
     if cached:
         return cached
@@ -210,14 +209,12 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
             seed=config.seed, length_configs=sandwich(blocks, config), eval_set=held,
             checkpoint_seconds=CHECKPOINT_SECONDS)
         metrics, preds = evaluate(model, run.tokenizer(), data, schedule)
-        record = {"id": model_id, "key": key, "student_key": student["key"], "task": task,
-                  "source": str(source), "arch": model.config.arch, "droppable": blocks,
-                  "train_examples": len(train), "heldout_examples": len(held),
-                  "config": dataclasses.asdict(config),
-                  "schedule": dataclasses.asdict(schedule),
-                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
-                  "history": history,
-                  **provenance()}
+        record = FinetunedRecord(model_id, key, task, dataclasses.asdict(config), metrics, extra={
+            "student_key": student.key, "source": str(source), "arch": model.config.arch,
+            "droppable": blocks, "train_examples": len(train), "heldout_examples": len(held),
+            "schedule": dataclasses.asdict(schedule),
+            "seconds": round(time.time() - start + seconds_before(history), 1),
+            "history": history, **provenance()}).to_dict()
         save_result(folder, model, run.tokenizer(), record, preds)
     return record
 

@@ -53,10 +53,11 @@ from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.augment import IGNORE, AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.io import atomic_dir, atomic_write_text, cached_record
 from nasbert.provenance import provenance
 from nasbert.run import NGRAM, TEACHER, RunDir, is_ngram
-from nasbert.schema import check, parse
+from nasbert.schema import check
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -99,7 +100,7 @@ class NgramStudentConfig:
         check(self.batch_size > 0, "must be positive", field="batch_size")
 
 
-def teacher_schedule(run: RunDir, task: str) -> tuple[FinetuneConfig, dict]:
+def teacher_schedule(run: RunDir, task: str) -> tuple[FinetuneConfig, FinetunedRecord]:
     """The schedule the task's teacher was fine-tuned with, and its record (an error
     naming the command when there is none)."""
     folder = run.finetune_dir(task, TEACHER)
@@ -108,8 +109,8 @@ def teacher_schedule(run: RunDir, task: str) -> tuple[FinetuneConfig, dict]:
         raise ConfigError(f"has no teacher fine-tuned on {task}; an n-gram student distils "
                           f"one: run `nasbert finetune {run} --task {task}` first",
                           source=str(run))
-    record = json.loads(record_file.read_text())
-    return parse(FinetuneConfig, record["config"], source=str(record_file)), record
+    record = FinetunedRecord.load(folder)
+    return record.schedule(str(record_file)), record
 
 
 def sentences(documents: list[str], *, pair: bool, limit: int, seed: int
@@ -129,7 +130,7 @@ def sentences(documents: list[str], *, pair: bool, limit: int, seed: int
     return out
 
 
-def _transfer(run: RunDir, data: TaskData, schedule: FinetuneConfig, teacher: dict,
+def _transfer(run: RunDir, data: TaskData, schedule: FinetuneConfig, teacher: FinetunedRecord,
               config: NgramStudentConfig, *, progress: bool) -> tuple[Examples, torch.Tensor,
                                                                       list]:
     """The teacher-labelled distillation text besides the training set: in-domain
@@ -171,7 +172,7 @@ def _transfer(run: RunDir, data: TaskData, schedule: FinetuneConfig, teacher: di
     examples, logits = Examples([], []), torch.empty(0, data.spec.num_labels)
     for name, identity, make in parts:
         more, more_logits = teacher_labels(run, data, schedule, name, identity, make,
-                                           teacher_key=teacher["key"], progress=progress)
+                                           teacher_key=teacher.key, progress=progress)
         examples = Examples(examples.texts + more.texts, examples.labels + more.labels)
         logits = torch.cat([logits, more_logits])
     return examples, logits, records
@@ -203,7 +204,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     run = RunDir.of(run)
     task = data.spec.name
     schedule, teacher = teacher_schedule(run, task)
-    if _identity(data.source) != _identity(teacher["data"]):
+    if _identity(data.source) != _identity(teacher.extra["data"]):
         raise ConfigError(f"was fine-tuned on other data than {data.source.get('path', task)}; "
                           f"give the data it was fine-tuned on, or fine-tune it again "
                           f"(`nasbert finetune {run} --task {task}`)",
@@ -211,7 +212,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     examples, logits, records = _transfer(run, data, schedule, teacher, config,
                                           progress=progress)
     folder = run.finetune_dir(task, model_id)
-    key = student_key(teacher["key"], config, records)
+    key = student_key(teacher.key, config, records)
     stored = cached_record(folder / "metrics.json", key)
     if stored:
         return stored
@@ -272,21 +273,21 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     model.eval()
     metrics, preds = evaluate(model, tokenizer, data, schedule)
     memory = model.memory_bytes()
-    record = {"id": model_id, "kind": NGRAM, "key": key, "teacher_key": teacher["key"],
-              "task": task, "data": data.source, "rows": len(tokenizer),
-              "params": sum(p.numel() for p in model.parameters()),
-              "memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
-              "train_examples": len(train), "transfer_examples": len(examples),
-              "text_sources": records, "mining": mined_stats,
-              "config": dataclasses.asdict(config), "teacher_config": teacher["config"],
-              "seconds": round(time.time() - start, 1), **metrics, "history": history,
-              **provenance()}
+    record = FinetunedRecord(model_id, key, task, dataclasses.asdict(config), metrics, extra={
+        "kind": NGRAM, "teacher_key": teacher.key, "data": data.source, "rows": len(tokenizer),
+        "params": sum(p.numel() for p in model.parameters()),
+        "memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
+        "train_examples": len(train), "transfer_examples": len(examples),
+        "text_sources": records, "mining": mined_stats, "teacher_config": teacher.config,
+        "seconds": round(time.time() - start, 1), "history": history,
+        **provenance()}).to_dict()
     _write(folder, model, tokenizer, record, preds, teacher)
     return record
 
 
 def _new_student(tokenizer: NgramTokenizer, data: TaskData, config: NgramStudentConfig,
-                 run: RunDir, teacher: dict, mining: dict) -> NgramForSequenceClassification:
+                 run: RunDir, teacher: FinetunedRecord,
+                 mining: dict) -> NgramForSequenceClassification:
     from nasbert.compress.configuration_ngram import NgramConfig
 
     spec = data.spec
@@ -301,13 +302,13 @@ def _new_student(tokenizer: NgramTokenizer, data: TaskData, config: NgramStudent
         token_pattern=tokenizer.token_pattern, pair=len(spec.columns) == 2,
         num_labels=spec.num_labels,
         problem_type="regression" if spec.is_regression else "single_label_classification",
-        task=spec.name, provenance={"run": str(run.path), "teacher": teacher["model"],
-                                    "teacher_key": teacher["key"],
+        task=spec.name, provenance={"run": str(run.path), "teacher": teacher.extra["model"],
+                                    "teacher_key": teacher.key,
                                     "mining": mining["config"]}, **labels))
 
 
 def _write(folder: Path, model, tokenizer: NgramTokenizer, record: dict,
-           preds: dict[str, list], teacher: dict) -> None:
+           preds: dict[str, list], teacher: FinetunedRecord) -> None:
     from nasbert.hf.quiet import quiet_transformers
 
     with atomic_dir(folder) as tmp:
@@ -321,18 +322,18 @@ def _write(folder: Path, model, tokenizer: NgramTokenizer, record: dict,
         atomic_write_text(tmp / "metrics.json", json.dumps(record, indent=1))
 
 
-def model_card(record: dict, teacher: dict) -> str:
+def model_card(record: dict, teacher: FinetunedRecord) -> str:
     from nasbert.data.tasks import task_spec
 
     spec = task_spec(record["task"])
     split, metric = spec.dev_splits[0], spec.metric
-    ours, theirs = record[split][metric], teacher[split][metric]
+    ours, theirs = record[split][metric], teacher.metrics[split][metric]
     mining = record["mining"]
     return "\n".join([
         f"# n-gram student for {record['task']}", "",
         "A sparse n-gram student (Sparse Distillation: a deep averaging network over word "
         f"n-grams), distilled by [nasbert](https://pypi.org/project/nasbert/) from the "
-        f"fine-tuned teacher `{teacher['model']}`. It is **task-specific**: it classifies "
+        f"fine-tuned teacher `{teacher.extra['model']}`. It is **task-specific**: it classifies "
         f"{record['task']} and nothing else.", "",
         "```python",
         "import nasbert",
@@ -366,23 +367,19 @@ def measure_ngram(run: RunDir | str | Path, task: str, protocol=None, *,
     run = RunDir.of(run)
     protocol = protocol or Protocol()
     folder = run.finetune_dir(task, model_id)
-    record_file = folder / "metrics.json"
-    if not record_file.is_file():
+    record = FinetunedRecord.load(folder)
+    if record is None:
         raise ConfigError(f"has no n-gram student for {task}; run `nasbert ngram {run} "
                           f"--task {task}`", source=str(run))
-    record = json.loads(record_file.read_text())
     device = device_id(fingerprint(protocol))
-    key = digest([record["key"], dataclasses.asdict(protocol), device])
+    key = digest([record.key, dataclasses.asdict(protocol), device])
     stored = cached_record(folder / "deploy.json", key)
     if stored:
         return stored
     ref = reference(run, protocol)
     ms = measure_clean([folder / "model"], protocol, rounds=protocol.rounds, reference=ref)[0]
-    from nasbert.data.tasks import task_spec
-
-    metrics = {s: record[s] for s in task_spec(task).dev_splits}
     deploy = FormsRecord(key, model_id, task, dataclasses.asdict(protocol),
-                         [MeasuredForm("float32", metrics, ms, device)], kind=NGRAM,
+                         [MeasuredForm("float32", record.metrics, ms, device)], kind=NGRAM,
                          provenance=provenance())
     deploy.save(folder / "deploy.json")
     return deploy.to_dict()

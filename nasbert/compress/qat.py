@@ -19,7 +19,6 @@ Run folder: ``finetune/<task>/<id>-qat/`` (``model/``: float32 weights trained f
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -28,8 +27,8 @@ import torch
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
-from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import evaluate, train_classifier
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.finetune.stage import (
     WorkDir,
     cached_result,
@@ -39,7 +38,7 @@ from nasbert.finetune.stage import (
 )
 from nasbert.provenance import provenance
 from nasbert.run import RunDir, Variant
-from nasbert.schema import check, parse
+from nasbert.schema import check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +75,16 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
     config = config or QatConfig()
     task = data.spec.name
     source = run.finetune_dir(task, model_id)
-    if not (source / "metrics.json").is_file() or not (source / "model").is_dir():
+    student = FinetunedRecord.load(source)
+    if student is None or not (source / "model").is_dir():
         raise ConfigError(f"holds no fine-tuned model; run `nasbert finetune {run} --task "
                           f"{task} --subnet {model_id}` first", source=str(source))
-    student = json.loads((source / "metrics.json").read_text())
     folder = qat_dir(run, task, model_id)
-    key = digest([student["key"], dataclasses.asdict(config)])
+    key = digest([student.key, dataclasses.asdict(config)])
     cached = cached_result(folder, key)
     if cached:
         return cached
-    schedule = parse(FinetuneConfig, student["config"], source=str(source))
+    schedule = student.schedule(str(source))
     tokenizer = run.tokenizer()
     train, _ = distillation_set(run, data, schedule)
     model = load_classifier(source / "model", data.spec, schedule.seed)
@@ -97,9 +96,9 @@ def train_quantization_aware(run: RunDir | str | Path, data: TaskData, model_id:
             workdir=work, progress=f"{task} {model_id} (int8-aware)" if progress else None)
     with torch.inference_mode():
         metrics, preds = evaluate(quantize(model), tokenizer, data, schedule)
-    record = {"id": model_id, "key": key, "student_key": student["key"], "task": task,
-              "source": str(source), "precision": "int8", "config": dataclasses.asdict(config),
-              "seconds": round(time.time() - start, 1), **metrics, "history": history,
-              **provenance()}
+    record = FinetunedRecord(model_id, key, task, dataclasses.asdict(config), metrics, extra={
+        "student_key": student.key, "source": str(source), "precision": "int8",
+        "seconds": round(time.time() - start, 1), "history": history,
+        **provenance()}).to_dict()
     save_result(folder, model, tokenizer, record, preds)
     return record

@@ -39,6 +39,7 @@ from nasbert.finetune.distill import (
     seconds_before,
     train_classifier,
 )
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
 from nasbert.model import check_model_dir
@@ -112,13 +113,13 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
             checkpoint_seconds=CHECKPOINT_SECONDS)
         metrics, preds = evaluate(model, tokenizer, data, config)
         logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len))
-        record = {"id": TEACHER, "key": key, "task": data.spec.name, "data": data.source,
-                  "model": run.recipe().teacher, "params": _params(model),
-                  "train_examples": len(train_set), "config": dataclasses.asdict(config),
-                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
-                  "history": history,
-                  **provenance()}
-        save_result(folder, model, tokenizer, record, preds,
+        record = FinetunedRecord(
+            TEACHER, key, data.spec.name, dataclasses.asdict(config), metrics, extra={
+                "data": data.source, "model": run.recipe().teacher, "params": _params(model),
+                "train_examples": len(train_set),
+                "seconds": round(time.time() - start + seconds_before(history), 1),
+                "history": history, **provenance()})
+        save_result(folder, model, tokenizer, record.to_dict(), preds,
               extra={"train_logits.pt": {"key": key, "logits": logits}})
     return folder
 
@@ -297,14 +298,14 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
         card = {}
         if (source / "nasbert.json").is_file():
             card = json.loads((source / "nasbert.json").read_text())
-        record = {"id": model_id, "key": key, "teacher_key": tkey, "task": data.spec.name,
-                  "data": data.source, "source": str(source),
-                  "stage_one": identity != "extracted", "arch": card.get("arch"),
-                  "params": _params(model), "train_examples": len(train_examples),
-                  "augmented": augmented, "config": dataclasses.asdict(config),
-                  "seconds": round(time.time() - start + seconds_before(history), 1), **metrics,
-                  "history": history,
-                  **provenance()}
+        record = FinetunedRecord(
+            model_id, key, data.spec.name, dataclasses.asdict(config), metrics, extra={
+                "teacher_key": tkey, "data": data.source, "source": str(source),
+                "stage_one": identity != "extracted", "arch": card.get("arch"),
+                "params": _params(model), "train_examples": len(train_examples),
+                "augmented": augmented,
+                "seconds": round(time.time() - start + seconds_before(history), 1),
+                "history": history, **provenance()}).to_dict()
         save_result(folder, model if save_model else None, tokenizer, record, preds)
     return record
 
@@ -324,7 +325,7 @@ def finetune(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None
         check_model_dir(student_source(run, model_id, config.init)[0], any_type=True)
     main, metric = data.spec.dev_splits[0], data.spec.metric
     teacher_dir = finetune_teacher(run, data, config, progress=progress)
-    results = {TEACHER: json.loads((teacher_dir / "metrics.json").read_text())}
+    results = {TEACHER: FinetunedRecord.load(teacher_dir).to_dict()}
     if progress:
         print(f"{TEACHER:<24} {metric} {results[TEACHER][main][metric]:.4f}", flush=True)
     for model_id in ids:
