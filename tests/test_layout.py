@@ -67,7 +67,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stage: train", ("nasbert.train",)),
     ("stage: latency", ("nasbert.latency",)),
     ("stage: search", ("nasbert.search",)),
-    ("stage: finetune", ("nasbert.finetune",)),
+    ("stage: finetune", ("nasbert.finetune", "nasbert.embed")),
     ("stage: compress", ("nasbert.compress",)),
     ("pipeline", ("nasbert.pipeline",)),
     ("cli", ("nasbert.cli", "nasbert.__main__")),

@@ -1,0 +1,62 @@
+"""Zero-shot sentence-embedding quality: pooled as the teacher pools, scored on pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nasbert.embed import Pooling, read_pairs, sts_score
+from nasbert.errors import ConfigError
+
+
+
+def test_pooling_is_read_from_a_sentence_transformers_folder(tmp_path):
+    assert Pooling.of(tmp_path) == Pooling()  # a plain folder: the mean
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    (tmp_path / "modules.json").write_text(json.dumps(
+        [{"path": "", "type": "sentence_transformers.models.Transformer"},
+         {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+         {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 64}')
+    assert Pooling.of(tmp_path) == Pooling("cls", True, 64)
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}))
+    with pytest.raises(ConfigError, match="exactly one"):
+        Pooling.of(tmp_path)
+
+
+def test_pairs_are_read_by_their_header_and_a_missing_column_is_named(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("id\tsentence1\tsentence2\tscore\n0\ta cat\ta dog\t2.5\n1\tx\ty\t\n"
+                    '2\t"quoted\tz\t4\n')
+    pairs, scores = read_pairs(path)
+    assert pairs == [("a cat", "a dog"), ('"quoted', "z")] and scores == [2.5, 4.0]
+    with pytest.raises(ConfigError, match="no column 'label'"):
+        read_pairs(path, ("sentence1", "sentence2", "label"))
+    with pytest.raises(ConfigError, match="is missing"):
+        read_pairs(tmp_path / "none.tsv")
+
+
+def test_the_packaged_teacher_scores_sts_b_pairs_and_a_random_encoder_does_not(
+        tmp_path, shared_data):
+    """The real teacher, pooled as its folder says, on 200 STS-B training pairs; the same
+    architecture with fresh weights scores far below it."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from nasbert.teacher import resolve
+
+    teacher = resolve("minilm-l6")
+    pairs, scores = read_pairs(shared_data / "glue" / "STS-B" / "train.tsv")
+    pairs, scores = pairs[:200], scores[:200]
+    pooling = Pooling.of(teacher)
+    assert pooling == Pooling("mean", True, 256)
+    good = sts_score(teacher, pairs, scores, pooling=pooling)
+    assert good["pairs"] == 200 and good["spearman"] > 70
+    random = tmp_path / "random"
+    AutoModel.from_config(AutoConfig.from_pretrained(teacher)).save_pretrained(random)
+    bad = sts_score(random, pairs, scores, pooling=pooling,
+                    tokenizer=AutoTokenizer.from_pretrained(teacher))
+    assert bad["spearman"] < good["spearman"] - 20
