@@ -10,7 +10,6 @@ from nasbert.embed import Pooling, read_pairs, sts_score
 from nasbert.errors import ConfigError
 
 
-
 def test_pooling_is_read_from_a_sentence_transformers_folder(tmp_path):
     assert Pooling.of(tmp_path) == Pooling()  # a plain folder: the mean
     (tmp_path / "1_Pooling").mkdir()
