@@ -94,7 +94,7 @@ class Plan:
 def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: Protocol, *,
                 trials: int = 150, top_k: int = 5, refine: int = 0, baselines: bool = True,
                 tolerance: float = 0.05, reach: float = 2.0,
-                budgets_ms: Mapping[str, float] | None = None,
+                budgets_ms: Mapping[str, float] | None = None, seed: int = 0,
                 progress: bool = True) -> dict[str, dict[str, str]]:
     """The models to compare at about each speedup over the teacher, at equal measured
     latency. Returns speedup name -> {kind: model id}.
@@ -125,7 +125,8 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
     The plan, its budgets and the latencies that set them and that its searched models
     measured are stored in ``search/plan.json`` and reused while the request is the same,
     so that a resumed run (or a later script) compares the same models, not a fresh
-    match made with noisier or quieter latency measurements."""
+    match made with noisier or quieter latency measurements. ``seed`` seeds the search
+    (its sampling back ends and refinement)."""
     if budgets_ms is not None and baselines:
         raise ValueError("budgets_ms replaces the baselines' budgets: give baselines=False")
     run = RunDir.of(run)
@@ -133,6 +134,8 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
                "match": "search under the fastest baseline", "reach": reach,
                "budgets_ms": dict(budgets_ms) if budgets_ms is not None else None,
                "device": device_id(fingerprint(protocol))}
+    if seed:  # (plans made before the seed was a choice were made at 0)
+        request["seed"] = seed
     previous = Plan.load(run)
     if previous is not None:  # matched once: a resumed run compares the same models
         if previous.request == request and all(
@@ -166,7 +169,7 @@ def plan_models(run: RunDir | str | Path, speedups: Sequence[float], protocol: P
     else:
         options = {name: [target * (1 + tolerance)] for name, target in targets.items()}
     budgets = _search_budgets(run, options, notes, trials=trials, top_k=top_k, refine=refine,
-                              protocol=protocol, progress=progress, teacher_ms=base)
+                              protocol=protocol, progress=progress, teacher_ms=base, seed=seed)
     plan = {name: {"searched": b.name, **groups.get(name, {})} for name, b in budgets.items()}
     chosen = load_chosen(run)
     for name, ids in plan.items():
