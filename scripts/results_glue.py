@@ -571,13 +571,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "glue.md"))
     parser.add_argument("--render-only", action="store_true",
                         help="write the table from what the run holds now; train nothing")
+    parser.add_argument("--gpu", action="store_true",
+                        help="build the run's supernet and stage one on a CUDA GPU (latency "
+                             "is still timed on the CPU)")
     args = parser.parse_args()
     run = RunDir(args.run)
-    config = ResultsConfig(glue_dir=args.data_dir)
+    config = ResultsConfig(glue_dir=args.data_dir, gpu=args.gpu)
     if not args.render_only:
         build_results(run, config, protocol=Protocol())
     render(run, config, Path(args.out),
-           f"python scripts/results_glue.py --run {args.run} --data-dir {args.data_dir}")
+           f"python scripts/results_glue.py --run {args.run} --data-dir {args.data_dir}"
+           + (" --gpu" if args.gpu else ""))
 
 
 if __name__ == "__main__":

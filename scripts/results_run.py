@@ -69,6 +69,9 @@ class ResultsConfig:
     longer: float = 2.0
     # a task's schedule; default: GLUE_SCHEDULES, and for tweets 10,000 examples, 2 epochs
     schedules: Mapping[str, FinetuneConfig] = dataclasses.field(default_factory=dict)
+    # train the supernet and stage one on a CUDA GPU (fine-tuning takes one when there is
+    # one); latency is still measured on the CPU, as the protocol says
+    gpu: bool = False
 
     def longer_steps(self, run: RunDir) -> int:
         """The steps of the supernet trained longer: ``longer`` times the run's."""
@@ -203,7 +206,10 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
     config = config or ResultsConfig()
     clock = StageClock(run, progress=progress)
     with clock.stage("supernet"):
-        train_supernet(load_recipe(config.recipe), run, progress=progress)
+        recipe = load_recipe(config.recipe)
+        scaling = dataclasses.replace(recipe.scaling,
+                                      use_gpu=config.gpu or recipe.scaling.use_gpu)
+        train_supernet(dataclasses.replace(recipe, scaling=scaling), run, progress=progress)
     with clock.stage("latency"):
         profile(run, protocol, samples=config.latency_samples, progress=progress)
         fit(run, protocol)
@@ -212,7 +218,7 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
                            refine=config.refine, progress=progress)
         latency = side_by_side(run, plan_ids(plan), protocol)
     with clock.stage("stage one"):
-        distill(run, plan_ids(plan), config.distill, progress=progress)
+        distill(run, plan_ids(plan), config.distill, scaling=scaling, progress=progress)
     data = {task: load_task(task, None if task == "tweets" else config.glue_dir,
                             seed=config.schedule(task).seed) for task in config.tasks}
 
@@ -229,7 +235,7 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
         others = [i for i in run.subnet_ids() if i not in plan_ids(plan)]
         if others:  # (none given: distill would take every model)
             with clock.stage("stage one"):
-                distill(run, others, config.distill, progress=progress)
+                distill(run, others, config.distill, scaling=scaling, progress=progress)
         for model_id in others:
             train(config.estimate_task, model_id, config.schedule(config.estimate_task))
     group = plan.get(config.ablation_group, {})
@@ -250,7 +256,7 @@ def build_results(run: RunDir | str | Path, config: ResultsConfig | None = None,
         changed = [i for name, i in picks.items() if i != plan[name]["searched"]]
         if changed:
             with clock.stage("stage one"):
-                distill(run, changed, config.distill, progress=progress)
+                distill(run, changed, config.distill, scaling=scaling, progress=progress)
         for model_id in changed:
             train(config.estimate_task, model_id, config.schedule(config.estimate_task))
     for seed in config.seeds:
