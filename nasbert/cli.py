@@ -856,6 +856,58 @@ def _query_deployment(args: argparse.Namespace, run, budgets: list) -> None:
             print(f"wrote         {written['onnx']}")
 
 
+# ---- embed-eval
+
+
+@_verb("embed-eval", "zero-shot sentence-embedding quality of a run's models or a folder")
+def _add_embed_eval(p: argparse.ArgumentParser) -> None:
+    from nasbert.embed import EmbeddingEval
+
+    p.add_argument("run", metavar="RUN", help="a run directory (its teacher and every model "
+                   "under subnets/, after stage one where it ran) or one model folder")
+    _add_subnets(p)
+    p.add_argument("--teacher", help="the sentence-transformers folder whose pooling (and "
+                   "tokenizer, for a folder that has none) to use (default: the run's teacher; "
+                   "for one folder, the folder itself)")
+    _add_config(p, _Section("", EmbeddingEval))
+    _add_json(p)
+    p.set_defaults(func=_embed_eval)
+
+
+def _embed_eval(args: argparse.Namespace) -> None:
+    from nasbert.embed import Pooling, evaluate, run_encoders
+    from nasbert.run import RunDir
+
+    config = _configs(args)[""]
+    target = Path(args.run)
+    if (target / "config.json").is_file():  # one model folder
+        from transformers import AutoTokenizer
+
+        models: dict = {target.name: target}
+        pooling = Pooling.of(args.teacher or target)
+        own = any((target / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
+        if not own and not args.teacher:
+            raise ConfigError("has no tokenizer; give --teacher, the folder of the teacher "
+                              "it was made from", source=str(target))
+        tokenizer = AutoTokenizer.from_pretrained(str(target if own else args.teacher))
+    else:
+        run = RunDir(target)
+        models = run_encoders(run, args.subnet or None)
+        pooling = Pooling.of(args.teacher or run.teacher_name())
+        tokenizer = run.tokenizer()
+    with _stdout_for(args):
+        scores = evaluate(models, config, pooling=pooling, tokenizer=tokenizer)
+    if args.json:
+        _dump({"pooling": dataclasses.asdict(pooling), "models": scores})
+        return
+    print(f"pooling       {pooling.mode}{', normalised' if pooling.normalize else ''}, "
+          f"at most {pooling.max_seq_length} tokens")
+    for name, row in scores.items():
+        extra = f"  recall@1 {row['recall@1']:.1f}" if "recall@1" in row else ""
+        print(f"{name:<24} Spearman {row['spearman']:6.2f}  Pearson {row['pearson']:6.2f}"
+              f"{extra}  ({row['pairs']} pairs)")
+
+
 # ---- finetune, sweep
 
 

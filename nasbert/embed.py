@@ -138,3 +138,78 @@ def sts_score(model_dir: str | Path, pairs: Sequence[tuple[str, str]], scores: S
     return {"spearman": round(100 * float(spearmanr(cosine, scores).statistic), 3),
             "pearson": round(100 * float(pearsonr(cosine, scores).statistic), 3),
             "pairs": len(pairs)}
+
+
+# MRPC's columns: the paraphrase pairs a retrieval check reads
+MRPC_COLUMNS = ("#1 String", "#2 String", "Quality")
+
+
+def retrieval(model_dir: str | Path, pairs: Sequence[tuple[str, str]],
+              labels: Sequence[float], *, pooling: Pooling | None = None,
+              tokenizer=None) -> dict[str, float]:
+    """Recall@1 (x 100) of paraphrase retrieval: for each positive pair (label 1), is
+    its second sentence the nearest, by cosine, to its first among every pair's second
+    sentence? (MRPC dev: 279 positives among 408 candidates.)"""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.hf.quiet import quiet_transformers
+
+    positives = [i for i, y in enumerate(labels) if y == 1]
+    if not positives:
+        raise ConfigError("holds no positive pair (label 1) to retrieve", source="pairs")
+    pooling = pooling or Pooling.of(model_dir)
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(str(model_dir))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
+    queries = torch.nn.functional.normalize(
+        encode(model, tokenizer, [pairs[i][0] for i in positives], pooling), dim=-1)
+    candidates = torch.nn.functional.normalize(
+        encode(model, tokenizer, [b for _, b in pairs], pooling), dim=-1)
+    nearest = (queries @ candidates.T).argmax(dim=1).tolist()
+    hits = sum(n == i for n, i in zip(nearest, positives))
+    return {"recall@1": round(100 * hits / len(positives), 3), "queries": len(positives),
+            "candidates": len(pairs)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingEval:
+    """What to score a model's embeddings on: STS-style pairs with gold similarity, and
+    optionally paraphrase pairs to retrieve (MRPC's dev file)."""
+
+    pairs: str  # a TSV whose header names ``columns``
+    columns: tuple[str, str, str] = COLUMNS
+    max_pairs: int | None = None  # the first N pairs only
+    retrieval: str | None = None  # MRPC's dev.tsv (or a TSV with MRPC's columns)
+
+
+def evaluate(model_dirs: dict[str, str | Path], config: EmbeddingEval, *,
+             pooling: Pooling, tokenizer=None) -> dict[str, dict[str, float]]:
+    """Each model's (name -> folder) STS Spearman and Pearson and, with
+    ``config.retrieval``, its paraphrase recall@1, all pooled by ``pooling``."""
+    pairs, gold = read_pairs(config.pairs, config.columns)
+    if config.max_pairs:
+        pairs, gold = pairs[:config.max_pairs], gold[:config.max_pairs]
+    paraphrases = (read_pairs(config.retrieval, MRPC_COLUMNS) if config.retrieval else None)
+    out = {}
+    for name, folder in model_dirs.items():
+        out[name] = sts_score(folder, pairs, gold, pooling=pooling, tokenizer=tokenizer)
+        if paraphrases is not None:
+            out[name].update(retrieval(folder, *paraphrases, pooling=pooling,
+                                       tokenizer=tokenizer))
+    return out
+
+
+def run_encoders(run, models: Sequence[str] | None = None) -> dict[str, Path | str]:
+    """The encoders of a run, by name: the teacher, then each model under ``subnets/``
+    (default: all) as stage one left it, or as extracted where it had no stage one."""
+    from nasbert.run import TEACHER, RunDir
+
+    run = RunDir.of(run)
+    out: dict[str, Path | str] = {TEACHER: run.teacher_name()}
+    for model_id in run.model_ids(list(models) if models else None):
+        distilled = run.distilled_dir(model_id)
+        out[model_id] = distilled if (distilled / "config.json").is_file() \
+            else run.subnet_dir(model_id)
+    return out

@@ -59,3 +59,33 @@ def test_the_packaged_teacher_scores_sts_b_pairs_and_a_random_encoder_does_not(
     bad = sts_score(random, pairs, scores, pooling=pooling,
                     tokenizer=AutoTokenizer.from_pretrained(teacher))
     assert bad["spearman"] < good["spearman"] - 20
+
+
+def test_embed_eval_scores_a_run_s_encoders_and_one_folder(tiny_run, tmp_path, capsys):
+    """The command on the tiny run: the teacher and every subnet, STS Spearman and
+    Pearson and paraphrase recall@1, as one JSON document; one model folder alone; a
+    file without the columns is one line and exit 2."""
+    from nasbert.cli import main
+    from nasbert.extract import save_subnet
+    from nasbert.run import RunDir
+
+    from conftest import write_glue_task
+
+    run = RunDir(tiny_run)
+    save_subnet(run.supernet(), "E16|H16:M,F|H24:S3,I", run.subnet_dir("small"))
+    sts = write_glue_task(tmp_path, "stsb", train=40, dev=8) / "train.tsv"
+    mrpc = write_glue_task(tmp_path, "mrpc", train=8, dev=40) / "dev.tsv"
+    assert main(["embed-eval", str(run), "--pairs", str(sts), "--retrieval", str(mrpc),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["models"]) == {"teacher", "small"} and doc["pooling"]["mode"] == "mean"
+    for row in doc["models"].values():
+        assert row["pairs"] == 40 and -100 <= row["spearman"] <= 100
+        assert 0 <= row["recall@1"] <= 100 and row["candidates"] == 40
+    folder = ["embed-eval", str(run.subnet_dir("small")), "--pairs", str(sts)]
+    assert main(folder) == 2  # an extracted subnet carries no tokenizer
+    assert "has no tokenizer; give --teacher" in capsys.readouterr().err
+    assert main([*folder, "--max-pairs", "10", "--teacher", str(run.teacher_name())]) == 0
+    assert "(10 pairs)" in capsys.readouterr().out
+    assert main(["embed-eval", str(run), "--pairs", str(mrpc)]) == 2
+    assert "no column 'sentence1'" in capsys.readouterr().err
