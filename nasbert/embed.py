@@ -213,3 +213,34 @@ def run_encoders(run, models: Sequence[str] | None = None) -> dict[str, Path | s
         out[model_id] = distilled if (distilled / "config.json").is_file() \
             else run.subnet_dir(model_id)
     return out
+
+
+def agreement(encoders: dict[str, str | Path], texts: Sequence[str], *, reference: str,
+              pooling: Pooling, tokenizer=None) -> dict[str, float]:
+    """How far each encoder's embeddings agree with ``reference``'s (the teacher's), with
+    no labels: the Spearman correlation (x 100) between the cosine similarities of every
+    pair of ``texts`` under each encoder and under the reference (100 for the reference
+    itself)."""
+    import torch
+    from scipy.stats import spearmanr
+    from transformers import AutoModel, AutoTokenizer
+
+    import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.hf.quiet import quiet_transformers
+
+    if len(texts) < 3:
+        raise ConfigError(f"gives {len(texts)} texts; agreement needs at least 3",
+                          source="agreement")
+    upper = torch.triu_indices(len(texts), len(texts), offset=1)
+
+    def similarities(folder) -> torch.Tensor:
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(str(folder))
+            tok = tokenizer or AutoTokenizer.from_pretrained(str(folder))
+        vec = torch.nn.functional.normalize(encode(model, tok, texts, pooling), dim=-1)
+        return (vec @ vec.T)[upper[0], upper[1]]
+
+    ref = similarities(encoders[reference]).numpy()
+    return {name: 100.0 if name == reference else
+            round(100 * float(spearmanr(similarities(folder).numpy(), ref).statistic), 3)
+            for name, folder in encoders.items()}

@@ -81,6 +81,10 @@ class Row:
     metric: float
     share: float  # of the teacher's metric
     others: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's other metrics
+    # no labels needed: the Spearman (x 100) between the model's and the teacher's cosine
+    # similarities of every pair of the task's dev texts (nasbert.embed.agreement), its
+    # encoder as stage one left it; NaN where it has none (the n-gram student)
+    agreement: float = float("nan")
 
 
 def measure_side_by_side(run: RunDir | str | Path, ids: Sequence[str], protocol: Protocol,
@@ -152,8 +156,10 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     def others(model_id: str) -> dict[str, float]:
         return {m: results[model_id][dev][m] for m in spec.metrics if m != metric}
 
+    agree = _agreement(run, ids, spec.name, data_dir, config)
+
     rows = [Row("teacher", TEACHER, "teacher", "", results[TEACHER]["params"], base_ms, 1.0,
-                teacher_metric, 1.0, others(TEACHER))]
+                teacher_metric, 1.0, others(TEACHER), agree[TEACHER])]
     for name, group in plan.items():
         for kind, model_id in group.items():
             r = results[model_id]
@@ -161,7 +167,7 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
             rows.append(Row(label, model_id, kind, name, r["params"], latency[model_id],
                             base_ms / latency[model_id], r[dev][metric],
                             r[dev][metric] / teacher_metric if teacher_metric else float("nan"),
-                            others(model_id)))
+                            others(model_id), agree[model_id]))
     if ngram is not None and NGRAM in latency:
         r = results[NGRAM]
         rows.append(Row("n-gram student (task-specific)", NGRAM, NGRAM, "", r["params"],
@@ -171,16 +177,34 @@ def compare(run: RunDir | str | Path, task: str, plan: Mapping[str, Mapping[str,
     return rows
 
 
+def _agreement(run: RunDir, ids: Sequence[str], task: str, data_dir, config: FinetuneConfig
+               ) -> dict[str, float]:
+    """Each model's agreement with the teacher on the task's dev texts (its first dev
+    split, as many as the schedule evaluates), the teacher's pooling."""
+    from nasbert.data.tasks import load_task
+    from nasbert.embed import Pooling, agreement, run_encoders
+
+    data = load_task(task, data_dir, seed=config.seed)
+    examples = data.split(data.spec.dev_splits[0]).subset(config.max_dev_examples, config.seed)
+    texts = [" ".join(t) for t in examples.texts]
+    return agreement(run_encoders(run, ids), texts, reference=TEACHER,
+                     pooling=Pooling.of(run.teacher_name()), tokenizer=run.tokenizer())
+
+
 def render(rows: Sequence[Row], task: str, metric: str) -> str:
-    """The comparison as a Markdown table (the task's other metrics in the last columns)."""
+    """The comparison as a Markdown table (the task's other metrics, then the agreement
+    with the teacher, in the last columns)."""
     extra = list(rows[0].others) if rows else []
     lines = [f"| model ({task}) | parameters | latency ms | speedup | dev {metric} | "
-             "of teacher |" + "".join(f" dev {m} |" for m in extra),
-             "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(extra)]
+             "of teacher |" + "".join(f" dev {m} |" for m in extra)
+             + " agreement with teacher |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * (len(extra) + 1)]
     for r in rows:
+        agree = "-" if r.agreement != r.agreement else f"{r.agreement:.1f}"
         lines.append(f"| {r.model} | {r.params / 1e6:.2f}M | {r.latency_ms:.2f} | "
                      f"{r.speedup:.2f}x | {r.metric:.4f} | {r.share:.1%} |"
-                     + "".join(f" {r.others.get(m, float('nan')):.4f} |" for m in extra))
+                     + "".join(f" {r.others.get(m, float('nan')):.4f} |" for m in extra)
+                     + f" {agree} |")
     return "\n".join(lines)
 
 

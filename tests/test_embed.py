@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from nasbert.embed import Pooling, read_pairs, sts_score
 from nasbert.errors import ConfigError
+
+from conftest import WORDS
 
 
 def test_pooling_is_read_from_a_sentence_transformers_folder(tmp_path):
@@ -89,3 +92,24 @@ def test_embed_eval_scores_a_run_s_encoders_and_one_folder(tiny_run, tmp_path, c
     assert "(10 pairs)" in capsys.readouterr().out
     assert main(["embed-eval", str(run), "--pairs", str(mrpc)]) == 2
     assert "no column 'sentence1'" in capsys.readouterr().err
+
+
+def test_agreement_is_100_for_the_teacher_s_own_copy_and_less_for_fresh_weights(
+        tiny_teacher, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from nasbert.embed import agreement
+
+    fresh = tmp_path / "fresh"
+    AutoModel.from_config(AutoConfig.from_pretrained(tiny_teacher)).save_pretrained(fresh)
+
+    rng = random.Random(0)
+    words = list(WORDS)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(12)]
+    scores = agreement({"teacher": tiny_teacher, "copy": tiny_teacher, "fresh": fresh}, texts,
+                       reference="teacher", pooling=Pooling(),
+                       tokenizer=AutoTokenizer.from_pretrained(tiny_teacher))
+    assert scores["teacher"] == 100.0 and scores["copy"] == pytest.approx(100.0)
+    assert scores["fresh"] < 90
+    with pytest.raises(ConfigError, match="at least 3"):
+        agreement({"teacher": tiny_teacher}, texts[:2], reference="teacher", pooling=Pooling())

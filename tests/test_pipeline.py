@@ -15,13 +15,16 @@ from conftest import quick_finetune, tiny_recipe_text
 
 def test_table_shows_the_tasks_other_metrics():
     rows = [Row("teacher", "teacher", "teacher", "", 2_000_000, 10.0, 1.0, 0.84, 1.0,
-                {"accuracy": 0.75}),
+                {"accuracy": 0.75}, 100.0),
             Row("searched 2x", "a", "searched", "2x", 1_000_000, 5.0, 2.0, 0.81, 0.81 / 0.84,
-                {"accuracy": 0.70})]
+                {"accuracy": 0.70}, 87.25),
+            Row("n-gram student", "ngram", "ngram", "", 100, 0.1, 100.0, 0.7, 0.7 / 0.84,
+                {"accuracy": 0.6})]
     header, rule, *lines = render(rows, "mrpc", "f1").splitlines()
-    assert header.endswith("| dev f1 | of teacher | dev accuracy |")
+    assert header.endswith("| dev f1 | of teacher | dev accuracy | agreement with teacher |")
     assert rule.count("|") == header.count("|")
-    assert lines[1] == "| searched 2x | 1.00M | 5.00 | 2.00x | 0.8100 | 96.4% | 0.7000 |"
+    assert lines[1] == "| searched 2x | 1.00M | 5.00 | 2.00x | 0.8100 | 96.4% | 0.7000 | 87.2 |"
+    assert lines[2].endswith("| 0.6000 | - |")  # no encoder to compare
 
 
 def test_compare_measures_and_tabulates_side_by_side(tiny_run, glue, protocol):
@@ -36,6 +39,8 @@ def test_compare_measures_and_tabulates_side_by_side(tiny_run, glue, protocol):
     for r in rows[1:]:
         assert r.latency_ms > 0 and r.speedup == pytest.approx(rows[0].latency_ms / r.latency_ms)
         assert r.share == pytest.approx(r.metric / rows[0].metric)
+    assert rows[0].agreement == 100.0  # the teacher with itself
+    assert all(-100 <= r.agreement < 100 for r in rows[1:])
     table = render(rows, "sst2", "accuracy")
     assert table.count("\n") == 4 and "searched 1x" in table
 
