@@ -244,3 +244,58 @@ def agreement(encoders: dict[str, str | Path], texts: Sequence[str], *, referenc
     return {name: 100.0 if name == reference else
             round(100 * float(spearmanr(similarities(folder).numpy(), ref).statistic), 3)
             for name, folder in encoders.items()}
+
+
+def export_sentence_transformers(model_dir: str | Path, out: str | Path, *,
+                                 teacher: str | Path, pooling: Pooling | None = None) -> Path:
+    """Write ``model_dir`` (a student's encoder) as a folder that
+    ``sentence_transformers.SentenceTransformer(out)`` loads: the model, the teacher's
+    tokenizer (unless the folder has its own), and the modules the teacher pools with
+    (``modules.json``, ``1_Pooling/``, ``2_Normalize/`` when it normalises,
+    ``sentence_bert_config.json``), so that its embeddings are :func:`encode`'s. A
+    NAS-BERT student needs ``import nasbert`` before loading (it registers the model
+    type; without it transformers refuses the folder, naming the unknown ``nasbert``
+    type). Written whole or not at all."""
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    import nasbert  # noqa: F401 - registers the nasbert model type
+    from nasbert.hf.quiet import quiet_transformers
+    from nasbert.io import atomic_dir, atomic_write_text
+
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError("is not a model folder (no config.json)", source=str(model_dir))
+    pooling = pooling or Pooling.of(teacher)
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(str(model_dir))
+        own = any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir if own else teacher))
+    width = config.hidden_size  # a NAS-BERT student outputs at the teacher's width
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    if pooling.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    with atomic_dir(out) as tmp:
+        for f in model_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        with quiet_transformers():
+            tokenizer.save_pretrained(tmp)
+        atomic_write_text(tmp / "modules.json", json.dumps(modules, indent=2))
+        (tmp / "1_Pooling").mkdir()
+        atomic_write_text(tmp / "1_Pooling" / "config.json", json.dumps({
+            "word_embedding_dimension": width,
+            "pooling_mode_cls_token": pooling.mode == "cls",
+            "pooling_mode_mean_tokens": pooling.mode == "mean",
+            "pooling_mode_max_tokens": pooling.mode == "max",
+            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+        if pooling.normalize:
+            (tmp / "2_Normalize").mkdir()
+        atomic_write_text(tmp / "sentence_bert_config.json", json.dumps(
+            {"max_seq_length": pooling.max_seq_length, "do_lower_case": False}, indent=2))
+    return out

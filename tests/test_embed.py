@@ -113,3 +113,32 @@ def test_agreement_is_100_for_the_teacher_s_own_copy_and_less_for_fresh_weights(
     assert scores["fresh"] < 90
     with pytest.raises(ConfigError, match="at least 3"):
         agreement({"teacher": tiny_teacher}, texts[:2], reference="teacher", pooling=Pooling())
+
+
+def test_a_student_exports_as_a_sentence_transformers_folder_with_the_same_embeddings(
+        tiny_run, tmp_path):
+    """`SentenceTransformer(folder)` loads the exported student and embeds as nasbert's
+    own evaluation does (to 1e-5), normalised as the teacher's pooling says."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from transformers import AutoModel, AutoTokenizer
+
+    from nasbert.embed import encode, export_sentence_transformers
+    from nasbert.extract import save_subnet
+    from nasbert.run import RunDir
+
+    run = RunDir(tiny_run)
+    student = save_subnet(run.supernet(), "E16|H16:M,F|H24:S3,I", tmp_path / "student").path
+    pooling = Pooling("mean", True, 32)
+    out = export_sentence_transformers(student, tmp_path / "st", teacher=run.teacher_name(),
+                                       pooling=pooling)
+    rng = random.Random(1)
+    texts = [" ".join(rng.choice(list(WORDS)) for _ in range(rng.randint(2, 40)))
+             for _ in range(9)]
+    theirs = sentence_transformers.SentenceTransformer(str(out), device="cpu").encode(
+        texts, convert_to_tensor=True)
+    ours = encode(AutoModel.from_pretrained(str(student)),
+                  AutoTokenizer.from_pretrained(run.teacher_name()), texts, pooling)
+    assert theirs.shape == ours.shape and (theirs - ours).abs().max().item() < 1e-5
+    assert Pooling.of(out) == pooling  # the folder says how it pools
+    with pytest.raises(ConfigError, match="not a model folder"):
+        export_sentence_transformers(tmp_path, tmp_path / "x", teacher=run.teacher_name())
