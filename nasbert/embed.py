@@ -115,23 +115,32 @@ def encode(model, tokenizer, texts: Sequence[str], pooling: Pooling, *,
     return torch.cat(out)
 
 
-def sts_score(model_dir: str | Path, pairs: Sequence[tuple[str, str]], scores: Sequence[float],
-              *, pooling: Pooling | None = None, tokenizer=None) -> dict[str, float]:
-    """Spearman and Pearson (x 100) of the cosine between each pair's embeddings and the
-    gold ``scores``, for the encoder in ``model_dir`` (any transformers folder; a NAS-BERT
-    one once ``nasbert`` is imported, as here). ``tokenizer``: the folder's own by
-    default."""
-    import torch
-    from scipy.stats import pearsonr, spearmanr
+def load_encoder(model_dir: str | Path, tokenizer=None):
+    """The encoder in ``model_dir`` (any transformers folder; a NAS-BERT one too, as
+    importing nasbert registers it) and ``tokenizer``, by default the folder's own."""
     from transformers import AutoModel, AutoTokenizer
 
     import nasbert  # noqa: F401 - registers the nasbert model type
     from nasbert.hf.quiet import quiet_transformers
 
-    pooling = pooling or Pooling.of(model_dir)
     with quiet_transformers():
         model = AutoModel.from_pretrained(str(model_dir))
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
+        return model, tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def sts_score(model_dir: str | Path, pairs: Sequence[tuple[str, str]], scores: Sequence[float],
+              *, pooling: Pooling | None = None, tokenizer=None) -> dict[str, float]:
+    """Spearman and Pearson (x 100) of the cosine between each pair's embeddings and the
+    gold ``scores``, for the encoder in ``model_dir`` (:func:`load_encoder`)."""
+    return _sts(*load_encoder(model_dir, tokenizer), pairs, scores,
+                pooling or Pooling.of(model_dir))
+
+
+def _sts(model, tokenizer, pairs: Sequence[tuple[str, str]], scores: Sequence[float],
+         pooling: Pooling) -> dict[str, float]:
+    import torch
+    from scipy.stats import pearsonr, spearmanr
+
     first = encode(model, tokenizer, [a for a, _ in pairs], pooling)
     second = encode(model, tokenizer, [b for _, b in pairs], pooling)
     cosine = torch.nn.functional.cosine_similarity(first, second).numpy()
@@ -150,19 +159,17 @@ def retrieval(model_dir: str | Path, pairs: Sequence[tuple[str, str]],
     """Recall@1 (x 100) of paraphrase retrieval: for each positive pair (label 1), is
     its second sentence the nearest, by cosine, to its first among every pair's second
     sentence? (MRPC dev: 279 positives among 408 candidates.)"""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    return _retrieve(*load_encoder(model_dir, tokenizer), pairs, labels,
+                     pooling or Pooling.of(model_dir))
 
-    import nasbert  # noqa: F401 - registers the nasbert model type
-    from nasbert.hf.quiet import quiet_transformers
+
+def _retrieve(model, tokenizer, pairs: Sequence[tuple[str, str]], labels: Sequence[float],
+              pooling: Pooling) -> dict[str, float]:
+    import torch
 
     positives = [i for i, y in enumerate(labels) if y == 1]
     if not positives:
         raise ConfigError("holds no positive pair (label 1) to retrieve", source="pairs")
-    pooling = pooling or Pooling.of(model_dir)
-    with quiet_transformers():
-        model = AutoModel.from_pretrained(str(model_dir))
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
     queries = torch.nn.functional.normalize(
         encode(model, tokenizer, [pairs[i][0] for i in positives], pooling), dim=-1)
     candidates = torch.nn.functional.normalize(
@@ -194,10 +201,10 @@ def evaluate(model_dirs: dict[str, str | Path], config: EmbeddingEval, *,
     paraphrases = (read_pairs(config.retrieval, MRPC_COLUMNS) if config.retrieval else None)
     out = {}
     for name, folder in model_dirs.items():
-        out[name] = sts_score(folder, pairs, gold, pooling=pooling, tokenizer=tokenizer)
+        model, tok = load_encoder(folder, tokenizer)  # once for both scores
+        out[name] = _sts(model, tok, pairs, gold, pooling)
         if paraphrases is not None:
-            out[name].update(retrieval(folder, *paraphrases, pooling=pooling,
-                                       tokenizer=tokenizer))
+            out[name].update(_retrieve(model, tok, *paraphrases, pooling))
     return out
 
 
@@ -223,10 +230,6 @@ def agreement(encoders: dict[str, str | Path], texts: Sequence[str], *, referenc
     itself)."""
     import torch
     from scipy.stats import spearmanr
-    from transformers import AutoModel, AutoTokenizer
-
-    import nasbert  # noqa: F401 - registers the nasbert model type
-    from nasbert.hf.quiet import quiet_transformers
 
     if len(texts) < 3:
         raise ConfigError(f"gives {len(texts)} texts; agreement needs at least 3",
@@ -234,9 +237,7 @@ def agreement(encoders: dict[str, str | Path], texts: Sequence[str], *, referenc
     upper = torch.triu_indices(len(texts), len(texts), offset=1)
 
     def similarities(folder) -> torch.Tensor:
-        with quiet_transformers():
-            model = AutoModel.from_pretrained(str(folder))
-            tok = tokenizer or AutoTokenizer.from_pretrained(str(folder))
+        model, tok = load_encoder(folder, tokenizer)
         vec = torch.nn.functional.normalize(encode(model, tok, texts, pooling), dim=-1)
         return (vec @ vec.T)[upper[0], upper[1]]
 

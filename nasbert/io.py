@@ -65,9 +65,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def cached_record(path: str | Path, key: str) -> dict | None:
-    """The JSON record at ``path`` when it exists, parses and was made with ``key`` (what
-    a cached artefact depends on), else None: a missing, torn or stale record is redone."""
+def read_record(path: str | Path) -> dict | None:
+    """The JSON object at ``path``, or None when the file is missing or torn (records are
+    written whole, by a rename, so a torn one is from before and is made again)."""
     import json
 
     path = Path(path)
@@ -77,7 +77,14 @@ def cached_record(path: str | Path, key: str) -> dict | None:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return record if isinstance(record, dict) and record.get("key") == key else None
+    return record if isinstance(record, dict) else None
+
+
+def cached_record(path: str | Path, key: str) -> dict | None:
+    """The JSON record at ``path`` when it exists, parses and was made with ``key`` (what
+    a cached artefact depends on), else None: a missing, torn or stale record is redone."""
+    record = read_record(path)
+    return record if record is not None and record.get("key") == key else None
 
 
 def writable_output(path: str | Path, *, inputs: tuple[str | Path, ...] = (),

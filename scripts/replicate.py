@@ -34,6 +34,7 @@ from pathlib import Path
 
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import GLUE_SCHEDULES, FinetuneConfig
+from nasbert.finetune.record import FinetunedRecord
 from nasbert.io import atomic_write_text
 from nasbert.latency.measure import Protocol
 from nasbert.pipeline import StageClock, side_by_side
@@ -125,7 +126,7 @@ def replicate(run: RunDir | str | Path, config: ReplicationConfig, *,
                          seed=schedule.seed)
         with clock.stage(f"fine-tuning {task}"):
             teacher = finetune_teacher(run, data, schedule, progress=progress)
-            scores = {TEACHER: _metric(json.loads((teacher / "metrics.json").read_text()))}
+            scores = {TEACHER: FinetunedRecord.load(teacher).metric()}
             for model_id in ids:
                 scores[model_id] = _metric(finetune_student(run, model_id, data, schedule,
                                                             progress=progress))
@@ -162,8 +163,6 @@ def replicate(run: RunDir | str | Path, config: ReplicationConfig, *,
 
 
 def _metric(record: dict) -> float:
-    from nasbert.finetune.record import FinetunedRecord
-
     return FinetunedRecord.from_dict(record).metric()
 
 

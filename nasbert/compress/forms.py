@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nasbert.errors import ConfigError
-from nasbert.io import atomic_write_text
+from nasbert.io import atomic_write_text, read_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ class FormsRecord:
     @classmethod
     def load(cls, path: str | Path) -> FormsRecord | None:
         """The record at ``path``, or None when there is none (or it is torn)."""
-        data = _read(path)
+        data = read_record(path)
         return None if data is None else cls.from_dict(data, source=str(path))
 
     def save(self, path: str | Path) -> Path:
@@ -153,21 +153,8 @@ class LatencyBounds:
     @classmethod
     def load(cls, path: str | Path) -> LatencyBounds | None:
         """The record at ``path``, or None when there is none (or it is torn)."""
-        data = _read(path)
+        data = read_record(path)
         return None if data is None else cls.from_dict(data, source=str(path))
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-
-def _read(path: str | Path) -> dict | None:
-    """The JSON object at ``path``; None when the file is missing or torn (a record is
-    written whole, by a rename, so a torn one is from before: measured again)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None

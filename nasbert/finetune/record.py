@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nasbert.data.tasks import task_spec
 from nasbert.errors import ConfigError
-from nasbert.io import cached_record
+from nasbert.io import cached_record, read_record
 
 RECORD = "metrics.json"
 
@@ -67,13 +67,5 @@ class FinetunedRecord:
     def load(cls, folder: str | Path, key: str | None = None) -> FinetunedRecord | None:
         """The record in ``folder`` (with ``key``: only when made under it), or None."""
         path = Path(folder) / RECORD
-        if key is not None:
-            data = cached_record(path, key)
-        else:
-            import json
-
-            try:
-                data = json.loads(path.read_text()) if path.is_file() else None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                data = None
+        data = cached_record(path, key) if key is not None else read_record(path)
         return None if data is None else cls.from_dict(data, source=str(path))
