@@ -524,10 +524,19 @@ def _extract(args: argparse.Namespace) -> None:
           "nasbert.json)")
 
 
-@_verb("export", "export a model folder to ONNX and check it")
+@_verb("export", "export a model folder to ONNX (checked against torch) or as a "
+       "sentence-transformers folder")
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--onnx", help="the .onnx file to write")
+    to.add_argument("--sentence-transformers", metavar="DIR", dest="sentence_transformers",
+                    help="the folder to write: the model, the tokenizer and the teacher's "
+                    "pooling, for SentenceTransformer(DIR) after `import nasbert`")
+    p.add_argument("--teacher", help="with --sentence-transformers: the teacher whose pooling "
+                   "(and tokenizer, for a folder without one) to use: a sentence-transformers "
+                   "folder, hub id or packaged name (default: the teacher of the run the "
+                   "folder is in)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--no-optimize", action="store_true",
@@ -536,6 +545,33 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.sentence_transformers:
+        from nasbert.embed import export_sentence_transformers
+        from nasbert.pooling import Pooling
+        from nasbert.run import RunDir
+        from nasbert.teacher import resolve
+
+        writable_output(args.sentence_transformers, flag="--sentence-transformers",
+                        inputs=(args.model_dir,))
+        folder = Path(args.model_dir).resolve()
+        run = next((RunDir(p) for p in folder.parents if (p / "run.yaml").is_file()), None)
+        if args.teacher:
+            teacher = resolve(args.teacher)
+        elif run is not None:  # a run's model: the run's teacher
+            teacher = run.teacher_name()
+        elif (folder / "modules.json").is_file():  # a sentence-transformers folder already
+            teacher = str(folder)
+        else:
+            raise ConfigError("is neither a run's model nor a sentence-transformers folder; "
+                              "give --teacher, the teacher it was made from",
+                              source=args.model_dir)
+        pooling = Pooling.of(teacher)
+        out = export_sentence_transformers(args.model_dir, args.sentence_transformers,
+                                           teacher=teacher, pooling=pooling)
+        print(f"pooling       {pooling.mode}{', normalised' if pooling.normalize else ''}, "
+              f"at most {pooling.max_seq_length} tokens")
+        print(f"wrote         {out}/ (SentenceTransformer('{out}') after `import nasbert`)")
+        return
     from nasbert.export import export_onnx
 
     writable_output(args.onnx, flag="--onnx", folder=False)
@@ -595,17 +631,24 @@ def _train_supernet(args: argparse.Namespace) -> None:
 @_verb("distill", "stage one: distil extracted models end to end on the run's corpus, "
        "one token budget for all (resumes when re-run)")
 def _add_distill(p: argparse.ArgumentParser) -> None:
-    from nasbert.recipe import ScalingConfig
     from nasbert.train.stage_one import DistillConfig
+
+    _add_model_training(p, DistillConfig)
+    p.set_defaults(func=_distill)
+
+
+def _add_model_training(p: argparse.ArgumentParser, config: type) -> None:
+    """A training of each of a run's models: RUN, --subnet, ``config``'s fields, where
+    it trains and how it scales."""
+    from nasbert.recipe import ScalingConfig
 
     _add_run(p)
     _add_subnets(p)
-    _add_config(p, _Section("", DistillConfig))
+    _add_config(p, _Section("", config))
     custom = _add_device(p, "scaling", "use_gpu")
     _add_config(p, _Section("scaling", ScalingConfig, prefix="", custom=custom,
                             title="how it scales (--set scaling.KEY=VALUE)"))
     _add_quiet(p)
-    p.set_defaults(func=_distill)
 
 
 def _distill(args: argparse.Namespace) -> None:
@@ -623,6 +666,33 @@ def _distill(args: argparse.Namespace) -> None:
               f"{r['tokens']:,} tokens)")
     for model_id in records:
         print(f"wrote         {run.distilled_dir(model_id)}/")
+
+
+@_verb("distill-embeddings", "train models to reproduce the teacher's sentence embeddings "
+       "on unlabelled text, after stage one or from the extracted weights (resumes when "
+       "re-run); each becomes a sentence-transformers folder")
+def _add_distill_embeddings(p: argparse.ArgumentParser) -> None:
+    from nasbert.train.embedding import EmbedDistillConfig
+
+    _add_model_training(p, EmbedDistillConfig)
+    p.set_defaults(func=_distill_embeddings)
+
+
+def _distill_embeddings(args: argparse.Namespace) -> None:
+    from nasbert.run import RunDir
+    from nasbert.train import distill_embeddings
+
+    configs = _configs(args)
+    run = RunDir(args.run)
+    records = distill_embeddings(run, args.subnet, configs[""], scaling=configs["scaling"],
+                                 progress=not args.quiet)
+    for model_id, r in records.items():
+        a, b = r["dev_start"], r["dev_end"]
+        print(f"{model_id:<24} dev loss {a['loss']:.4f} -> {b['loss']:.4f}, cosine to the "
+              f"teacher {a['cosine_to_teacher']:.4f} -> {b['cosine_to_teacher']:.4f} "
+              f"({r['steps']} steps from {r['start']})")
+    for model_id in records:
+        print(f"wrote         {run.embedded_dir(model_id)}/ (a sentence-transformers folder)")
 
 
 # ---- latency profile, latency fit
@@ -864,8 +934,13 @@ def _add_embed_eval(p: argparse.ArgumentParser) -> None:
     from nasbert.embed import EmbeddingEval
 
     p.add_argument("run", metavar="RUN", help="a run directory (its teacher and every model "
-                   "under subnets/, after stage one where it ran) or one model folder")
+                   "under subnets/, at --stage) or one model folder")
     _add_subnets(p)
+    p.add_argument("--stage", default="latest",
+                   choices=("extracted", "stage-one", "embeddings", "latest"),
+                   help="which of a run's models to score: as extracted, after stage one, "
+                   "after embedding distillation, or the last of these each has been "
+                   "through (default)")
     p.add_argument("--teacher", help="the sentence-transformers folder whose pooling (and "
                    "tokenizer, for a folder that has none) to use (default: the run's teacher; "
                    "for one folder, the folder itself)")
@@ -875,7 +950,8 @@ def _add_embed_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _embed_eval(args: argparse.Namespace) -> None:
-    from nasbert.embed import Pooling, evaluate, run_encoders
+    from nasbert.embed import evaluate, run_encoders
+    from nasbert.pooling import Pooling
     from nasbert.run import RunDir
 
     config = _configs(args)[""]
@@ -892,7 +968,7 @@ def _embed_eval(args: argparse.Namespace) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(target if own else args.teacher))
     else:
         run = RunDir(target)
-        models = run_encoders(run, args.subnet or None)
+        models = run_encoders(run, args.subnet or None, stage=args.stage)
         pooling = Pooling.of(args.teacher or run.teacher_name())
         tokenizer = run.tokenizer()
     with _stdout_for(args):

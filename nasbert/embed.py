@@ -3,9 +3,8 @@ quality on sentence pairs with gold similarity (STS-style): the Spearman and Pea
 correlation of the embeddings' cosine with the gold score, x 100. No training on the
 pairs: a zero-shot score of what an encoder's states already mean.
 
-The pooling is the teacher's, read from its sentence-transformers folder
-(``1_Pooling/config.json``: mean, CLS or max over tokens; a ``Normalize`` module in
-``modules.json``); a plain transformers folder pools by the mean.
+The pooling is the teacher's (:class:`~nasbert.pooling.Pooling`, read from its
+sentence-transformers folder); a plain transformers folder pools by the mean.
 
 >>> pairs = read_pairs("../shared/data/glue/STS-B/train.tsv")               # doctest: +SKIP
 >>> sts_score(run.subnet_dir("latency-8ms"), *pairs, pooling=Pooling.of(teacher))  # doctest: +SKIP
@@ -15,50 +14,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from nasbert.errors import ConfigError
+from nasbert.pooling import Pooling, pool
 
 # STS-B's own columns; other files name theirs on the command line
 COLUMNS = ("sentence1", "sentence2", "score")
-
-
-@dataclasses.dataclass(frozen=True)
-class Pooling:
-    """How token states become one sentence vector."""
-
-    mode: Literal["mean", "cls", "max"] = "mean"
-    normalize: bool = False
-    max_seq_length: int = 128
-
-    @classmethod
-    def of(cls, folder: str | Path) -> Pooling:
-        """The pooling a sentence-transformers folder declares (its ``1_Pooling`` config
-        and ``Normalize`` module); the mean, unnormalised, for a plain model folder."""
-        folder = Path(folder)
-        modules = folder / "modules.json"
-        if not modules.is_file():
-            return cls()
-        listed = json.loads(modules.read_text())
-        pooling = next((m for m in listed if m["type"].endswith(".Pooling")), None)
-        mode = "mean"
-        if pooling is not None:
-            config = json.loads((folder / pooling["path"] / "config.json").read_text())
-            modes = [m for m in ("mean", "cls", "max")
-                     if config.get(f"pooling_mode_{m}_tokens" if m != "cls"
-                                   else "pooling_mode_cls_token")]
-            if len(modes) != 1:
-                raise ConfigError(f"pools by {modes or 'none'}; nasbert reproduces exactly one "
-                                  "of mean, CLS or max pooling", source=str(folder))
-            mode = modes[0]
-        length = 128
-        bert = folder / "sentence_bert_config.json"
-        if bert.is_file():
-            length = int(json.loads(bert.read_text()).get("max_seq_length", length))
-        return cls(mode, any(m["type"].endswith(".Normalize") for m in listed), length)
 
 
 def read_pairs(path: str | Path, columns: Sequence[str] = COLUMNS
@@ -102,16 +65,7 @@ def encode(model, tokenizer, texts: Sequence[str], pooling: Pooling, *,
                               truncation=True, max_length=pooling.max_seq_length,
                               return_tensors="pt")
             states = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            if pooling.mode == "cls":
-                vec = states[:, 0]
-            elif pooling.mode == "max":
-                vec = states.masked_fill(mask == 0, float("-inf")).max(dim=1).values
-            else:
-                vec = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if pooling.normalize:
-                vec = torch.nn.functional.normalize(vec, dim=-1)
-            out.append(vec.float())
+            out.append(pool(states, batch["attention_mask"], pooling).float())
     return torch.cat(out)
 
 
@@ -132,12 +86,13 @@ def sts_score(model_dir: str | Path, pairs: Sequence[tuple[str, str]], scores: S
               *, pooling: Pooling | None = None, tokenizer=None) -> dict[str, float]:
     """Spearman and Pearson (x 100) of the cosine between each pair's embeddings and the
     gold ``scores``, for the encoder in ``model_dir`` (:func:`load_encoder`)."""
-    return _sts(*load_encoder(model_dir, tokenizer), pairs, scores,
-                pooling or Pooling.of(model_dir))
+    return pair_scores(*load_encoder(model_dir, tokenizer), pairs, scores,
+                       pooling or Pooling.of(model_dir))
 
 
-def _sts(model, tokenizer, pairs: Sequence[tuple[str, str]], scores: Sequence[float],
-         pooling: Pooling) -> dict[str, float]:
+def pair_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], scores: Sequence[float],
+                pooling: Pooling) -> dict[str, float]:
+    """:func:`sts_score` of a loaded ``model`` (an int8 copy, say) and its tokenizer."""
     import torch
     from scipy.stats import pearsonr, spearmanr
 
@@ -202,23 +157,36 @@ def evaluate(model_dirs: dict[str, str | Path], config: EmbeddingEval, *,
     out = {}
     for name, folder in model_dirs.items():
         model, tok = load_encoder(folder, tokenizer)  # once for both scores
-        out[name] = _sts(model, tok, pairs, gold, pooling)
+        out[name] = pair_scores(model, tok, pairs, gold, pooling)
         if paraphrases is not None:
             out[name].update(_retrieve(model, tok, *paraphrases, pooling))
     return out
 
 
-def run_encoders(run, models: Sequence[str] | None = None) -> dict[str, Path | str]:
+# the stages a run's model can be read at, earliest first
+STAGES = ("extracted", "stage-one", "embeddings")
+
+
+def run_encoders(run, models: Sequence[str] | None = None, *, stage: str = "latest"
+                 ) -> dict[str, Path | str]:
     """The encoders of a run, by name: the teacher, then each model under ``subnets/``
-    (default: all) as stage one left it, or as extracted where it had no stage one."""
+    (default: all) as ``stage`` left it: ``extracted``, ``stage-one``, ``embeddings``
+    (embedding distillation), or ``latest``, the last of these it has been through. A
+    model that has not been through ``stage`` is left out."""
     from nasbert.run import TEACHER, RunDir
 
+    if stage not in (*STAGES, "latest"):
+        raise ConfigError(f"is not a stage; give one of {', '.join(STAGES)} or latest",
+                          source=f"stage {stage!r}")
     run = RunDir.of(run)
     out: dict[str, Path | str] = {TEACHER: run.teacher_name()}
     for model_id in run.model_ids(list(models) if models else None):
-        distilled = run.distilled_dir(model_id)
-        out[model_id] = distilled if (distilled / "config.json").is_file() \
-            else run.subnet_dir(model_id)
+        folders = dict(zip(STAGES, (run.subnet_dir(model_id), run.distilled_dir(model_id),
+                                    run.embedded_dir(model_id))))
+        have = [k for k in STAGES if (folders[k] / "config.json").is_file()]
+        pick = have[-1] if stage == "latest" else stage if stage in have else None
+        if pick is not None:
+            out[model_id] = folders[pick]
     return out
 
 
@@ -263,7 +231,7 @@ def export_sentence_transformers(model_dir: str | Path, out: str | Path, *,
 
     import nasbert  # noqa: F401 - registers the nasbert model type
     from nasbert.hf.quiet import quiet_transformers
-    from nasbert.io import atomic_dir, atomic_write_text
+    from nasbert.io import atomic_dir
 
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").is_file():
@@ -273,30 +241,12 @@ def export_sentence_transformers(model_dir: str | Path, out: str | Path, *,
         config = AutoConfig.from_pretrained(str(model_dir))
         own = any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir if own else teacher))
-    width = config.hidden_size  # a NAS-BERT student outputs at the teacher's width
-    modules = [{"idx": 0, "name": "0", "path": "",
-                "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling"}]
-    if pooling.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
     with atomic_dir(out) as tmp:
         for f in model_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         with quiet_transformers():
             tokenizer.save_pretrained(tmp)
-        atomic_write_text(tmp / "modules.json", json.dumps(modules, indent=2))
-        (tmp / "1_Pooling").mkdir()
-        atomic_write_text(tmp / "1_Pooling" / "config.json", json.dumps({
-            "word_embedding_dimension": width,
-            "pooling_mode_cls_token": pooling.mode == "cls",
-            "pooling_mode_mean_tokens": pooling.mode == "mean",
-            "pooling_mode_max_tokens": pooling.mode == "max",
-            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
-        if pooling.normalize:
-            (tmp / "2_Normalize").mkdir()
-        atomic_write_text(tmp / "sentence_bert_config.json", json.dumps(
-            {"max_seq_length": pooling.max_seq_length, "do_lower_case": False}, indent=2))
+        # a NAS-BERT student outputs at the teacher's width
+        pooling.write(tmp, int(config.hidden_size))
     return out

@@ -182,7 +182,8 @@ def _agreement(run: RunDir, ids: Sequence[str], task: str, data_dir, config: Fin
     """Each model's agreement with the teacher on the task's dev texts (its first dev
     split, as many as the schedule evaluates), the teacher's pooling."""
     from nasbert.data.tasks import load_task
-    from nasbert.embed import Pooling, agreement, run_encoders
+    from nasbert.embed import agreement, run_encoders
+    from nasbert.pooling import Pooling
 
     data = load_task(task, data_dir, seed=config.seed)
     examples = data.split(data.spec.dev_splits[0]).subset(config.max_dev_examples, config.seed)

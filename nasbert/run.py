@@ -15,6 +15,8 @@ trainer) to find a file. The layout::
       latency/<device-id>/     protocol, table, samples, fitted predictors
       search/                  Optuna study, candidates, Pareto set, chosen, plan
       subnets/<id>/            extracted models and baselines
+      distill/<id>/model/      stage one: each model distilled end to end on the corpus
+      embed/<id>/model/        embedding distillation: a sentence-transformers folder
       finetune/<task>/<id>/    fine-tuned models, metrics, predictions, sweeps
       studies/<name>/          a run of its own forked from this one (the supernet
                                trained longer), read beside it
@@ -163,6 +165,7 @@ class RunDir:
     search = _path("search")
     subnets = _path("subnets")
     distill = _path("distill")
+    embed = _path("embed")
     studies = _path("studies")
     results = _path("results.md")
 
@@ -198,6 +201,14 @@ class RunDir:
 
     def distilled_dir(self, model_id: str) -> Path:
         return self.distill / model_id / "model"
+
+    def embed_dir(self, model_id: str) -> Path:
+        """``embed/<model_id>/``: embedding distillation's checkpoints and, in ``model/``,
+        its result (a sentence-transformers folder)."""
+        return self.embed / model_id
+
+    def embedded_dir(self, model_id: str) -> Path:
+        return self.embed / model_id / "model"
 
     def study(self, name: str) -> RunDir:
         """``studies/<name>/``: a run of its own, forked from this one."""

@@ -95,9 +95,10 @@ def replicate(run: RunDir | str | Path, config: ReplicationConfig, *,
               protocol: Protocol | None = None, progress: bool = True) -> dict:
     """Every stage of one replication (each skipped when done), then its record."""
     from nasbert.data.tasks import load_task
-    from nasbert.embed import Pooling, read_pairs, sts_score
+    from nasbert.embed import read_pairs, sts_score
     from nasbert.finetune.stage import finetune_student, finetune_teacher, student_variant
     from nasbert.latency.stage import fit, profile
+    from nasbert.pooling import Pooling
     from nasbert.recipe import load_recipe, updated
     from nasbert.search.plan import Plan, plan_ids, plan_models
     from nasbert.train import distill, train_supernet

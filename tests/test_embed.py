@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from nasbert.embed import Pooling, read_pairs, sts_score
+from nasbert.embed import read_pairs, sts_score
 from nasbert.errors import ConfigError
+from nasbert.pooling import Pooling
 
 from conftest import WORDS
 

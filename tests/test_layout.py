@@ -55,7 +55,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                         "nasbert.io", "nasbert.digest", "nasbert.provenance", "nasbert.schema",
                         "nasbert.resources", "nasbert.losses", "nasbert.distributed")),
     ("architecture", ("nasbert.space", "nasbert.costs")),
-    ("transformers helpers, teacher", ("nasbert.hf", "nasbert.teacher")),
+    ("transformers helpers, teacher", ("nasbert.hf", "nasbert.teacher", "nasbert.pooling")),
     ("model", ("nasbert.ops", "nasbert.configuration_nasbert", "nasbert.importance",
                "nasbert.quantize", "nasbert.model")),
     ("supernet, extract", ("nasbert.supernet", "nasbert.extract")),

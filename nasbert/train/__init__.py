@@ -1,6 +1,8 @@
 """Stage 1: block-wise supernet training with progressive shrinking, on one process or
-Ray Train (:func:`train_supernet`); and stage one of the two-stage distillation, every
-extracted model distilled end to end on the corpus (:func:`distill`), in the same loop.
+Ray Train (:func:`train_supernet`); stage one of the two-stage distillation, every
+extracted model distilled end to end on the corpus (:func:`distill`); and embedding
+distillation, a model trained to reproduce the teacher's sentence embeddings
+(:func:`distill_embeddings`); all in the same loop.
 
 >>> from nasbert.recipe import load_recipe
 >>> recipe = load_recipe("quickstart", ["train.max_steps=50"])  # doctest: +SKIP
@@ -20,7 +22,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -32,12 +34,14 @@ from nasbert.provenance import provenance
 from nasbert.recipe import Recipe, ScalingConfig
 from nasbert.run import RunDir
 from nasbert.space import SearchSpace
+from nasbert.train.embedding import EmbedDistillConfig, embedded
 from nasbert.train.inherit import teacher_importance
 from nasbert.train.launch import run_on_ray, train_loop
 from nasbert.train.loop import StepCallback
 from nasbert.train.stage_one import DistillConfig, distilled
 
-__all__ = ["DistillConfig", "StepCallback", "distill", "prepare_run", "train_supernet"]
+__all__ = ["DistillConfig", "EmbedDistillConfig", "StepCallback", "distill",
+           "distill_embeddings", "prepare_run", "train_supernet"]
 
 # fields a resumed run may change: how long, and on what
 _MAY_CHANGE = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
@@ -124,35 +128,70 @@ def distill(run: RunDir | str | Path, models: Sequence[str] | None = None,
     last checkpoint. ``scaling.workers > 1`` runs each on Ray Train."""
     run = RunDir.of(run)
     config = config or DistillConfig()
-    scaling = scaling or ScalingConfig()
+    run.corpus()  # fails here, before any work, when the run has none
+    return _each_model(run, models, "distill", config, lambda i: distilled(run, i, config),
+                       run.distill_dir, run.distilled_dir, scaling, progress, callbacks)
+
+
+def distill_embeddings(run: RunDir | str | Path, models: Sequence[str] | None = None,
+                       config: EmbedDistillConfig | None = None, *,
+                       scaling: ScalingConfig | None = None, progress: bool = True,
+                       callbacks: Sequence[StepCallback] = ()) -> dict[str, dict]:
+    """Embedding distillation for ``models`` (default: every model under ``subnets/``),
+    one after the other (:mod:`nasbert.train.embedding`); returns each one's record. A
+    model already distilled with this configuration, from the same weights and text, is
+    skipped; one stopped midway resumes. Each result is a sentence-transformers folder,
+    ``embed/<id>/model/``."""
+    from nasbert.train.embedding import source_dir
+
+    run = RunDir.of(run)
+    config = config or EmbedDistillConfig()
     ids = run.model_ids(models)
-    corpus = run.corpus()  # fails here, before any work, when the run has none
-    steps = config.steps(corpus.train.shape[1])
+    for model_id in ids:  # every start is there before any work
+        source_dir(run, model_id, config)
+    if config.texts is None:
+        run.corpus()
+    elif not Path(config.texts).is_file():
+        raise ConfigError("is missing; give a text file, one text per line",
+                          source=config.texts)
+    return _each_model(run, ids, "embed", config, lambda i: embedded(run, i, config),
+                       run.embed_dir, run.embedded_dir, scaling, progress, callbacks)
+
+
+def _each_model(run: RunDir, models: Sequence[str] | None, kind: str, config,
+                done: Callable[[str], dict | None], folder: Callable[[str], Path],
+                result: Callable[[str], Path], scaling: ScalingConfig | None, progress: bool,
+                callbacks: Sequence[StepCallback]) -> dict[str, dict]:
+    """One training per model in the one loop (one process, or Ray Train), skipping the
+    ones ``done`` finds; each one's record, with its dev loss before and after."""
+    scaling = scaling or ScalingConfig()
     out = {}
-    for model_id in ids:
-        done = distilled(run, model_id, config)
-        if done:
-            out[model_id] = done
+    for model_id in run.model_ids(models):
+        record = done(model_id)
+        if record:
+            out[model_id] = record
             continue
         start = time.time()
-        loop_config = {"kind": "distill", "run_dir": str(run.path.resolve()),
-                       "model_id": model_id, "distill": dataclasses.asdict(config),
+        loop_config = {"kind": kind, "run_dir": str(run.path.resolve()),
+                       "model_id": model_id, kind: dataclasses.asdict(config),
                        "scaling": dataclasses.asdict(scaling), "progress": progress,
                        "callbacks": list(callbacks)}
         if scaling.workers == 1 and scaling.address is None:
             train_loop(loop_config)
         else:
-            folder = run.distill_dir(model_id)
-            run_on_ray(loop_config, scaling, run.path, folder / "ray", name="stage-one",
-                       resume_from=folder / "checkpoints", keep=config.keep_checkpoints)
-            shutil.rmtree(folder / "ray", ignore_errors=True)
-        record = distilled(run, model_id, config)
+            run_on_ray(loop_config, scaling, run.path, folder(model_id) / "ray",
+                       name=f"{kind}-{model_id}", resume_from=folder(model_id) / "checkpoints",
+                       keep=config.keep_checkpoints)
+            shutil.rmtree(folder(model_id) / "ray", ignore_errors=True)
+        record = done(model_id)
         if record is None:
-            raise ConfigError("was not written; the stage-one run stopped early",
-                              source=str(run.distilled_dir(model_id)))
+            raise ConfigError(f"was not written; the {kind} run stopped early",
+                              source=str(result(model_id)))
         out[model_id] = record
         if progress:
-            a, b = record["dev_loss_start"]["loss"], record["dev_loss_end"]["loss"]
-            print(f"{model_id:<24} stage one: dev loss {a:.4f} -> {b:.4f} "
-                  f"({steps} steps, {time.time() - start:.0f} s)", flush=True)
+            first = record.get("dev_loss_start") or record["dev_start"]
+            last = record.get("dev_loss_end") or record["dev_end"]
+            name = {"distill": "stage one", "embed": "embeddings"}[kind]
+            print(f"{model_id:<24} {name}: dev loss {first['loss']:.4f} -> {last['loss']:.4f} "
+                  f"({record['steps']} steps, {time.time() - start:.0f} s)", flush=True)
     return out

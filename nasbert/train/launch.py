@@ -11,16 +11,18 @@ import torch
 from nasbert.recipe import ScalingConfig, recipe_from_dict
 from nasbert.run import RunDir
 from nasbert.schema import parse
+from nasbert.train.embedding import EmbeddingTrainer, EmbedDistillConfig
 from nasbert.train.loop import BlockwiseTrainer, Worker, checkpoint_dirs
 from nasbert.train.stage_one import DistillConfig, EndToEndTrainer
 
 
 def train_loop(config: dict) -> dict:
     """The per-worker entry point (one process, or each Ray Train worker). ``config``
-    holds ``kind`` (``"supernet"``, the default, or ``"distill"``), the run directory,
-    ``progress``, ``ray`` (on Ray Train) and ``callbacks`` (see :data:`StepCallback`);
-    for the supernet the resolved ``recipe``, for distillation ``model_id`` and the
-    ``distill`` configuration."""
+    holds ``kind`` (``"supernet"``, the default, ``"distill"`` or ``"embed"``), the run
+    directory, ``progress``, ``ray`` (on Ray Train) and ``callbacks`` (see
+    :data:`StepCallback`); for the supernet the resolved ``recipe``, for stage one
+    ``model_id`` and the ``distill`` configuration, for embedding distillation
+    ``model_id`` and the ``embed`` configuration."""
     run = RunDir(config["run_dir"])
     common = {"progress": config.get("progress", True), "on_ray": bool(config.get("ray")),
               "callbacks": config.get("callbacks", ())}
@@ -33,6 +35,9 @@ def train_loop(config: dict) -> dict:
         torch.set_num_threads(scaling.cpus_per_worker)
     if config.get("kind", "supernet") == "supernet":
         return BlockwiseTrainer(recipe, run, worker, **common).run()
+    if config["kind"] == "embed":
+        embed = parse(EmbedDistillConfig, config["embed"], source="embed")
+        return EmbeddingTrainer(run, config["model_id"], embed, worker, **common).run()
     distill = parse(DistillConfig, config["distill"], source="distill")
     return EndToEndTrainer(run, config["model_id"], distill, worker, **common).run()
 

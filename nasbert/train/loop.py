@@ -228,10 +228,16 @@ class LoopTrainer:
     def finish(self, first: dict | None, last: dict, writer) -> dict:
         raise NotImplementedError
 
+    def settings(self) -> dict | None:
+        """What the checkpoints depend on (a configuration's key): a checkpoint made with
+        other settings, an interrupted attempt, is dropped on resume, not loaded. None:
+        not checked (the supernet checks its recipe before it starts)."""
+        return None
+
     def state_dict(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "provenance": provenance()}
+                "settings": self.settings(), "provenance": provenance()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -284,6 +290,13 @@ class LoopTrainer:
         for tmp in self.checkpoints.glob(".*"):  # a write a kill cut short
             shutil.rmtree(tmp, ignore_errors=True)
         found = checkpoint_dirs(self.checkpoints, self.ray_storage)
+        if found and self.settings() is not None and \
+                load_state(found[-1]).get("settings") != self.settings():
+            if self.progress:
+                print(f"{self.checkpoints}: made with other settings; starting afresh",
+                      flush=True)
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            found = checkpoint_dirs(self.checkpoints, self.ray_storage)
         if not found:
             return None
         self.load_state_dict(load_state(found[-1]))

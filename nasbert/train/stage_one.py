@@ -29,10 +29,7 @@ or Ray Train, checkpoints under ``distill/<id>/checkpoints/``, resumed when re-r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -40,23 +37,21 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nasbert.digest import digest, file_digest
-from nasbert.errors import ConfigError
-from nasbert.hf.quiet import quiet_transformers
-from nasbert.io import atomic_dir, cached_record
+from nasbert.digest import digest
+from nasbert.io import cached_record
 from nasbert.losses import masked_mse
 from nasbert.provenance import provenance
 from nasbert.run import RunDir
 from nasbert.schema import check
 from nasbert.space import SearchSpace
 from nasbert.teacher import Teacher
-from nasbert.train.loop import (
-    LoopTrainer,
-    Schedule,
-    StepCallback,
-    Worker,
-    checkpoint_dirs,
-    load_state,
+from nasbert.train.loop import Schedule, StepCallback, Worker
+from nasbert.train.student import (
+    StudentTrainer,
+    check_training,
+    load_student,
+    training_key,
+    weights_digest,
 )
 
 __all__ = ["DistillConfig", "EndToEndTrainer", "distilled", "layer_map"]
@@ -91,22 +86,14 @@ class DistillConfig:
     def __post_init__(self) -> None:
         check(self.tokens > 0, "must be positive", field="tokens")
         check(self.batch_size > 0, "must be positive", field="batch_size")
-        check(self.lr > 0, "must be positive", field="lr")
-        check(0 <= self.warmup_ratio < 1, "must be in [0, 1)", field="warmup_ratio")
-        for name in ("hidden_weight", "attention_weight", "output_weight"):
-            check(getattr(self, name) >= 0, "must not be negative", field=name)
-        check(self.hidden_weight + self.attention_weight + self.output_weight > 0,
-              "at least one loss term needs a positive weight", field="output_weight")
-        check(self.dev_batches > 0, "must be positive", field="dev_batches")
-        check(self.checkpoint_every > 0, "must be positive", field="checkpoint_every")
+        check_training(self, ("hidden_weight", "attention_weight", "output_weight"))
 
     def steps(self, seq_len: int) -> int:
         return max(1, math.ceil(self.tokens / (self.batch_size * seq_len)))
 
     def key(self) -> dict:
         """The fields the distilled model depends on (not logging nor checkpointing)."""
-        skip = {"checkpoint_every", "keep_checkpoints", "log_every"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return training_key(self)
 
 
 def layer_map(student: int, teacher: int) -> list[int]:
@@ -175,7 +162,7 @@ def attention_kl(teacher: Tensor, student_log: Tensor, mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- the trainer
 
 
-class EndToEndTrainer(LoopTrainer):
+class EndToEndTrainer(StudentTrainer):
     """Stage one of one model: ``subnets/<model_id>`` distilled on the run's corpus into
     ``distill/<model_id>/model/``."""
 
@@ -198,7 +185,7 @@ class EndToEndTrainer(LoopTrainer):
                                     device=worker.device, attentions=with_attention)
         self.corpus = run.corpus()
         self.data = self.corpus.train
-        model = _load_encoder(self.source, eager=with_attention).to(worker.device)
+        model = load_student(self.source, eager=with_attention).to(worker.device)
         if config.freeze_embeddings:
             model.get_input_embeddings().requires_grad_(False)
         self.model = model.train()
@@ -212,22 +199,10 @@ class EndToEndTrainer(LoopTrainer):
                                  max(1, math.ceil(len(self.data) / config.batch_size)),
                                  config.seed, config.grad_clip, config.log_every,
                                  config.checkpoint_every, config.keep_checkpoints, config.dtype)
-        self.params = [p for p in (*model.parameters(), *self.projections.parameters())
-                       if p.requires_grad]
-        decay = [p for p in self.params if p.ndim >= 2]
-        rest = [p for p in self.params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay},
-             {"params": rest, "weight_decay": 0.0}], lr=config.lr, fused=True)
-        from transformers import get_linear_schedule_with_warmup
-
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(config.warmup_ratio * steps), steps)
+        self.optimize((*model.parameters(), *self.projections.parameters()), steps)
         self._dev = [self.corpus.dev[i:i + config.batch_size]
                      for i in range(0, len(self.corpus.dev), config.batch_size)
                      ][: config.dev_batches]
-        self.start_losses: dict[str, float] = {}
-        self.elapsed, self._since = 0.0, time.time()  # training time, over resumes
 
     # -- the objective -------------------------------------------------------------------
 
@@ -312,35 +287,8 @@ class EndToEndTrainer(LoopTrainer):
         self.model.train()
         return sums
 
-    # -- the loop's hooks ----------------------------------------------------------------
-
-    def start(self, resumed: bool) -> None:
-        if not resumed:
-            self.start_losses = self.dev_losses()
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "model": self.model.state_dict(),
-                "projections": self.projections.state_dict(),
-                "start_losses": self.start_losses, "config": dataclasses.asdict(self.config),
-                "elapsed": self.elapsed + time.time() - self._since}
-
-    def resume(self) -> Path | None:
-        """The latest checkpoint, unless it was made with another configuration (an
-        interrupted attempt with other settings): then start afresh."""
-        found = [] if self.on_ray else checkpoint_dirs(self.checkpoints, self.ray_storage)
-        if found and DistillConfig(**load_state(found[-1])["config"]).key() != self.config.key():
-            if self.progress:
-                print(f"{self.checkpoints}: made with other settings; starting afresh",
-                      flush=True)
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
-        return super().resume()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.projections.load_state_dict(state["projections"])
-        self.start_losses = state["start_losses"]
-        self.elapsed, self._since = state.get("elapsed", 0.0), time.time()
-        super().load_state_dict(state)
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"projections": self.projections}
 
     def finish(self, first: dict | None, last: dict, writer) -> dict:
         """Write ``distill/<id>/model/`` (the model, its card files and
@@ -353,46 +301,16 @@ class EndToEndTrainer(LoopTrainer):
             "layer_map": self.targets, "attention_blocks": self.student.attending,
             "dev_loss_start": self.start_losses, "dev_loss_end": self.dev_losses(),
             "first_losses": first, "last_losses": last, "workers": self.worker.world,
-            "seconds": round(self.elapsed + time.time() - self._since, 1),
-            "teacher": self.teacher.describe(), **provenance()}
-        if self.worker.main:
-            out = self.run_dir.distilled_dir(self.model_id)
-            with atomic_dir(out) as tmp, quiet_transformers():
-                self.model.save_pretrained(tmp)
-                for name in ("nasbert.json", "README.md"):
-                    if (self.source / name).is_file():
-                        shutil.copy2(self.source / name, tmp / name)
-                (tmp / RECORD).write_text(json.dumps(record, indent=1, default=str))
-            if not self.on_ray:
-                shutil.rmtree(self.checkpoints, ignore_errors=True)
+            "seconds": self.seconds(), "teacher": self.teacher.describe(), **provenance()}
+        self.save_result(self.run_dir.distilled_dir(self.model_id), record, RECORD)
         return record
-
-
-def _load_encoder(path: Path, *, eager: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
-    import nasbert  # noqa: F401 - registers the nasbert model type
-
-    kwargs = {}
-    try:
-        if eager and AutoConfig.from_pretrained(path).model_type != "nasbert":
-            kwargs["attn_implementation"] = "eager"  # output_attentions needs it
-        with quiet_transformers():
-            return AutoModel.from_pretrained(str(path), **kwargs)
-    except Exception as e:  # noqa: BLE001 - any loader failure: the folder is unreadable
-        raise ConfigError(f"could not be loaded ({(str(e).splitlines() or [''])[0][:160]}); "
-                          "extract it again (`nasbert search` or `nasbert extract`)",
-                          source=str(path)) from None
 
 
 def stage_one_key(run: RunDir, model_id: str, config: DistillConfig) -> str:
     """What a distilled model depends on: the extracted weights, the corpus, the teacher
     and the configuration."""
-    source = run.subnet_dir(model_id)
-    weights = next((source / f for f in ("model.safetensors", "pytorch_model.bin")
-                    if (source / f).is_file()), None)
-    return digest([file_digest(weights) if weights else None,
-                   run.corpus_key(), run.recipe().teacher, config.key()])
+    return digest([weights_digest(run.subnet_dir(model_id)), run.corpus_key(),
+                   run.recipe().teacher, config.key()])
 
 
 # ----------------------------------------------------------------------------- the stage
