@@ -3,8 +3,8 @@
 ``import nasbert`` must be cheap (the CLI answers queries from JSON in well under a
 second, and torch alone takes longer to import) yet make ``AutoConfig`` /
 ``AutoModel`` / ``AutoModelForSequenceClassification`` know our model types (``nasbert``,
-the low-rank BERT of :mod:`nasbert.compress.lowrank` and the n-gram student of
-:mod:`nasbert.compress.ngram`). So the registration runs when transformers' auto modules
+the low-rank BERT of :mod:`nasbert.compress.lowrank`, the n-gram student of
+:mod:`nasbert.compress.ngram` and the static embedding student of :mod:`nasbert.static`). So the registration runs when transformers' auto modules
 are imported, by whoever imports them first, or at once if they already are.
 """
 
@@ -16,9 +16,10 @@ import sys
 
 # transformers' auto module -> ours that register with it when it has been executed
 _HOOKS = {"transformers.models.auto.configuration_auto": ("nasbert.configuration_nasbert",
-                                                          "nasbert.compress.configuration_ngram"),
+                                                          "nasbert.compress.configuration_ngram",
+                                                          "nasbert.configuration_static"),
           "transformers.models.auto.modeling_auto": ("nasbert.model", "nasbert.compress.lowrank",
-                                                     "nasbert.compress.ngram")}
+                                                     "nasbert.compress.ngram", "nasbert.static")}
 # ours -> transformers modules it imports that may be mid-import when its hook fires
 # (``BertConfig`` and ``BertModel`` import the auto modeling module from decorators,
 # before they exist): ours then waits for them to finish

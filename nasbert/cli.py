@@ -675,6 +675,10 @@ def _add_distill_embeddings(p: argparse.ArgumentParser) -> None:
     from nasbert.train.embedding import EmbedDistillConfig
 
     _add_model_training(p, EmbedDistillConfig)
+    p.add_argument("--static", action="store_true",
+                   help="the static student (one vector per token of the teacher's "
+                   "vocabulary, made from the teacher's embedding of each token alone, then "
+                   "distilled here): alone, or beside the models --subnet names")
     p.set_defaults(func=_distill_embeddings)
 
 
@@ -684,7 +688,14 @@ def _distill_embeddings(args: argparse.Namespace) -> None:
 
     configs = _configs(args)
     run = RunDir(args.run)
-    records = distill_embeddings(run, args.subnet, configs[""], scaling=configs["scaling"],
+    models = args.subnet
+    if args.static:
+        from nasbert.run import STATIC
+        from nasbert.train import make_static
+
+        make_static(run, progress=not args.quiet)
+        models = [*(models or ()), STATIC]
+    records = distill_embeddings(run, models, configs[""], scaling=configs["scaling"],
                                  progress=not args.quiet)
     for model_id, r in records.items():
         a, b = r["dev_start"], r["dev_end"]

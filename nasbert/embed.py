@@ -172,21 +172,28 @@ def run_encoders(run, models: Sequence[str] | None = None, *, stage: str = "late
     """The encoders of a run, by name: the teacher, then each model under ``subnets/``
     (default: all) as ``stage`` left it: ``extracted``, ``stage-one``, ``embeddings``
     (embedding distillation), or ``latest``, the last of these it has been through. A
-    model that has not been through ``stage`` is left out."""
-    from nasbert.run import TEACHER, RunDir
+    model that has not been through ``stage`` is left out. The static student
+    (:mod:`nasbert.static`) comes last, once distilled, at ``embeddings`` and
+    ``latest``."""
+    from nasbert.run import STATIC, TEACHER, RunDir
 
     if stage not in (*STAGES, "latest"):
         raise ConfigError(f"is not a stage; give one of {', '.join(STAGES)} or latest",
                           source=f"stage {stage!r}")
     run = RunDir.of(run)
     out: dict[str, Path | str] = {TEACHER: run.teacher_name()}
-    for model_id in run.model_ids(list(models) if models else None):
+    others = [m for m in (models or ()) if m != STATIC]
+    for model_id in run.model_ids(others) if others or not models else []:
         folders = dict(zip(STAGES, (run.subnet_dir(model_id), run.distilled_dir(model_id),
                                     run.embedded_dir(model_id))))
         have = [k for k in STAGES if (folders[k] / "config.json").is_file()]
         pick = have[-1] if stage == "latest" else stage if stage in have else None
         if pick is not None:
             out[model_id] = folders[pick]
+    static = run.embedded_dir(STATIC)
+    if stage in ("embeddings", "latest") and (static / "config.json").is_file() and (
+            not models or STATIC in models):
+        out[STATIC] = static
     return out
 
 

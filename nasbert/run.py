@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 TEACHER = "teacher"  # the fine-tuned teacher's id beside the students under finetune/<task>/
 NGRAM = "ngram"  # the task's sparse n-gram student's id there (nasbert.compress.ngram_distill)
+STATIC = "static"  # the static embedding student's id under embed/ (nasbert.static)
 
 # the folder name's parts under finetune/<task>/, in the order they are appended
 _SEED, _EXTRACTED, _AUGMENTED = "-seed", "-extracted", "-aug"

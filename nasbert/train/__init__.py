@@ -32,7 +32,7 @@ from nasbert.errors import ConfigError
 from nasbert.io import atomic_write_text
 from nasbert.provenance import provenance
 from nasbert.recipe import Recipe, ScalingConfig
-from nasbert.run import RunDir
+from nasbert.run import STATIC, RunDir
 from nasbert.space import SearchSpace
 from nasbert.train.embedding import EmbedDistillConfig, embedded
 from nasbert.train.inherit import teacher_importance
@@ -41,7 +41,7 @@ from nasbert.train.loop import StepCallback
 from nasbert.train.stage_one import DistillConfig, distilled
 
 __all__ = ["DistillConfig", "EmbedDistillConfig", "StepCallback", "distill",
-           "distill_embeddings", "prepare_run", "train_supernet"]
+           "distill_embeddings", "make_static", "prepare_run", "train_supernet"]
 
 # fields a resumed run may change: how long, and on what
 _MAY_CHANGE = {("train", "max_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
@@ -128,8 +128,9 @@ def distill(run: RunDir | str | Path, models: Sequence[str] | None = None,
     last checkpoint. ``scaling.workers > 1`` runs each on Ray Train."""
     run = RunDir.of(run)
     config = config or DistillConfig()
+    ids = run.model_ids(models)
     run.corpus()  # fails here, before any work, when the run has none
-    return _each_model(run, models, "distill", config, lambda i: distilled(run, i, config),
+    return _each_model(run, ids, "distill", config, lambda i: distilled(run, i, config),
                        run.distill_dir, run.distilled_dir, scaling, progress, callbacks)
 
 
@@ -137,8 +138,9 @@ def distill_embeddings(run: RunDir | str | Path, models: Sequence[str] | None = 
                        config: EmbedDistillConfig | None = None, *,
                        scaling: ScalingConfig | None = None, progress: bool = True,
                        callbacks: Sequence[StepCallback] = ()) -> dict[str, dict]:
-    """Embedding distillation for ``models`` (default: every model under ``subnets/``),
-    one after the other (:mod:`nasbert.train.embedding`); returns each one's record. A
+    """Embedding distillation for ``models`` (default: every model under ``subnets/``;
+    ``"static"`` names the static student, :func:`make_static`), one after the other
+    (:mod:`nasbert.train.embedding`); returns each one's record. A
     model already distilled with this configuration, from the same weights and text, is
     skipped; one stopped midway resumes. Each result is a sentence-transformers folder,
     ``embed/<id>/model/``."""
@@ -146,7 +148,10 @@ def distill_embeddings(run: RunDir | str | Path, models: Sequence[str] | None = 
 
     run = RunDir.of(run)
     config = config or EmbedDistillConfig()
-    ids = run.model_ids(models)
+    others = [m for m in (models or ()) if m != STATIC]
+    ids = run.model_ids(others) if others or not models else []
+    if models and STATIC in models:
+        ids.append(STATIC)
     for model_id in ids:  # every start is there before any work
         source_dir(run, model_id, config)
     if config.texts is None:
@@ -158,7 +163,37 @@ def distill_embeddings(run: RunDir | str | Path, models: Sequence[str] | None = 
                        run.embed_dir, run.embedded_dir, scaling, progress, callbacks)
 
 
-def _each_model(run: RunDir, models: Sequence[str] | None, kind: str, config,
+def make_static(run: RunDir | str | Path, *, progress: bool = True) -> Path:
+    """The static embedding student's table as the teacher makes it (one row per token:
+    the teacher's pooled embedding of the token alone; :func:`nasbert.static
+    .static_from_teacher`), written once to ``embed/static/init/``; train it with
+    ``distill_embeddings(run, ["static"], config)``."""
+    from nasbert.io import atomic_dir
+    from nasbert.pooling import Pooling
+    from nasbert.static import static_from_teacher
+    from nasbert.teacher import Teacher
+
+    run = RunDir.of(run)
+    out = run.embed_dir(STATIC) / "init"
+    if (out / "config.json").is_file():
+        return out
+    recipe = run.recipe()
+    teacher = Teacher.load(recipe.teacher, SearchSpace.from_yaml(recipe.space))
+    tokenizer = run.tokenizer()
+    pooling = Pooling.of(run.teacher_name())
+    if progress:
+        print(f"static student: the teacher embeds each of {len(tokenizer):,} tokens alone",
+              flush=True)
+    model = static_from_teacher(teacher.model, tokenizer, pooling, provenance=provenance(
+        teacher=recipe.teacher, made="each token's row: the teacher's pooled embedding of "
+        "[CLS] token [SEP]"))
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def _each_model(run: RunDir, ids: Sequence[str], kind: str, config,
                 done: Callable[[str], dict | None], folder: Callable[[str], Path],
                 result: Callable[[str], Path], scaling: ScalingConfig | None, progress: bool,
                 callbacks: Sequence[StepCallback]) -> dict[str, dict]:
@@ -166,7 +201,7 @@ def _each_model(run: RunDir, models: Sequence[str] | None, kind: str, config,
     ones ``done`` finds; each one's record, with its dev loss before and after."""
     scaling = scaling or ScalingConfig()
     out = {}
-    for model_id in run.model_ids(models):
+    for model_id in ids:
         record = done(model_id)
         if record:
             out[model_id] = record

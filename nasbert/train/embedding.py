@@ -44,7 +44,7 @@ from nasbert.errors import ConfigError
 from nasbert.io import cached_record
 from nasbert.pooling import Pooling, pool
 from nasbert.provenance import provenance
-from nasbert.run import RunDir
+from nasbert.run import STATIC, RunDir
 from nasbert.schema import check
 from nasbert.space import SearchSpace
 from nasbert.teacher import Teacher
@@ -148,7 +148,15 @@ def file_texts(path: Path, tokenizer, config: EmbedDistillConfig, *, dev: int, s
 
 def source_dir(run: RunDir, model_id: str, config: EmbedDistillConfig) -> Path:
     """The weights embedding distillation starts from: stage one's model or the
-    extracted one (``config.start``)."""
+    extracted one (``config.start``); for the static student, its table as made from
+    the teacher (``embed/static/init/``)."""
+    if model_id == STATIC:
+        folder = run.embed_dir(STATIC) / "init"
+        if not (folder / "config.json").is_file():
+            raise ConfigError("is missing; make the static student first "
+                              f"(`nasbert distill-embeddings {run.path} --static`)",
+                              source=str(folder))
+        return folder
     if config.start == "extracted":
         return run.subnet_dir(model_id)
     folder = run.distilled_dir(model_id)

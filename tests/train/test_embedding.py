@@ -158,3 +158,32 @@ def test_export_writes_a_run_s_model_as_a_sentence_transformers_folder(run, tmp_
     assert "give --teacher" in capsys.readouterr().err
     assert main(["export", str(bare), "--sentence-transformers", str(tmp_path / "x"),
                  "--teacher", run.teacher_name()]) == 0
+
+
+def test_the_static_student_starts_as_the_teacher_s_token_embeddings_and_learns(run, capsys):
+    """Each token's row is the teacher's embedding of the token alone; distilled on the
+    corpus, it comes nearer the teacher's sentence embeddings; it loads through
+    AutoModel, and embed-eval scores it beside the others."""
+    from transformers import AutoModel
+
+    from nasbert.embed import encode, run_encoders
+    from nasbert.pooling import Pooling
+
+    code = main(["distill-embeddings", str(run.path), "--static", "--steps", "30", "--lr",
+                 "3e-2", "--batch-size", "8", "--max-tokens", "20", "--dev-batches", "1",
+                 "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "static" in out
+    init = run.embed_dir("static") / "init"
+    static = AutoModel.from_pretrained(init)
+    teacher = AutoModel.from_pretrained(run.teacher_name())
+    tokenizer = run.tokenizer()
+    word = tokenizer.convert_tokens_to_ids("model")
+    alone = encode(teacher, tokenizer, ["model"], Pooling())[0]
+    assert torch.allclose(static.embeddings.weight[word], alone, atol=1e-5)
+    assert static.embeddings.weight[tokenizer.cls_token_id].abs().sum() == 0
+    import json
+
+    record = json.loads((run.embedded_dir("static") / "embedding.json").read_text())
+    assert record["dev_end"]["loss"] < record["dev_start"]["loss"]
+    assert run_encoders(run, ["static"])["static"] == run.embedded_dir("static")
