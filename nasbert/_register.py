@@ -4,8 +4,9 @@
 second, and torch alone takes longer to import) yet make ``AutoConfig`` /
 ``AutoModel`` / ``AutoModelForSequenceClassification`` know our model types (``nasbert``,
 the low-rank BERT of :mod:`nasbert.compress.lowrank`, the n-gram student of
-:mod:`nasbert.compress.ngram` and the static embedding student of :mod:`nasbert.static`). So the registration runs when transformers' auto modules
-are imported, by whoever imports them first, or at once if they already are.
+:mod:`nasbert.compress.ngram` and the static embedding student of
+:mod:`nasbert.static`). So the registration runs when transformers' auto modules are
+imported, by whoever imports them first, or at once if they already are.
 """
 
 from __future__ import annotations
