@@ -5,7 +5,8 @@ hand-designed baselines at each budget) and the teacher: zero-shot STS quality
 (Spearman of the cosine of pooled states x 100, the teacher's pooling, on the STS-B
 training pairs; no training on them) as extracted, after stage one, and after embedding
 distillation (``nasbert.train.distill_embeddings``, run here when not done), in
-float32 and int8 (dynamic quantisation of the distilled model); and the speed in
+float32 and int8 (dynamic quantisation of the distilled model); the static student
+(``nasbert.static``, distilled here); and the speed in
 sentences per second at batch 1 and 64 (sequence 32, about an STS sentence), float32
 and int8, measured side by side with the teacher in one clean process.
 
@@ -35,7 +36,7 @@ MARGIN = 3.0  # points of Spearman x 100 over both baselines
 SPEED_SEQ = 32
 
 
-def measure(run_path: Path, data: Path, *, config, max_pairs: int | None = None,
+def measure(run_path: Path, data: Path, *, config, static_config, max_pairs: int | None = None,
             rounds: int = 3, progress: bool = True) -> dict:
     from nasbert.embed import pair_scores, read_pairs, run_encoders
     from nasbert.latency.measure import PRECISIONS, Protocol, cpu_name, measure_precisions
@@ -43,9 +44,9 @@ def measure(run_path: Path, data: Path, *, config, max_pairs: int | None = None,
     from nasbert.provenance import provenance
     from nasbert.quantize import quantize
     from nasbert.reporting import git_commit
-    from nasbert.run import TEACHER, RunDir
+    from nasbert.run import STATIC, TEACHER, RunDir
     from nasbert.search.plan import Plan
-    from nasbert.train import distill_embeddings
+    from nasbert.train import distill_embeddings, make_static
 
     run = RunDir(run_path)
     plan = Plan.load(run)
@@ -56,6 +57,10 @@ def measure(run_path: Path, data: Path, *, config, max_pairs: int | None = None,
     start = time.time()
     embedded = distill_embeddings(run, ids, config, progress=progress)
     seconds = {"embedding distillation": round(time.time() - start, 1)}
+    start = time.time()
+    make_static(run, progress=progress)
+    embedded.update(distill_embeddings(run, [STATIC], static_config, progress=progress))
+    seconds["static student"] = round(time.time() - start, 1)
     pairs, gold = read_pairs(data / "glue" / "STS-B" / "train.tsv")
     if max_pairs:
         pairs, gold = pairs[:max_pairs], gold[:max_pairs]
@@ -78,15 +83,17 @@ def measure(run_path: Path, data: Path, *, config, max_pairs: int | None = None,
                                                 pooling)["spearman"]
             if progress:
                 print(f"{name:<24} {stage:<10} Spearman {sts[name][key]:.2f}", flush=True)
+    for name in (STATIC, *ids):  # the static student has no stage before its distillation
+        sts[name] = {"extracted": None, "stage-one": None, **sts[name]}
     seconds["scoring"] = round(time.time() - start, 1)
     start = time.time()
-    folders = [run.teacher_name(), *(run.embedded_dir(i) for i in ids)]
+    folders = [run.teacher_name(), *(run.embedded_dir(i) for i in (*ids, STATIC))]
     speed = {}
     for batch in (1, 64):
         times = measure_precisions(folders, Protocol(batch=batch, seq=SPEED_SEQ,
                                                      rounds=rounds))
         for precision in PRECISIONS:
-            for name, ms in zip([TEACHER, *ids], times[precision]):
+            for name, ms in zip([TEACHER, *ids, STATIC], times[precision]):
                 speed.setdefault(name, {})[f"{precision} b{batch}"] = round(
                     1000 * batch / ms, 1)
     seconds["speed"] = round(time.time() - start, 1)
@@ -97,9 +104,13 @@ def measure(run_path: Path, data: Path, *, config, max_pairs: int | None = None,
                                 "speed": speed[model_id],
                                 "cosine_to_teacher": embedded[model_id]["dev_end"][
                                     "cosine_to_teacher"]}
+    models[STATIC] = {"group": "-", "kind": "static", "sts": sts[STATIC],
+                      "speed": speed[STATIC],
+                      "cosine_to_teacher": embedded[STATIC]["dev_end"]["cosine_to_teacher"]}
     return {"run": run.path.name, "cpu": cpu_name(), "commit": git_commit(),
             "pairs": len(pairs), "pooling": dataclasses.asdict(pooling),
             "config": dataclasses.asdict(config), "speed_seq": SPEED_SEQ,
+            "static_config": dataclasses.asdict(static_config),
             "teacher": {"sts": sts[TEACHER], "speed": speed[TEACHER]},
             "groups": plan.groups, "models": models, "seconds": seconds, **provenance()}
 
@@ -134,7 +145,16 @@ def goals(record: dict) -> list[str]:
             lead = searched - max(others)
             lines.append(f"- {group}: ahead of the best baseline by {lead:+.2f} points "
                          f"(goal >= +{MARGIN:.0f}): {'met' if lead >= MARGIN else 'missed'}")
+    static = record["models"].get("static")
+    if static is not None:
+        share = 100 * static["sts"]["embeddings"] / teacher
+        speed = static["speed"]["float32 b1"] / record["teacher"]["speed"]["float32 b1"]
+        lines.append(f"- the static student keeps {share:.1f} % of the teacher's Spearman "
+                     f"(goal >= 85 %) at {speed:.0f}x its speed at batch 1 (goal >= 100x): "
+                     f"{'met' if share >= 85 and speed >= 100 else 'missed'}")
     for model_id, m in record["models"].items():
+        if m["kind"] == "static":
+            continue
         loss = m["sts"]["embeddings"] - m["sts"]["int8"]
         gain = m["speed"]["int8 b64"] / m["speed"]["float32 b64"]
         lines.append(f"- {model_id}: int8 loses {loss:.2f} points (goal <= 1) and runs "
@@ -189,6 +209,16 @@ def render(records: list[dict]) -> str:
                     f"{100 * s['embeddings'] / t:.1f} | {s['int8']:.2f} | "
                     f"{v['float32 b1']:.0f} ({b1:.1f}x) | {v['float32 b64']:.0f} ({b64:.1f}x) | "
                     f"{v['int8 b64'] / v['float32 b64']:.2f}x |")
+        static = r["models"].get("static")
+        if static is not None:
+            s, v = static["sts"], static["speed"]
+            sc = r["static_config"]
+            lines.append(
+                f"| - | static ({sc['steps']} steps, lr {sc['lr']}) | | | "
+                f"**{s['embeddings']:.2f}** | {100 * s['embeddings'] / t:.1f} | {s['int8']:.2f} | "
+                f"{v['float32 b1']:.0f} ({v['float32 b1'] / teacher['speed']['float32 b1']:.1f}x)"
+                f" | {v['float32 b64']:.0f} "
+                f"({v['float32 b64'] / teacher['speed']['float32 b64']:.1f}x) | - |")
         lines += ["", "Goals (issue 37), on this record:", "", *goals(r), ""]
     lines += ["## Anchors (other models, other data sizes)", "",
               "- sentence-transformers' distillation example: a 6-layer student of "
@@ -210,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="../shared/data", help="the data root (glue/STS-B)")
     parser.add_argument("--max-pairs", type=int, help="the first N STS-B pairs (default: all)")
     parser.add_argument("--steps", type=int, default=EmbedDistillConfig.steps)
+    parser.add_argument("--static-steps", type=int, default=2000)
+    parser.add_argument("--static-lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render-only", action="store_true",
                         help="render the page from the records, measure nothing")
@@ -217,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.render_only:
         config = EmbedDistillConfig(steps=args.steps, seed=args.seed)
+        static_config = EmbedDistillConfig(start="extracted", steps=args.static_steps,
+                                           lr=args.static_lr, seed=args.seed)
         record = measure(Path(args.run), Path(args.data), config=config,
+                         static_config=static_config,
                          max_pairs=args.max_pairs, progress=not args.quiet)
         record["command"] = " ".join(["python scripts/results_embeddings.py", *sys.argv[1:]])
         from nasbert.io import atomic_write_text

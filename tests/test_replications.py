@@ -120,8 +120,10 @@ def test_a_replication_runs_every_stage_and_records_it(tiny_teacher, tiny_corpus
     from nasbert.train import EmbedDistillConfig
 
     quick_embed = EmbedDistillConfig(steps=4, batch_size=8, max_tokens=20, dev_batches=1)
-    emb = results_embeddings.measure(tmp_path / "run", data, config=quick_embed, rounds=1,
-                                     progress=False)
+    quick_static = EmbedDistillConfig(start="extracted", steps=4, batch_size=8, lr=1e-2,
+                                      max_tokens=20, dev_batches=1)
+    emb = results_embeddings.measure(tmp_path / "run", data, config=quick_embed,
+                                     static_config=quick_static, rounds=1, progress=False)
     for model_id in group.values():
         m = emb["models"][model_id]
         assert set(m["sts"]) == {"extracted", "stage-one", "embeddings", "int8"}
@@ -129,3 +131,4 @@ def test_a_replication_runs_every_stage_and_records_it(tiny_teacher, tiny_corpus
     assert emb["pairs"] == 40 and emb["teacher"]["sts"]["float32"] > -100
     page = results_embeddings.render([emb])
     assert page.count("| 1x |") == 3 and "Goals (issue 37)" in page
+    assert emb["models"]["static"]["speed"]["float32 b1"] > 0 and "| - | static" in page

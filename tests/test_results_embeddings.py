@@ -28,20 +28,26 @@ def _record(searched: float, uniform: float, int8: float) -> dict:
             "teacher": {"sts": {"float32": 80.0, "int8": 79.5},
                         "speed": {"float32 b1": 50.0, "int8 b1": 80.0, "float32 b64": 400.0,
                                   "int8 b64": 900.0}},
+            "static_config": {"steps": 2000, "lr": 0.01},
             "groups": {"2x": {"searched": "s2", "uniform": "u2"}},
             "models": {"s2": model("2x", "searched", searched, int8, 800.0),
-                       "u2": model("2x", "uniform", uniform, uniform, 800.0)}}
+                       "u2": model("2x", "uniform", uniform, uniform, 800.0),
+                       "static": {**model("-", "static", 70.0, 70.0, 40_000.0),
+                                  "speed": {"float32 b1": 6000.0, "int8 b1": 6000.0,
+                                            "float32 b64": 40_000.0, "int8 b64": 40_000.0}}}}
 
 
 def test_goals_are_judged_from_the_figures():
     met = goals(_record(searched=79.0, uniform=75.0, int8=78.5))
     assert "keeps 98.8 % of the teacher's Spearman (goal >= 98 %): met" in met[0]
     assert "+4.00 points (goal >= +3): met" in met[1]
-    assert "s2: int8 loses 0.50 points (goal <= 1) and runs 2.50x" in met[2]
-    assert met[2].endswith("met")
+    assert met[2] == ("- the static student keeps 87.5 % of the teacher's Spearman "
+                      "(goal >= 85 %) at 120x its speed at batch 1 (goal >= 100x): met")
+    assert "s2: int8 loses 0.50 points (goal <= 1) and runs 2.50x" in met[3]
+    assert met[3].endswith("met")
     missed = goals(_record(searched=77.0, uniform=75.0, int8=75.0))
     assert missed[0].endswith("missed") and missed[1].endswith("missed")
-    assert missed[2].endswith("missed")  # int8 lost 2 points
+    assert missed[3].endswith("missed")  # int8 lost 2 points
 
 
 def test_the_page_holds_every_record_s_table_and_the_anchors():
@@ -49,4 +55,5 @@ def test_the_page_holds_every_record_s_table_and_the_anchors():
     page = render([record, {**record, "cpu": "Other CPU"}])
     assert page.count("| 2x | searched | 59.00 | 74.00 | **79.00** | 98.8 |") == 2
     assert "| 100 (2.0x) | 800 (2.0x) | 2.50x |" in page and "## Anchors" in page
+    assert "| - | static (2000 steps, lr 0.01) | | | **70.00** | 87.5 |" in page
     assert record_path(record).name == "some-cpu-replication-seed0.json"
