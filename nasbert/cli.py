@@ -322,9 +322,12 @@ def _add_run(p: argparse.ArgumentParser, *, optional: bool = False, default=None
                    help="the run directory" + (f" (default {default})" if default else ""))
 
 
-def _add_task(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _add_task(p: argparse.ArgumentParser, *, required: bool = True,
+              embeddings: bool = False) -> None:
     p.add_argument("--task", required=required, help="cola, sst2, mrpc, stsb, qqp, mnli, "
-                   "qnli, rte, wnli, or tweets (the embedded default)")
+                   "qnli, rte, wnli, or tweets (the embedded default)" + (
+                       "; embeddings: the students after embedding distillation"
+                       if embeddings else ""))
     p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
 
 
@@ -844,7 +847,8 @@ def _add_query(p: argparse.ArgumentParser) -> None:
     _add_budgets(p)
     p.add_argument("--task", help="choose among the task's fine-tuned models in every "
                    "precision and length configuration `nasbert deploy` measured (a budget "
-                   "is then --latency-ms, measured with the --timing-* protocol)")
+                   "is then --latency-ms, measured with the --timing-* protocol); "
+                   "`embeddings`: the most faithful embedding student")
     p.add_argument("--export", help="also write the answer to this folder (one budget)")
     _add_timing(p)
     _add_json(p)
@@ -894,22 +898,27 @@ def _query(args: argparse.Namespace) -> None:
 
 
 def _query_deployment(args: argparse.Namespace, run, budgets: list) -> None:
-    from nasbert.compress.deploy import choose, export
+    from nasbert.compress.deploy import FIDELITY, choose, export
     from nasbert.data.tasks import task_spec
     from nasbert.latency.stage import teacher_ms
+    from nasbert.run import EMBEDDINGS
 
-    spec = task_spec(args.task)
+    if args.task == EMBEDDINGS:  # the embedding students: faithfulness to the teacher
+        name, metric = EMBEDDINGS, FIDELITY
+    else:
+        spec = task_spec(args.task)
+        name, metric = spec.name, spec.metric
     if any(b.params_m is not None for b in budgets):
         raise ConfigError("with --task, a budget is --latency-ms alone (the deployable family "
                           "is chosen by measured latency); drop --params-m",
                           source="nasbert query")
     protocol = _protocol(args)
     with _stdout_for(args):
-        answers = [(b, choose(run, spec.name, b.latency_ms, protocol)) for b in budgets]
+        answers = [(b, choose(run, name, b.latency_ms, protocol)) for b in budgets]
         base = teacher_ms(run, protocol)
         written = export(run, answers[0][1], args.export) if args.export else None
     if args.json:
-        return _dump({"run": str(run.path), "task": spec.name, "teacher_ms": base,
+        return _dump({"run": str(run.path), "task": name, "teacher_ms": base,
                       "protocol": dataclasses.asdict(protocol), "exported": written,
                       "answers": [{"budget": dataclasses.asdict(b), **dataclasses.asdict(c)}
                                   for b, c in answers]})
@@ -919,14 +928,18 @@ def _query_deployment(args: argparse.Namespace, run, budgets: list) -> None:
         print(f"model         {c.model_id}  ({c.folder})")
         if c.kind == "ngram":
             print(f"kind          a sparse n-gram student: task-specific, it classifies "
-                  f"{spec.name} only")
+                  f"{name} only")
+        elif c.kind == "static":
+            print("kind          a static embedding student: one vector per token, no "
+                  "attention")
         print(f"precision     {c.precision}")
         print("runtime       " + ("ONNX Runtime (the exported graph)"
                                   if c.runtime == "onnxruntime" else "PyTorch"))
         print("length        " + ("every token" if c.length_config is None else
                                   ", ".join(f"{r:g}" for r in c.length_config)
                                   + " (kept per block)"))
-        print(f"dev {spec.metric:<9} {c.metric:.4f}")
+        print(f"dev {metric:<9} {c.metric:.4f}"
+              + (" (mean cosine to the teacher's embeddings)" if name == EMBEDDINGS else ""))
         print(f"latency       measured {c.ms:.2f} ms (batch {protocol.batch}, sequence "
               f"{protocol.seq}): {base / c.ms:.2f}x the float32 teacher's {base:.2f} ms")
         print(f"bound         {c.ms_bound:.2f} ms (the budget was checked against it: a high "
@@ -1078,7 +1091,7 @@ def _add_deploy(p: argparse.ArgumentParser) -> None:
     from nasbert.compress.qat import QatConfig
 
     _add_run(p)
-    _add_task(p)
+    _add_task(p, embeddings=True)
     p.epilog = "deprecated spellings (they warn, and go in the next release): " \
         "--quantisation-aware POINTS (now --quantisation-aware --qat-threshold POINTS/100)"
     p.add_argument("--subnet", action="append", help="a fine-tuned model (repeatable; "
@@ -1118,21 +1131,38 @@ class _QuantisationAware(argparse.Action):
 
 
 def _deploy(args: argparse.Namespace) -> None:
-    from nasbert.compress.deploy import RUNTIMES, prepare_deployment
+    from nasbert.compress.deploy import FIDELITY, prepare_embedding_deployment
     from nasbert.data.tasks import load_task
+    from nasbert.run import EMBEDDINGS
 
     configs = _configs(args)
     protocol = _protocol(args)
-    data = load_task(args.task, args.data_dir)
-    rows = prepare_deployment(
+    if args.task == EMBEDDINGS:
+        if args.length_adaptive or args.quantisation_aware:
+            raise ConfigError("embedding students deploy in float32 and int8 at full length; "
+                              "drop --length-adaptive and --quantisation-aware",
+                              source="--task embeddings")
+        rows = prepare_embedding_deployment(args.run, args.subnet, protocol=protocol,
+                                            bounds=configs["bound"], progress=not args.quiet)
+        metric = FIDELITY
+    else:
+        data = load_task(args.task, args.data_dir)
+        rows = _deploy_task(args, data, configs, protocol)
+        metric = data.spec.metric
+    print(f"{'deployable':<52} {metric:>9} {'ms':>8} {'bound':>8}")
+    for c in sorted(rows, key=lambda c: c.ms_bound):
+        print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f} {c.ms_bound:>8.2f}")
+
+
+def _deploy_task(args: argparse.Namespace, data, configs: dict, protocol) -> list:
+    from nasbert.compress.deploy import RUNTIMES, prepare_deployment
+
+    return prepare_deployment(
         args.run, data, models=args.subnet, protocol=protocol,
         lengths=configs["length"] if args.length_adaptive else None,
         drop=configs["length_drop"] if args.length_adaptive else None,
         qat=configs["qat"] if args.quantisation_aware else None, bounds=configs["bound"],
         runtimes=("pytorch",) if args.no_onnxruntime else RUNTIMES, progress=not args.quiet)
-    print(f"{'deployable':<52} {data.spec.metric:>9} {'ms':>8} {'bound':>8}")
-    for c in sorted(rows, key=lambda c: c.ms_bound):
-        print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f} {c.ms_bound:>8.2f}")
 
 
 @_verb("ngram", "distil a task's fine-tuned teacher into a sparse n-gram student (far "

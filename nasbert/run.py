@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 TEACHER = "teacher"  # the fine-tuned teacher's id beside the students under finetune/<task>/
 NGRAM = "ngram"  # the task's sparse n-gram student's id there (nasbert.compress.ngram_distill)
 STATIC = "static"  # the static embedding student's id under embed/ (nasbert.static)
+# the task name under which embedding students deploy (`deploy` / `query --task embeddings`)
+EMBEDDINGS = "embeddings"
 
 # the folder name's parts under finetune/<task>/, in the order they are appended
 _SEED, _EXTRACTED, _AUGMENTED = "-seed", "-extracted", "-aug"
@@ -227,6 +229,12 @@ class RunDir:
         if model is None:
             return folder
         return folder / (model.folder if isinstance(model, Variant) else model)
+
+    def forms_dir(self, task: str) -> Path:
+        """Where a task's deployable forms are measured (``<id>/deploy.json``, the
+        ``latency.json`` bounds): ``finetune/<task>/``, or ``embed/`` for the
+        embedding students (task ``embeddings``)."""
+        return self.embed if task == EMBEDDINGS else self.finetune_dir(task)
 
     def finetuned(self, task: str) -> list[Variant]:
         """Every model fine-tuned on ``task`` (a folder holding ``metrics.json``), as the

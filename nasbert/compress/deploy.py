@@ -52,11 +52,11 @@ from nasbert.digest import digest
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.record import FinetunedRecord
-from nasbert.io import atomic_dir, atomic_write_text
+from nasbert.io import atomic_dir, atomic_write_text, read_record
 from nasbert.latency.measure import PRECISIONS, Protocol, device_id, fingerprint, measure_precisions
 from nasbert.latency.stage import reference
 from nasbert.provenance import provenance
-from nasbert.run import TEACHER, RunDir, Variant, is_ngram
+from nasbert.run import EMBEDDINGS, STATIC, TEACHER, RunDir, Variant, is_ngram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +106,8 @@ class Deployable:
     def describe(self) -> str:
         if self.kind == "ngram":
             return f"{self.model_id} (an n-gram student: task-specific, {self.precision})"
+        if self.kind == "static":
+            return f"{self.model_id} (a static embedding student, {self.precision})"
         length = ("full length" if self.length_config is None
                   else "length " + ", ".join(f"{r:g}" for r in self.length_config))
         precision = self.precision + (" quantisation-aware" if self.quantisation_aware else "")
@@ -218,6 +220,76 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     return [c for c in deployment_candidates(run, task, protocol) if c.model_id in ids]
 
 
+FIDELITY = "cosine"  # an embedding form's metric: its mean cosine to the teacher's embeddings
+
+
+def prepare_embedding_deployment(run: RunDir | str | Path, models: list[str] | None = None,
+                                 *, protocol: Protocol | None = None, texts: int = 256,
+                                 bounds: BoundConfig | None = BoundConfig(),
+                                 progress: bool = True) -> list[Deployable]:
+    """The embedding students' deployable forms (task ``embeddings``): each model after
+    embedding distillation (``embed/<id>/model/``; default all, the static student
+    included) in float32 and int8, its fidelity measured (the mean cosine between its
+    sentence embeddings and the teacher's, both pooled as the teacher pools, over
+    ``texts`` held-out spans of the run's corpus; no labels) and its latency, every
+    model in both precisions side by side in one clean process; each model's figures go
+    to ``embed/<id>/deploy.json``, then, with ``bounds``, every form is timed again for
+    its latency bound (:func:`measure_bounds`). What is done with the same inputs is
+    skipped. ``query --task embeddings`` chooses among them."""
+    import torch
+
+    from nasbert.data.corpus import spans
+    from nasbert.embed import load_encoder, run_encoders
+    from nasbert.pooling import Pooling, pool
+    from nasbert.quantize import quantize
+
+    run = RunDir.of(run)
+    protocol = protocol or Protocol()
+    encoders = {k: Path(v) for k, v in run_encoders(run, models, stage="embeddings").items()
+                if k != TEACHER}
+    if not encoders:
+        raise ConfigError(f"has no embedding students; run `nasbert distill-embeddings {run}` "
+                          "first", source=str(run.embed))
+    records = {m: read_record(folder / "embedding.json") for m, folder in encoders.items()}
+    keys = {m: digest([(records[m] or {}).get("key"), dataclasses.asdict(protocol),
+                       device_id(fingerprint(protocol)), texts]) for m in encoders}
+    todo = [m for m in encoders if _key(_stored(run, EMBEDDINGS, m)) != keys[m]]
+    if todo:
+        pooling = Pooling.of(run.teacher_name())
+        tokenizer = run.tokenizer()
+        ids, mask = spans(run.corpus().dev[:texts], 8, 64, seed=0,
+                          pad_id=tokenizer.pad_token_id or 0)
+
+        def embeddings(model) -> torch.Tensor:
+            with torch.inference_mode():
+                return torch.cat([pool(model(input_ids=ids[i:i + 64],
+                                             attention_mask=mask[i:i + 64]).last_hidden_state,
+                                       mask[i:i + 64], pooling, normalize=True).float()
+                                  for i in range(0, len(ids), 64)])
+
+        target = embeddings(load_encoder(run.teacher_name(), tokenizer)[0])
+        dirs = [encoders[m] for m in todo]
+        ms = measure_precisions(dirs, protocol, reference=reference(run, protocol))
+        for i, m in enumerate(todo):
+            model = load_encoder(dirs[i], tokenizer)[0].eval()
+            rows = []
+            for p in PRECISIONS:
+                form = model if p == "float32" else quantize(model)
+                cosine = float((embeddings(form) * target).sum(-1).mean())
+                rows.append(MeasuredForm(p, {"dev": {FIDELITY: cosine}}, ms[p][i], device_id(
+                    fingerprint(dataclasses.replace(protocol, dtype=p)))))
+                if progress:
+                    print(f"{m:<24} {p:<8} cosine to the teacher {cosine:.4f}  "
+                          f"{ms[p][i]:.2f} ms", flush=True)
+            FormsRecord(keys[m], m, EMBEDDINGS, dataclasses.asdict(protocol), rows,
+                        kind="static" if m == STATIC else "transformer",
+                        provenance=provenance(texts=texts)).save(
+                run.forms_dir(EMBEDDINGS) / m / "deploy.json")
+    if bounds is not None:
+        measure_bounds(run, EMBEDDINGS, protocol, bounds, progress=progress)
+    return [c for c in deployment_candidates(run, EMBEDDINGS, protocol) if c.model_id in encoders]
+
+
 def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
                 protocol: Protocol, tokenizer) -> list[MeasuredForm]:
     """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
@@ -285,7 +357,7 @@ def _quantisation_aware(run: RunDir, data: TaskData, model_id: str, config: QatC
 
 
 def _stored(run: RunDir, task: str, model_id: str) -> FormsRecord | None:
-    return FormsRecord.load(run.finetune_dir(task, model_id) / "deploy.json")
+    return FormsRecord.load(run.forms_dir(task) / model_id / "deploy.json")
 
 
 def _key(record: FormsRecord | None) -> str | None:
@@ -322,7 +394,7 @@ def _form(c: Deployable) -> str:
 
 def _bounds(run: RunDir, task: str, protocol: Protocol) -> LatencyBounds | None:
     """The task's ``latency.json`` when it was measured under ``protocol`` on this device."""
-    stored = LatencyBounds.load(run.finetune_dir(task) / "latency.json")
+    stored = LatencyBounds.load(run.forms_dir(task) / "latency.json")
     if stored is None or stored.device != device_id(fingerprint(protocol)):
         return None
     return stored
@@ -374,7 +446,7 @@ def measure_bounds(run: RunDir | str | Path, task: str, protocol: Protocol | Non
                             c.folder, [round(x, 4) for x in r])
                for (f, c), r in zip(forms.items(), rounds)},
         provenance=provenance())
-    record.save(run.finetune_dir(task) / "latency.json")
+    record.save(run.forms_dir(task) / "latency.json")
     if progress:
         for f, row in record.forms.items():
             print(f"  {f:<48} {row.ms:7.2f} ms, bound {row.ms_bound:7.2f} ms", flush=True)
@@ -425,7 +497,7 @@ def _measured(run: RunDir, task: str, protocol: Protocol) -> list[Deployable]:
 
 def _sources(run: RunDir, task: str) -> list[Path]:
     """The stages' records of the task's forms."""
-    folder = run.finetune_dir(task)
+    folder = run.forms_dir(task)
     lengths = [lat_dir(run, task, v.model_id) / "lengths.json" for v in run.finetuned(task)
                if v.form == "length-adaptive"]
     return sorted(folder.glob("*/deploy.json")) + sorted(p for p in lengths if p.is_file())
@@ -434,6 +506,8 @@ def _sources(run: RunDir, task: str) -> list[Path]:
 def _metric(task: str) -> str:
     from nasbert.data.tasks import task_spec
 
+    if task == EMBEDDINGS:
+        return FIDELITY
     return task_spec(task).metric
 
 
@@ -442,7 +516,10 @@ def choose(run: RunDir | str | Path, task: str, latency_ms: float,
     """The most accurate deployable form of the task's students whose latency bound is
     within ``latency_ms`` (ties: the faster)."""
     run = RunDir.of(run)
-    if not run.finetune_dir(task).is_dir():
+    if task == EMBEDDINGS and not run.embed.is_dir():
+        raise ConfigError(f"has no embedding students; run `nasbert distill-embeddings {run}` "
+                          f"then `nasbert deploy {run} --task {task}`", source=str(run))
+    if task != EMBEDDINGS and not run.finetune_dir(task).is_dir():
         raise ConfigError(f"has no models fine-tuned on {task}; run `nasbert finetune {run} "
                           f"--task {task}` then `nasbert deploy {run} --task {task}`",
                           source=str(run))

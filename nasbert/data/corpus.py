@@ -206,6 +206,27 @@ def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int) -
     return torch.cat([torch.full((n, 1), cls_id), chunks, torch.full((n, 1), sep_id)], dim=1)
 
 
+def spans(rows: Tensor, min_tokens: int, max_tokens: int, *, seed: int, pad_id: int
+          ) -> tuple[Tensor, Tensor]:
+    """One span of each packed ``[CLS] ... [SEP]`` row: ``[CLS]`` and ``[SEP]`` around a
+    random stretch of its body, ``min_tokens`` to ``max_tokens`` long; the ids padded
+    with ``pad_id`` ``(rows, max_tokens + 2)`` and the attention mask."""
+    import torch
+
+    rng = random.Random(seed)
+    body = rows.shape[1] - 2
+    hi = min(max_tokens, body)
+    lo = min(min_tokens, hi)
+    ids = torch.full((len(rows), hi + 2), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        n = rng.randint(lo, hi)
+        at = 1 + rng.randint(0, body - n)
+        ids[i, 0], ids[i, 1:n + 1], ids[i, n + 1] = row[0], row[at:at + n], row[-1]
+        mask[i, :n + 2] = 1
+    return ids, mask
+
+
 def build_corpus(config: CorpusConfig, tokenizer, *, progress: bool = True) -> Corpus:
     """Read, tokenise, split (dev by whole documents) and pack a corpus."""
     docs, records = read_documents(config)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from nasbert.data.corpus import spans
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
 from nasbert.io import cached_record
@@ -102,25 +103,6 @@ class EmbedDistillConfig:
 
 
 # ----------------------------------------------------------------------------- the text
-
-
-def corpus_spans(rows: Tensor, config: EmbedDistillConfig, *, seed: int, pad_id: int
-                 ) -> tuple[Tensor, Tensor]:
-    """One span of each packed ``[CLS] ... [SEP]`` row: ``[CLS]`` and ``[SEP]`` around a
-    random stretch of its body, ``min_tokens`` to ``max_tokens`` long; the ids padded
-    with ``pad_id`` ``(rows, max_tokens + 2)`` and the attention mask."""
-    rng = random.Random(seed)
-    body = rows.shape[1] - 2
-    hi = min(config.max_tokens, body)
-    lo = min(config.min_tokens, hi)
-    ids = torch.full((len(rows), hi + 2), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        n = rng.randint(lo, hi)
-        at = 1 + rng.randint(0, body - n)
-        ids[i, 0], ids[i, 1:n + 1], ids[i, n + 1] = row[0], row[at:at + n], row[-1]
-        mask[i, :n + 2] = 1
-    return ids, mask
 
 
 def file_texts(path: Path, tokenizer, config: EmbedDistillConfig, *, dev: int, seed: int,
@@ -197,10 +179,10 @@ class EmbeddingTrainer(StudentTrainer):
         else:
             corpus = run.corpus()
             pad = self.tokenizer.pad_token_id or 0
-            self.data, self.mask = corpus_spans(corpus.train, config, seed=config.seed,
-                                                pad_id=pad)
-            dev_ids, dev_mask = corpus_spans(corpus.dev[:dev], config, seed=config.seed + 1,
-                                             pad_id=pad)
+            self.data, self.mask = spans(corpus.train, config.min_tokens, config.max_tokens,
+                                         seed=config.seed, pad_id=pad)
+            dev_ids, dev_mask = spans(corpus.dev[:dev], config.min_tokens, config.max_tokens,
+                                      seed=config.seed + 1, pad_id=pad)
         self._dev = [(dev_ids[i:i + config.batch_size], dev_mask[i:i + config.batch_size])
                      for i in range(0, len(dev_ids), config.batch_size)]
         self.model = load_student(self.source, eager=False).to(worker.device).train()

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from nasbert import RunDir
 from nasbert.cli import main
+from nasbert.data.corpus import spans
 from nasbert.extract import save_subnet
 from nasbert.train import EmbedDistillConfig, distill_embeddings
-from nasbert.train.embedding import corpus_spans
 from nasbert.train.loop import checkpoint_dirs
 
 from conftest import WORDS, StopAt
@@ -38,8 +38,7 @@ def record(run):
 
 def test_spans_keep_cls_and_sep_around_a_stretch_of_each_row():
     rows = torch.arange(5 * 12).view(5, 12)
-    config = EmbedDistillConfig(min_tokens=3, max_tokens=6)
-    ids, mask = corpus_spans(rows, config, seed=0, pad_id=-1)
+    ids, mask = spans(rows, 3, 6, seed=0, pad_id=-1)
     assert ids.shape == (5, 8)
     for row, span, m in zip(rows, ids, mask):
         n = int(m.sum()) - 2
@@ -47,7 +46,7 @@ def test_spans_keep_cls_and_sep_around_a_stretch_of_each_row():
         body = span[1:n + 1]
         assert torch.equal(body, torch.arange(int(body[0]), int(body[0]) + n))  # contiguous
         assert (span[n + 2:] == -1).all()
-    again, _ = corpus_spans(rows, config, seed=0, pad_id=-1)
+    again, _ = spans(rows, 3, 6, seed=0, pad_id=-1)
     assert torch.equal(ids, again)
 
 
@@ -187,3 +186,38 @@ def test_the_static_student_starts_as_the_teacher_s_token_embeddings_and_learns(
     record = json.loads((run.embedded_dir("static") / "embedding.json").read_text())
     assert record["dev_end"]["loss"] < record["dev_start"]["loss"]
     assert run_encoders(run, ["static"])["static"] == run.embedded_dir("static")
+
+
+def test_embedding_students_deploy_and_query_answers_the_most_faithful(run, capsys):
+    """`deploy --task embeddings` measures every embedding student (the static one too)
+    in float32 and int8: its mean cosine to the teacher's embeddings and its latency;
+    `query --task embeddings` answers the most faithful within a budget."""
+    import json
+
+    distill_embeddings(run, ["narrow"], QUICK, progress=False)
+    if not (run.embedded_dir("static") / "config.json").is_file():
+        assert main(["distill-embeddings", str(run.path), "--static", "--steps", "4",
+                     "--batch-size", "8", "--max-tokens", "20", "--dev-batches", "1",
+                     "--quiet"]) == 0
+    timing = ["--timing-batch", "1", "--timing-seq", "32", "--timing-warmup", "1",
+              "--timing-repeats", "3"]
+    assert main(["deploy", str(run.path), "--task", "embeddings", "--bound-processes", "1",
+                 "--bound-rounds", "2", "--quiet", *timing]) == 0
+    out = capsys.readouterr().out
+    assert "cosine" in out and "static (a static embedding student, int8)" in out
+    record = json.loads((run.embed_dir("narrow") / "deploy.json").read_text())
+    assert {c["precision"] for c in record["candidates"]} == {"float32", "int8"}
+    cosines = {c["precision"]: c["metrics"]["dev"]["cosine"] for c in record["candidates"]}
+    assert all(-1 <= v <= 1 for v in cosines.values())
+    assert main(["query", str(run.path), "--task", "embeddings", "--latency-ms", "1000",
+                 "--json", *timing]) == 0
+    answer = json.loads(capsys.readouterr().out)["answers"][0]
+    from nasbert.compress.deploy import deployment_candidates
+    from nasbert.latency.measure import Protocol
+
+    forms = deployment_candidates(run, "embeddings", Protocol(batch=1, seq=32, warmup=1,
+                                                               repeats=3))
+    assert answer["metric"] == max(c.metric for c in forms)
+    assert main(["query", str(run.path), "--task", "embeddings", "--latency-ms", "1e-6",
+                 *timing]) == 2
+    assert "is impossible" in capsys.readouterr().err
