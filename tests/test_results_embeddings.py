@@ -43,7 +43,7 @@ def test_goals_are_judged_from_the_figures():
     assert "+4.00 points (goal >= +3): met" in met[1]
     assert met[2] == ("- the static student keeps 87.5 % of the teacher's Spearman "
                       "(goal >= 85 %) at 120x its speed at batch 1 (goal >= 100x): met")
-    assert "s2: int8 loses 0.50 points (goal <= 1) and runs 2.50x" in met[3]
+    assert "s2: int8 on PyTorch loses 0.50 points (goal <= 1) and runs 2.50x" in met[3]
     assert met[3].endswith("met")
     missed = goals(_record(searched=77.0, uniform=75.0, int8=75.0))
     assert missed[0].endswith("missed") and missed[1].endswith("missed")
@@ -54,6 +54,6 @@ def test_the_page_holds_every_record_s_table_and_the_anchors():
     record = _record(79.0, 75.0, 78.5)
     page = render([record, {**record, "cpu": "Other CPU"}])
     assert page.count("| 2x | searched | 59.00 | 74.00 | **79.00** | 98.8 |") == 2
-    assert "| 100 (2.0x) | 800 (2.0x) | 2.50x |" in page and "## Anchors" in page
-    assert "| - | static (2000 steps, lr 0.01) | | | **70.00** | 87.5 |" in page
+    assert "| 100 (2.0x) | 800 (2.0x) | 2.50x | - |" in page and "## Anchors" in page
+    assert "| - | static (2000 steps, lr 0.01) | | | **70.00** | 87.5 | 70.00 | - |" in page
     assert record_path(record).name == "some-cpu-replication-seed0.json"
