@@ -71,7 +71,7 @@ class EmbedDistillConfig:
     texts: str | None = None  # a file of one text per line (default: the run's corpus)
     min_tokens: int = 8  # a corpus span's length is drawn from [min_tokens, max_tokens];
     max_tokens: int = 64  # a text of the file is cut at max_tokens
-    steps: int = 500
+    steps: int = 300
     batch_size: int = 64  # texts
     lr: float = 1e-4
     warmup_ratio: float = 0.1
@@ -191,12 +191,53 @@ class EmbeddingTrainer(StudentTrainer):
                                  config.seed, config.grad_clip, config.log_every,
                                  config.checkpoint_every, config.keep_checkpoints, config.dtype)
         self.optimize(self.model.parameters(), config.steps)
+        self._targets = self._teacher_targets()
 
-    def losses(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    @torch.no_grad()
+    def teacher_embeddings(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return pool(self.teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                    mask, self.pooling, normalize=False).float()
+
+    def _teacher_targets(self) -> tuple[Tensor, Tensor]:
+        """The teacher's embeddings of every text this worker trains on, computed once
+        and kept under ``embed/teacher/`` for every model of the run that trains on the
+        same texts in the same order (the teacher is frozen and in eval mode, so they are
+        the same each time; teacher forwards were most of a step's time): a row position
+        per text (-1: unused) and the rows."""
+        from nasbert.io import atomic_torch_save
+
         c = self.config
-        with torch.no_grad():
-            t = pool(self.teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state,
-                     mask, self.pooling, normalize=False)
+        used = torch.cat([self.batch_indices(step) for step in range(c.steps)]).unique()
+        key = digest([embedding_texts_key(self.run_dir, c), self.run_dir.recipe().teacher,
+                      dataclasses.asdict(self.pooling), self.worker.rank, self.worker.world,
+                      {k: getattr(c, k) for k in ("steps", "batch_size", "seed", "min_tokens",
+                                                  "max_tokens", "texts")}])
+        path = self.run_dir.embed / "teacher" / f"{key}.pt"
+        if path.is_file():
+            rows = torch.load(path, weights_only=True)
+        else:
+            rows = torch.cat([
+                self.teacher_embeddings(*self._trimmed(used[i:i + 256]))
+                for i in range(0, len(used), 256)]).cpu()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(path, rows)
+        position = torch.full((len(self.data),), -1, dtype=torch.long)
+        position[used] = torch.arange(len(used))
+        return position, rows
+
+    def _trimmed(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The texts ``idx`` on the worker's device, cut to the longest of them."""
+        ids, mask = self.data[idx], self.mask[idx]
+        keep = int(mask.sum(1).max())  # no all-padding columns
+        return ids[:, :keep].to(self.worker.device), mask[:, :keep].to(self.worker.device)
+
+    def losses(self, ids: Tensor, mask: Tensor, t: Tensor | None = None
+               ) -> tuple[Tensor, dict[str, float]]:
+        """The loss and its terms on a batch, against the teacher's embeddings ``t`` of
+        it (computed here when not given)."""
+        c = self.config
+        if t is None:
+            t = self.teacher_embeddings(ids, mask)
         with self.precision():
             s = pool(self.model(input_ids=ids, attention_mask=mask).last_hidden_state,
                      mask, self.pooling, normalize=False).float()
@@ -215,10 +256,9 @@ class EmbeddingTrainer(StudentTrainer):
 
     def train_step(self) -> dict[str, float]:
         idx = self.batch_indices(self.step)
-        ids, mask = self.data[idx], self.mask[idx]
-        keep = int(mask.sum(1).max())  # the batch's longest text: no all-padding columns
-        ids, mask = ids[:, :keep].to(self.worker.device), mask[:, :keep].to(self.worker.device)
-        total, parts = self.losses(ids, mask)
+        position, rows = self._targets
+        total, parts = self.losses(*self._trimmed(idx),
+                                   rows[position[idx]].to(self.worker.device))
         grad_norm = self.optimizer_step(total, self.params)
         out = self.mean_over_workers({**parts, "loss": float(total.detach())})
         out["grad_norm"] = grad_norm
@@ -260,12 +300,16 @@ class EmbeddingTrainer(StudentTrainer):
         return record
 
 
+def embedding_texts_key(run: RunDir, config: EmbedDistillConfig) -> str:
+    """What the texts depend on: the corpus, or the file's content."""
+    return file_digest(Path(config.texts)) if config.texts else run.corpus_key()
+
+
 def embedding_key(run: RunDir, model_id: str, config: EmbedDistillConfig) -> str:
     """What an embedding-distilled model depends on: the weights it starts from, the
     text (the corpus, or the file's content), the teacher and the configuration."""
-    texts = file_digest(Path(config.texts)) if config.texts else run.corpus_key()
-    return digest([weights_digest(source_dir(run, model_id, config)), texts,
-                   run.recipe().teacher, config.key()])
+    return digest([weights_digest(source_dir(run, model_id, config)),
+                   embedding_texts_key(run, config), run.recipe().teacher, config.key()])
 
 
 def embedded(run: RunDir | str | Path, model_id: str, config: EmbedDistillConfig

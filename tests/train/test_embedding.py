@@ -59,6 +59,8 @@ def test_distillation_brings_the_embeddings_to_the_teacher_s(run, record):
     assert record["steps"] == 12 and record["start"] == "extracted"
     folder = run.embedded_dir("narrow")
     assert not (run.embed_dir("narrow") / "checkpoints").exists()
+    # the teacher's embeddings of the training texts, computed once for the run
+    assert len(list((run.embed / "teacher").glob("*.pt"))) == 1
 
     from sentence_transformers import SentenceTransformer
 
