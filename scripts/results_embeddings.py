@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="../shared/data", help="the data root (glue/STS-B)")
     parser.add_argument("--max-pairs", type=int, help="the first N STS-B pairs (default: all)")
     parser.add_argument("--steps", type=int, default=EmbedDistillConfig.steps)
-    parser.add_argument("--static-steps", type=int, default=600)
-    parser.add_argument("--static-lr", type=float, default=3e-3)
+    parser.add_argument("--static-steps", type=int, default=300)
+    parser.add_argument("--static-lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render-only", action="store_true",
                         help="render the page from the records, measure nothing")
