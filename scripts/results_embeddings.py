@@ -79,7 +79,7 @@ def measure(run_path: Path, data: Path, *, config, static_config, max_pairs: int
     start = time.time()
     sts: dict[str, dict[str, float]] = {}
     for stage in STAGES:
-        for name, folder in run_encoders(run, ids, stage=stage).items():
+        for name, folder in run_encoders(run, [*ids, STATIC], stage=stage).items():
             if name == TEACHER and TEACHER in sts:
                 continue
             model, tok = load_encoder(folder, tokenizer)
