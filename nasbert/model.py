@@ -2,8 +2,9 @@
 
 Ordinary transformers models (their :class:`NasBertConfig` holds the architecture string
 and the dimensions the space fixed), registered with the Auto classes, so that after
-``import nasbert`` a saved subnet loads with ``AutoModel.from_pretrained(dir)`` or
-``AutoModelForSequenceClassification.from_pretrained(dir)``. Nothing of the supernet is
+``import nasbert`` a saved subnet loads with ``AutoModel.from_pretrained(dir)``,
+``AutoModelForSequenceClassification``, ``AutoModelForQuestionAnswering`` or
+``AutoModelForTokenClassification``. Nothing of the supernet is
 left in them: plain layers of fixed sizes.
 
 >>> model = supernet.extract("E128|H256:M,F,S5,F|H192:S3,M,F,I")  # doctest: +SKIP
@@ -22,11 +23,18 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import (
     AutoModel,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PreTrainedConfig,
     PreTrainedModel,
 )
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from nasbert.configuration_nasbert import NasBertConfig
 from nasbert.errors import ConfigError
@@ -34,14 +42,15 @@ from nasbert.ops import (
     Attention,
     Embeddings,
     check_length_config,
-    drop_tokens,
+    kept_index,
     make_masks,
     make_op,
     project,
 )
 from nasbert.space import IDENTITY, Arch, transition_exists
 
-__all__ = ["NasBertConfig", "NasBertForSequenceClassification", "NasBertModel", "load_model"]
+__all__ = ["NasBertConfig", "NasBertForQuestionAnswering", "NasBertForSequenceClassification",
+           "NasBertForTokenClassification", "NasBertModel", "load_model"]
 
 
 
@@ -115,11 +124,15 @@ class NasBertModel(NasBertPreTrainedModel):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, output_hidden_states: bool = False,
                 return_dict: bool | None = None, length_config: Any = None,
-                **kwargs: Any) -> BaseModelOutput:
+                restore: bool = False, **kwargs: Any) -> BaseModelOutput:
         """``length_config``: one token retention per block (default: the config's); a
         block with retention ``r < 1`` passes on ``ceil(r * n)`` of its ``n`` tokens, those
         that received the most attention in the last attention layer at or before it
-        ([CLS] always), so the output is shorter than the input."""
+        ([CLS] always), so the output is shorter than the input. ``restore``: the
+        Length-Adaptive Transformer's drop-and-restore, for heads that read every token
+        (spans, token labels): each dropped token's state where it was dropped comes back
+        in its place at the output (carried through the later blocks' width changes), so
+        the output is as long as the input."""
         x = self.embeddings(input_ids, token_type_ids)
         ratios = self.config.length_config if length_config is None else length_config
         if ratios is not None:
@@ -127,7 +140,7 @@ class NasBertModel(NasBertPreTrainedModel):
             if all(r == 1 for r in ratios):
                 ratios = None
         if ratios is not None:
-            return self._adaptive(x, attention_mask, ratios, output_hidden_states)
+            return self._adaptive(x, attention_mask, ratios, output_hidden_states, restore)
         masks = make_masks(attention_mask, x.dtype)
         states = [x]
         for block in self.blocks:
@@ -159,26 +172,39 @@ class NasBertModel(NasBertPreTrainedModel):
         return found
 
     def _adaptive(self, x: Tensor, attention_mask: Tensor | None,
-                  ratios: tuple[float, ...], output_hidden_states: bool) -> BaseModelOutput:
+                  ratios: tuple[float, ...], output_hidden_states: bool,
+                  restore: bool = False) -> BaseModelOutput:
         keep = (attention_mask if attention_mask is not None
                 else torch.ones(x.shape[:2], dtype=torch.long, device=x.device))
         masks = make_masks(keep, x.dtype)
         scorers = self.scorers(ratios)
         significance = torch.zeros(x.shape[:2], device=x.device)
         states = [x]
+        # restore: every token's latest state, and where each current token came from
+        full = x
+        where = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         for i, block in enumerate(self.blocks):
             if block.proj is not None:
                 x = block.proj(x)
+                full = block.proj(full) if restore else full
             for j, layer in enumerate(block.layers):
                 if (i, j) in scorers:
                     x, significance = layer.scored(x, masks)
                 else:
                     x = layer(x, masks)
+            if restore:  # the real tokens' new states in their places (padding slots
+                # write back what is there: they point at tokens dropped before)
+                at = where[:, :, None].expand(-1, -1, x.shape[2])
+                real = keep.bool()[:, :, None]
+                full = full.scatter(1, at, torch.where(real, x, full.gather(1, at)))
             if ratios[i] < 1:
-                x, keep, significance = drop_tokens(x, keep, significance, ratios[i])
+                index, real = kept_index(keep, significance, ratios[i])
+                x = x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+                keep, significance = real.to(keep.dtype), significance.gather(1, index)
+                where = where.gather(1, index)
                 masks = make_masks(keep, x.dtype)
             states.append(x)
-        return self._output(x, states if output_hidden_states else None)
+        return self._output(full if restore else x, states if output_hidden_states else None)
 
 
 class NasBertForSequenceClassification(NasBertPreTrainedModel):
@@ -213,6 +239,66 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
+class NasBertForQuestionAnswering(NasBertPreTrainedModel):
+    """Encoder plus a start/end head on every token (a linear layer to two logits, as
+    BERT's); length-adaptive with drop-and-restore, so that every context token can
+    still be an answer."""
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__(config)
+        self.nasbert = NasBertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None, output_hidden_states: bool = False,
+                return_dict: bool | None = None, length_config: Any = None,
+                **kwargs: Any) -> QuestionAnsweringModelOutput:
+        out = self.nasbert(input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids,
+                           output_hidden_states=output_hidden_states,
+                           length_config=length_config, restore=True)
+        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            n = start.shape[1]  # positions past the sequence are ignored, as BERT's head does
+            loss = (nn.functional.cross_entropy(start, start_positions.clamp(0, n), ignore_index=n)
+                    + nn.functional.cross_entropy(end, end_positions.clamp(0, n),
+                                                  ignore_index=n)) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end,
+                                            hidden_states=out.hidden_states)
+
+
+class NasBertForTokenClassification(NasBertPreTrainedModel):
+    """Encoder plus a label per token (dropout, linear, as BERT's); length-adaptive with
+    drop-and-restore, so that every token gets a label."""
+
+    def __init__(self, config: NasBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nasbert = NasBertModel(config)
+        drop = (config.classifier_dropout if config.classifier_dropout is not None
+                else config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(drop)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
+                output_hidden_states: bool = False, return_dict: bool | None = None,
+                length_config: Any = None, **kwargs: Any) -> TokenClassifierOutput:
+        out = self.nasbert(input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids,
+                           output_hidden_states=output_hidden_states,
+                           length_config=length_config, restore=True)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:  # -100: sub-tokens after a word's first, special tokens
+            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
 def classification_loss(logits: Tensor, labels: Tensor, config: PreTrainedConfig) -> Tensor:
     """The loss transformers uses for its ``problem_type`` conventions."""
     n = config.num_labels
@@ -233,6 +319,9 @@ def classification_loss(logits: Tensor, labels: Tensor, config: PreTrainedConfig
 AutoModel.register(NasBertConfig, NasBertModel, exist_ok=True)
 AutoModelForSequenceClassification.register(NasBertConfig, NasBertForSequenceClassification,
                                             exist_ok=True)
+AutoModelForQuestionAnswering.register(NasBertConfig, NasBertForQuestionAnswering, exist_ok=True)
+AutoModelForTokenClassification.register(NasBertConfig, NasBertForTokenClassification,
+                                         exist_ok=True)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -82,20 +82,28 @@ def drop_tokens(x: Tensor, keep: Tensor, significance: Tensor, ratio: float
     The new length is ``ceil(ratio * T)``, from the padded length rather than from the
     longest row's count, so that it depends on shapes only: no device sync, and the
     exporter can trace it (a count read from the data cannot be)."""
-    b, t, h = x.shape
+    index, mask = kept_index(keep, significance, ratio)
+    b, k, h = x.shape[0], index.shape[1], x.shape[2]
+    kept = x.gather(1, index[:, :, None].expand(b, k, h))
+    return kept, mask.to(keep.dtype), significance.gather(1, index)
+
+
+def kept_index(keep: Tensor, significance: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
+    """Which tokens :func:`drop_tokens` keeps: ``(B, K)`` positions into the current
+    sequence, in order, and the bool mask of those that are real (the slots past a row's
+    count point at distinct tokens it did not keep)."""
+    t = keep.shape[1]
     real = keep.bool()
     k = torch.ceil(real.sum(1).to(torch.float64) * ratio).long().clamp(min=1)
     score = significance.float().masked_fill(~real, float("-inf"))
     score[:, 0] = float("inf")
     longest = max(1, math.ceil(t * ratio))
     top = score.topk(longest, dim=1).indices  # (B, K), by score
-    valid = torch.arange(longest, device=x.device)[None, :] < k[:, None]
+    valid = torch.arange(longest, device=keep.device)[None, :] < k[:, None]
     # back into sequence order, the kept ones first: push the rest past the end
     ordered = torch.where(valid, top, top + t).sort(dim=1).values
     mask = ordered < t
-    index = torch.where(mask, ordered, ordered - t)
-    kept = x.gather(1, index[:, :, None].expand(b, longest, h))
-    return kept, mask.to(keep.dtype), significance.gather(1, index)
+    return torch.where(mask, ordered, ordered - t), mask
 
 
 # ----------------------------------------------------------------------------- kernels

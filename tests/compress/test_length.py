@@ -118,3 +118,34 @@ def test_dropping_before_any_attention_is_refused(minilm_space):
         model(ids, attention_mask=mask, length_config=[0.5, 1.0, 1.0])
     out = model(ids, attention_mask=mask, length_config=[1.0, 0.5, 1.0]).last_hidden_state
     assert out.shape[1] == 6
+
+
+def test_drop_and_restore_with_retention_one_is_the_plain_forward_exactly(model):
+    ids, mask = _padded([40, 25, 33])
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask).last_hidden_state
+        restored = model._adaptive(model.embeddings(ids, None), mask, (1.0, 1.0, 1.0), False,
+                                   restore=True).last_hidden_state
+    real = mask.bool()  # (padding is not computed on where tokens are restored)
+    assert torch.equal(plain[real], restored[real])
+
+
+def test_restored_tokens_come_back_in_place_as_they_were_when_dropped(model):
+    """Half the tokens dropped after the first block: the output is as long as the
+    input; the kept tokens' rows are the shortened forward's, in order, and each dropped
+    token's row is its first-block state carried through the later blocks' width
+    changes (256 -> 192 -> 384), not through their layers."""
+    ids, mask = _padded([30])
+    config = [0.5, 1.0, 1.0]
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask, output_hidden_states=True)
+        short = model(ids, attention_mask=mask, length_config=config).last_hidden_state[0]
+        full = model(ids, attention_mask=mask, length_config=config,
+                     restore=True).last_hidden_state[0]
+        carried = model.blocks[2].proj(model.blocks[1].proj(plain.hidden_states[1][0]))
+    assert full.shape[0] == 30 and short.shape[0] == 15
+    kept = [p for p in range(30) if not torch.allclose(full[p], carried[p], atol=1e-5)]
+    assert kept[0] == 0 and len(kept) == 15
+    torch.testing.assert_close(full[kept], short)
+    assert all(torch.allclose(full[p], carried[p], atol=1e-5) for p in range(30)
+               if p not in kept)
