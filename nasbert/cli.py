@@ -1030,14 +1030,15 @@ def _models(args: argparse.Namespace) -> list[str] | None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from nasbert.data.tasks import task_spec
-    from nasbert.finetune.stage import finetune
-    from nasbert.run import RunDir
+    from nasbert.data.tasks import task_folder, task_spec
+    from nasbert.finetune.stage import finetune, student_variant, teacher_variant
+    from nasbert.run import TEACHER, RunDir
 
     spec, run = task_spec(args.task), RunDir(args.run)
     config = _configs(args)[""]
     results = finetune(run, args.task, data_dir=args.data_dir, models=_models(args),
                        config=config, progress=not args.quiet)
+    folder = task_folder(spec.name, config.fold, config.folds)
     print(f"{'model':<24} {'parameters':>10}  " + "  ".join(
         f"{split} {m}" for split in spec.dev_splits for m in spec.metrics))
     for model_id, r in results.items():
@@ -1045,7 +1046,9 @@ def _finetune(args: argparse.Namespace) -> None:
             f"{r[split][m]:.4f}".rjust(len(split) + len(m) + 1)
             for split in spec.dev_splits for m in spec.metrics))
     for model_id in results:
-        print(f"wrote         {run.finetune_dir(spec.name, model_id)}/")
+        variant = (teacher_variant(config) if model_id == TEACHER
+                   else student_variant(model_id, config))
+        print(f"wrote         {run.finetune_dir(folder, variant)}/")
 
 
 @_verb("sweep", "hyper-parameter sweep per subnet (Ray Tune, Optuna, ASHA)")

@@ -56,7 +56,7 @@ STATIC = "static"  # the static embedding student's id under embed/ (nasbert.sta
 EMBEDDINGS = "embeddings"
 
 # the folder name's parts under finetune/<task>/, in the order they are appended
-_SEED, _EXTRACTED, _AUGMENTED = "-seed", "-extracted", "-aug"
+_SEED, _EXTRACTED, _AUGMENTED, _BI = "-seed", "-extracted", "-aug", "-bi"
 _FORMS = {"length-adaptive": "-lat", "quantisation-aware": "-qat"}
 
 
@@ -81,12 +81,14 @@ class Variant:
     (:attr:`folder`) and read back (:meth:`parse`) here alone, so no other module
     encodes or decodes what a folder holds in its name::
 
-        <model_id>[-seed<n>][-extracted][-aug][-lat|-qat]
+        <model_id>[-seed<n>][-extracted][-aug][-bi][-lat|-qat]
 
     >>> Variant("4x", seed=1, extracted=True).folder
     '4x-seed1-extracted'
     >>> Variant.parse("latency-8ms-qat").form
     'quantisation-aware'
+    >>> Variant.parse("teacher-bi").bi
+    True
     """
 
     model_id: str
@@ -96,6 +98,9 @@ class Variant:
     # a form derived from the plain fine-tuned model: "length-adaptive" (LengthDrop,
     # nasbert.compress.length) or "quantisation-aware" (nasbert.compress.qat); "": none
     form: str = ""
+    # a sentence-pair task as a bi-encoder (each sentence pooled alone,
+    # nasbert.finetune.pairs), not a cross-encoder (the pair in one sequence)
+    bi: bool = False
 
     def __post_init__(self) -> None:
         if self.form and self.form not in _FORMS:
@@ -105,7 +110,7 @@ class Variant:
     def folder(self) -> str:
         return (self.model_id + (f"{_SEED}{self.seed}" if self.seed is not None else "")
                 + (_EXTRACTED if self.extracted else "") + (_AUGMENTED if self.augmented else "")
-                + _FORMS.get(self.form, ""))
+                + (_BI if self.bi else "") + _FORMS.get(self.form, ""))
 
     @property
     def plain(self) -> bool:
@@ -120,6 +125,8 @@ class Variant:
             if name.endswith(suffix) and len(name) > len(suffix):
                 name, form = name[:-len(suffix)], kind
                 break
+        bi = name.endswith(_BI) and len(name) > len(_BI)
+        name = name[:-len(_BI)] if bi else name
         augmented = name.endswith(_AUGMENTED) and len(name) > len(_AUGMENTED)
         name = name[:-len(_AUGMENTED)] if augmented else name
         extracted = name.endswith(_EXTRACTED) and len(name) > len(_EXTRACTED)
@@ -127,7 +134,7 @@ class Variant:
         head, sep, digits = name.rpartition(_SEED)
         if sep and head and digits.isdigit():
             name, seed = head, int(digits)
-        return cls(name, seed, extracted, augmented, form)
+        return cls(name, seed, extracted, augmented, form, bi)
 
 
 def _path(*parts: str) -> property:

@@ -58,7 +58,8 @@ def test_a_variant_s_folder_name_is_built_and_read_back_by_the_run_alone(tmp_pat
              Variant("a-b", seed=1, extracted=True, augmented=True),
              Variant("4x", extracted=True, augmented=True),
              Variant("x-seed", form="length-adaptive"), Variant("m", form="quantisation-aware"),
-             Variant("latency-8ms-supernet-40-steps", seed=0)]
+             Variant("latency-8ms-supernet-40-steps", seed=0), Variant("teacher", bi=True),
+             Variant("4x-bi", seed=2, extracted=True, augmented=True, bi=True)]
     for v in cases:
         assert Variant.parse(v.folder) == v, v
     assert Variant("4x", seed=1, extracted=True, augmented=True).folder == "4x-seed1-extracted-aug"

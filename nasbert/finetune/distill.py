@@ -26,6 +26,7 @@ from nasbert.data.metrics import compute_metrics
 from nasbert.data.tasks import Examples, TaskData, TaskSpec
 from nasbert.finetune.augment import IGNORE
 from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.pairs import SECOND, BiEncoder, encode_apart, sides
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
 
@@ -35,14 +36,18 @@ CHECKPOINT_SECONDS = 300.0
 
 
 class Encoded(torch.utils.data.Dataset):
-    """Tokenised examples; ``teacher`` adds each one's cached teacher logits."""
+    """Tokenised examples; ``teacher`` adds each one's cached teacher logits. ``apart``:
+    each sentence of a pair alone, for a bi-encoder (:mod:`~nasbert.finetune.pairs`),
+    instead of the pair in one sequence."""
 
     def __init__(self, tokenizer, examples: Examples, max_seq_len: int,
-                 teacher: Tensor | None = None):
-        columns = list(zip(*examples.texts))
-        enc = tokenizer(*columns, truncation=True, max_length=max_seq_len)
-        self.features = {k: v for k, v in enc.items()
-                         if k in ("input_ids", "attention_mask", "token_type_ids")}
+                 teacher: Tensor | None = None, *, apart: bool = False):
+        if apart:
+            self.features = encode_apart(tokenizer, examples.texts, max_seq_len)
+        else:
+            enc = tokenizer(*zip(*examples.texts), truncation=True, max_length=max_seq_len)
+            self.features = {k: v for k, v in enc.items()
+                             if k in ("input_ids", "attention_mask", "token_type_ids")}
         self.labels = examples.labels
         self.teacher = teacher
         if teacher is not None and len(teacher) != len(self.labels):
@@ -60,12 +65,18 @@ class Encoded(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
-    """Pad to the longest in the batch."""
-    n = max(len(it["input_ids"]) for it in items)
+    """Pad to the longest in the batch (each sentence of a bi-encoder's pairs to the
+    longest on its side)."""
     batch: dict[str, Tensor] = {}
-    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-        if key in items[0]:
-            batch[key] = torch.tensor([it[key] + [fill] * (n - len(it[key])) for it in items])
+    for side in ("", SECOND):
+        if f"input_ids{side}" not in items[0]:
+            continue
+        n = max(len(it[f"input_ids{side}"]) for it in items)
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            key += side
+            if key in items[0]:
+                batch[key] = torch.tensor([it[key] + [fill] * (n - len(it[key]))
+                                           for it in items])
     labels = [it["labels"] for it in items]
     batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float)
                                    else torch.long)
@@ -75,9 +86,12 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float,
-                      regression: bool) -> Tensor:
-    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``; MSE for regression."""
+                      regression: bool, model: nn.Module | None = None) -> Tensor:
+    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``; MSE for regression (on the
+    scale its task loss takes, for a bi-encoder ``model``)."""
     if regression:
+        if isinstance(model, BiEncoder):
+            return model.regression_loss(student, teacher)
         return nn.functional.mse_loss(student.view(-1), teacher.view(-1).to(student.dtype))
     t = temperature
     return nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=-1),
@@ -112,6 +126,14 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             teacher_logits = inputs.pop("teacher_logits", None)
+            if self.mode == "hidden" and isinstance(model, BiEncoder):
+                # the teacher's sentence vectors, each sentence alone: what the head reads
+                loss = 0.0
+                for enc in sides(inputs):
+                    with torch.no_grad():
+                        target = self.teacher.embed(**enc)
+                    loss = loss + nn.functional.mse_loss(model.embed(**enc), target)
+                return (loss, None) if return_outputs else loss
             if self.mode == "hidden":
                 labels = inputs.pop("labels")
                 enc = {k: v for k, v in inputs.items() if k != "labels"}
@@ -130,12 +152,12 @@ def _trainer_class():
             out = model(**(enc if kd_only else inputs))
             if kd_only:
                 loss = distillation_loss(out.logits, teacher_logits, self.temperature,
-                                         self.regression)
+                                         self.regression, model)
             else:
                 loss = out.loss
                 if teacher_logits is not None and self.alpha < 1:
                     kd = distillation_loss(out.logits, teacher_logits, self.temperature,
-                                           self.regression)
+                                           self.regression, model)
                     loss = self.alpha * loss + (1 - self.alpha) * kd
             if self.length_configs is not None and model.training:
                 # LengthDrop's sandwich: the shorter configurations learn from the full one
@@ -194,7 +216,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
     dev_name = spec.dev_splits[0]
     dev = eval_set if eval_set is not None else Encoded(
         tokenizer, data.split(dev_name).subset(config.max_dev_examples, config.seed),
-        config.max_seq_len)
+        config.max_seq_len, apart=config.formulation == "bi")
     DistillTrainer = _trainer_class()
 
     class Report(TrainerCallback):
@@ -367,7 +389,8 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
     metrics, preds = {}, {}
     for split in data.spec.dev_splits:
         examples = data.split(split).subset(config.max_dev_examples, config.seed)
-        logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len))
+        logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len,
+                                        apart=config.formulation == "bi"))
         preds[split] = decide(data.spec, logits)
         metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
     return metrics, preds

@@ -30,7 +30,7 @@ from torch import nn
 from nasbert.data.tasks import Examples, TaskData, TaskSpec, load_task
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
-from nasbert.finetune.config import FinetuneConfig
+from nasbert.finetune.config import FinetuneConfig, key_fields
 from nasbert.finetune.distill import (
     CHECKPOINT_SECONDS,
     Encoded,
@@ -39,21 +39,33 @@ from nasbert.finetune.distill import (
     seconds_before,
     train_classifier,
 )
+from nasbert.finetune.pairs import BiEncoder, is_bi_encoder
 from nasbert.finetune.record import FinetunedRecord
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
 from nasbert.model import check_model_dir
+from nasbert.pooling import Pooling
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir, Variant
 
 
-def load_classifier(path: str | Path, spec: TaskSpec, seed: int):
-    """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head."""
+def load_classifier(path: str | Path, spec: TaskSpec, seed: int, *,
+                    formulation: str = "cross", pooling: Pooling | None = None,
+                    scale: float = 1.0):
+    """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head; with
+    ``formulation="bi"``, a :class:`~nasbert.finetune.pairs.BiEncoder` (a fine-tuned one
+    as it was saved; else pooling by ``pooling``, a regression's cosine scaled to
+    ``scale``)."""
     from transformers import AutoModelForSequenceClassification
 
     import nasbert  # noqa: F401 - registers the nasbert model type
 
     torch.manual_seed(seed)  # the new head's initialisation
+    if formulation == "bi":
+        if is_bi_encoder(path):
+            return BiEncoder.from_pretrained(path)
+        return BiEncoder.from_encoder(path, num_labels=spec.num_labels, scale=scale,
+                                      pooling=pooling or Pooling.of(path))
     try:
         with quiet_transformers():  # "newly initialised head" is what we want
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -95,24 +107,28 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
     """Fine-tune the run's teacher on the task and cache its training-set logits; a no-op
     when ``finetune/<task>/teacher`` already holds them for the same data and schedule."""
     run = RunDir.of(run)
-    folder = run.finetune_dir(data.spec.name, TEACHER)
+    check_formulation(data, config)
+    folder = run.finetune_dir(data.name, teacher_variant(config))
     key = config.teacher_key(data)
     if cached_result(folder, key):
         return folder
     name = run.teacher_name()
     tokenizer = run.tokenizer()
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
-    train_set = Encoded(tokenizer, train_examples, config.max_seq_len)
-    model = load_classifier(name, data.spec, config.seed)
+    apart = config.formulation == "bi"
+    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, apart=apart)
+    model = load_classifier(name, data.spec, config.seed, formulation=config.formulation,
+                            pooling=Pooling.of(name), scale=label_scale(train_examples))
     start = time.time()
     with WorkDir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
             model, tokenizer, data, config, lr=config.teacher_lr, epochs=config.teacher_epochs,
             batch_size=config.teacher_batch_size, train_set=train_set, workdir=work,
-            progress=f"{data.spec.name} {TEACHER}" if progress else None,
+            progress=f"{data.name} {teacher_variant(config).folder}" if progress else None,
             checkpoint_seconds=CHECKPOINT_SECONDS)
         metrics, preds = evaluate(model, tokenizer, data, config)
-        logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len))
+        logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len,
+                                        apart=apart))
         record = FinetunedRecord(
             TEACHER, key, data.spec.name, dataclasses.asdict(config), metrics, extra={
                 "data": data.source, "model": run.recipe().teacher, "params": _params(model),
@@ -163,10 +179,10 @@ def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: st
     ``finetune/<task>/teacher/<name>-<key>.pt`` (beside its training-set logits, and
     replaced with them when the teacher is). ``teacher_key``: the teacher's stored key
     (default: the one ``config`` gives)."""
-    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
+    teacher_dir = run.finetune_dir(data.name, teacher_variant(config))
     teacher_key = teacher_key or config.teacher_key(data)
     if not cached_result(teacher_dir, teacher_key):
-        raise ConfigError(f"holds no teacher fine-tuned on {data.spec.name} with this schedule; "
+        raise ConfigError(f"holds no teacher fine-tuned on {data.name} with this schedule; "
                           f"run `nasbert finetune {run} --task {data.spec.name}` first",
                           source=str(teacher_dir))
     key = digest([teacher_key, *identity])
@@ -175,9 +191,11 @@ def teacher_labels(run: RunDir, data: TaskData, config: FinetuneConfig, name: st
         stored = torch.load(path, weights_only=True)
         return Examples([tuple(t) for t in stored["texts"]], stored["labels"]), stored["logits"]
     examples = make()
-    model = load_classifier(teacher_dir / "model", data.spec, config.seed)
-    label = f"{data.spec.name}: the teacher labels {len(examples):,} {name} examples"
-    logits = predict(model, Encoded(run.tokenizer(), examples, config.max_seq_len),
+    model = load_classifier(teacher_dir / "model", data.spec, config.seed,
+                            formulation=config.formulation)
+    label = f"{data.name}: the teacher labels {len(examples):,} {name} examples"
+    logits = predict(model, Encoded(run.tokenizer(), examples, config.max_seq_len,
+                                    apart=config.formulation == "bi"),
                      progress=label if progress else None)
     atomic_torch_save(path, {"texts": [list(t) for t in examples.texts],
                              "labels": examples.labels, "logits": logits,
@@ -211,10 +229,7 @@ def student_key(config: FinetuneConfig, teacher_key: str, model_id: str,
                 source: str = "extracted") -> str:
     """What a fine-tuned student depends on; ``source``: ``"extracted"`` or the key of
     the stage-one model it started from."""
-    fields = dataclasses.asdict(config)
-    if fields["student_seed"] is None:  # keys made before the field existed stay valid
-        del fields["student_seed"]
-    return digest([teacher_key, model_id, fields, source])
+    return digest([teacher_key, model_id, key_fields(config), source])
 
 
 def student_source(run: RunDir, model_id: str, init: str = "auto") -> tuple[Path, str]:
@@ -236,18 +251,37 @@ def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
                      ) -> tuple[Encoded, Examples]:
     """The task's training examples under ``config`` (its subset), encoded with the
     fine-tuned teacher's cached logits: what every student of the task distils on."""
-    stored = torch.load(run.finetune_dir(data.spec.name, TEACHER) / "train_logits.pt",
+    stored = torch.load(run.finetune_dir(data.name, teacher_variant(config)) / "train_logits.pt",
                         weights_only=True)
     examples = data.split("train").subset(config.max_train_examples, config.seed)
-    return (Encoded(run.tokenizer(), examples, config.max_seq_len, teacher=stored["logits"]),
-            examples)
+    return (Encoded(run.tokenizer(), examples, config.max_seq_len, teacher=stored["logits"],
+                    apart=config.formulation == "bi"), examples)
 
 
 def student_variant(model_id: str, config: FinetuneConfig) -> Variant:
     """Which fine-tuned folder of ``model_id`` the schedule ``config`` writes: another
     student seed's, without stage one (``init="extracted"``), with transfer data."""
     return Variant(model_id, seed=config.student_seed, extracted=config.init == "extracted",
-                   augmented=config.augment.enabled)
+                   augmented=config.augment.enabled, bi=config.formulation == "bi")
+
+
+def teacher_variant(config: FinetuneConfig) -> Variant:
+    """Which folder the teacher fine-tuned under ``config`` lies in: one per
+    formulation."""
+    return Variant(TEACHER, bi=config.formulation == "bi")
+
+
+def check_formulation(data: TaskData, config: FinetuneConfig) -> None:
+    if config.formulation == "bi" and len(data.spec.columns) != 2:
+        raise ConfigError("reads one sentence; the bi-encoder formulation is for sentence-pair "
+                          "tasks (mrpc, stsb, qqp, mnli, qnli, rte, wnli): leave --formulation "
+                          "out", source=f"task {data.spec.name}")
+
+
+def label_scale(examples: Examples) -> float:
+    """A regression's largest absolute label (STS-B: 5), what a bi-encoder's cosine is
+    scaled to; 1 for classes."""
+    return max((abs(float(y)) for y in examples.labels), default=1.0) or 1.0
 
 
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
@@ -261,8 +295,9 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     one resumes from its last checkpoint (saved every ``checkpoint_seconds``; None: no
     checkpoints)."""
     run = RunDir.of(run)
+    check_formulation(data, config)
     source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
-    teacher_dir = run.finetune_dir(data.spec.name, TEACHER)
+    teacher_dir = run.finetune_dir(data.name, teacher_variant(config))
     tkey = config.teacher_key(data)
     if not cached_result(teacher_dir, tkey):
         raise ConfigError("holds no teacher fine-tuned with this data and schedule; run "
@@ -270,7 +305,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     seed = config.seed if config.student_seed is None else config.student_seed
     variant = student_variant(model_id, config)
     name = variant.folder
-    folder = out_dir or run.finetune_dir(data.spec.name, variant)
+    folder = out_dir or run.finetune_dir(data.name, variant)
     key = student_key(config, tkey, model_id, identity)
     cached = cached_result(folder, key)
     if cached:
@@ -282,9 +317,13 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
         examples, logits = teacher_labelled(run, data, config, progress=progress)
         augmented = len(examples)
         train_set = torch.utils.data.ConcatDataset(
-            [train_set, Encoded(tokenizer, examples, config.max_seq_len, teacher=logits)])
-    model = load_classifier(source, data.spec, seed)
-    teacher = (load_classifier(teacher_dir / "model", data.spec, seed)
+            [train_set, Encoded(tokenizer, examples, config.max_seq_len, teacher=logits,
+                                apart=config.formulation == "bi")])
+    model = load_classifier(source, data.spec, seed, formulation=config.formulation,
+                            pooling=Pooling.of(run.teacher_name()),
+                            scale=label_scale(train_examples))
+    teacher = (load_classifier(teacher_dir / "model", data.spec, seed,
+                               formulation=config.formulation)
                if config.hidden_epochs > 0 else None)
     start = time.time()
     with WorkDir(folder, key) as work:  # kept until the result is written
@@ -292,7 +331,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
             model, tokenizer, data, config, lr=config.lr, epochs=config.epochs,
             batch_size=config.batch_size, alpha=config.alpha, train_set=train_set,
             teacher=teacher, hidden_epochs=config.hidden_epochs, on_epoch=on_epoch,
-            workdir=work, progress=f"{data.spec.name} {name}" if progress else None, seed=seed,
+            workdir=work, progress=f"{data.name} {name}" if progress else None, seed=seed,
             checkpoint_seconds=checkpoint_seconds)
         metrics, preds = evaluate(model, tokenizer, data, config)
         card = {}
@@ -319,7 +358,8 @@ def finetune(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None
     (with its loss) and a line with its result."""
     run = RunDir.of(run)
     config = config or FinetuneConfig()
-    data = load_task(task, data_dir, seed=config.seed)
+    data = load_task(task, data_dir, seed=config.seed, fold=config.fold, folds=config.folds)
+    check_formulation(data, config)
     ids = run.model_ids(models)
     for model_id in ids:  # before the teacher's fine-tuning: a broken folder fails at once
         check_model_dir(student_source(run, model_id, config.init)[0], any_type=True)

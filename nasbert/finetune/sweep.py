@@ -19,7 +19,7 @@ from nasbert.data.tasks import TaskData, load_task
 from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
 from nasbert.finetune.config import FinetuneConfig, SweepConfig
-from nasbert.finetune.stage import finetune_student, finetune_teacher
+from nasbert.finetune.stage import finetune_student, finetune_teacher, student_variant
 from nasbert.io import atomic_write_text
 from nasbert.provenance import provenance
 from nasbert.run import RunDir
@@ -63,7 +63,7 @@ def sweep(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = 
     run = RunDir(RunDir.of(run).path.resolve())
     base = base or FinetuneConfig()
     config = config or SweepConfig()
-    data = load_task(task, data_dir, seed=base.seed)
+    data = load_task(task, data_dir, seed=base.seed, fold=base.fold, folds=base.folds)
     ids = run.model_ids(models)
     finetune_teacher(run, data, base, progress=progress)  # once, before the trials
     space = {"lr": tune.loguniform(*config.lr), "epochs": tune.choice(list(config.epochs)),
@@ -74,7 +74,7 @@ def sweep(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = 
     with ray_session(run.path, num_cpus=config.num_cpus, address=config.address,
                      log_to_driver=progress):
         for model_id in ids:
-            folder = run.finetune_dir(data.spec.name, model_id)
+            folder = run.finetune_dir(data.name, student_variant(model_id, base))
             trainable = tune.with_resources(
                 tune.with_parameters(_sweep_trial, run=str(run.path), model_id=model_id,
                                      data=data, base=base, threads=config.cpus_per_trial),
@@ -90,7 +90,7 @@ def sweep(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = 
                                             reduction_factor=config.reduction_factor),
                     num_samples=config.trials,
                     max_concurrent_trials=config.max_concurrent or None),
-                run_config=tune.RunConfig(name=f"sweep-{data.spec.name}-{model_id}",
+                run_config=tune.RunConfig(name=f"sweep-{data.name}-{model_id}",
                                           storage_path=str(folder / "sweep"),
                                           verbose=1 if progress else 0))
             grid = tuner.fit()

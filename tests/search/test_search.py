@@ -268,6 +268,33 @@ def test_with_no_guard_band_the_budget_is_searched_as_it_is_and_measurement_deci
         assert best.measured_ms <= budget.latency_ms
 
 
+def test_a_budget_the_predictor_puts_just_under_every_candidate_is_left_to_measurement(
+        run, protocol, tmp_path):
+    """With no guard band, candidates predicted over the budget by less than the
+    predictor's held-out error are measured, not refused unseen: one that measures within
+    is kept, and where none does the error says what they measured."""
+    import shutil
+
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    shutil.rmtree(copy.search)
+    search(copy, [Budget(latency_ms=1e3)], protocol=protocol, export=False, progress=False)
+    stored = json.loads((copy.search / "candidates.json").read_text())
+    approx = Approximator.from_run(copy)
+    fastest = min(c["latency_ms"] for c in stored["candidates"]
+                  if any(attends(b) for b in approx.space.parse(c["arch"]).blocks))
+    budget = Budget(latency_ms=fastest / (1 + stored["error"]["mape"] / 200))
+    shutil.rmtree(copy.search)
+    try:
+        best = search(copy, [budget], top_k=3, protocol=protocol, guard=0.0,
+                      progress=False)[budget.name]
+    except ConfigError as e:  # measured, and over: said so
+        assert "predicted within the predictor's error of it measured" in str(e)
+    else:
+        assert best.latency_ms > budget.latency_ms  # predicted over: kept by measurement
+        assert best.measured_ms <= budget.latency_ms
+        assert (copy.subnet_dir(budget.name) / "config.json").is_file()
+
+
 def test_missing_stage_outputs_name_the_command(run, protocol, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
