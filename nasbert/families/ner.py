@@ -11,11 +11,17 @@ entity-level F1 (``seqeval``, conlleval's counting).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
+from nasbert.families import by_length, pad
+from nasbert.losses import token_kl
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 HUB_CONLL = "eriktks/conll2003"
 IGNORE = -100  # the label of a sub-token no loss or score reads
@@ -124,10 +130,11 @@ class NERFeatures:
     ``input_ids``, ``attention_mask`` (and ``token_type_ids``), ``labels`` (the label
     index on each word's first sub-token, :data:`IGNORE` elsewhere) and the word each
     sub-token belongs to (:attr:`word_ids`). :attr:`truncated` counts the words cut
-    off, which are predicted ``O``."""
+    off, which are predicted ``O``. ``teacher``: each sentence's ``(tokens, labels)``
+    logits of the teacher, for distillation."""
 
     def __init__(self, tokenizer, sentences: Sequence[Sentence], labels: Sequence[str], *,
-                 max_seq_len: int = MAX_SEQ_LEN):
+                 max_seq_len: int = MAX_SEQ_LEN, teacher: Sequence[Tensor] | None = None):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("is not a fast tokenizer; token classification needs word "
                               "ids", source=type(tokenizer).__name__)
@@ -150,12 +157,69 @@ class NERFeatures:
             self.truncated += len(sentence.words) - len(seen)
         self.features = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")
                          if k in enc}
+        self.teacher = teacher
+        if teacher is not None and len(teacher) != len(self.sentences):
+            raise ValueError(f"{len(teacher)} teacher outputs for {len(self)} sentences")
 
     def __len__(self) -> int:
         return len(self.sentences)
 
     def __getitem__(self, i: int) -> dict:
-        return {**{k: v[i] for k, v in self.features.items()}, "labels": self.labels[i]}
+        item = {**{k: v[i] for k, v in self.features.items()}, "labels": self.labels[i]}
+        if self.teacher is not None:
+            item["teacher_logits"] = self.teacher[i]
+        return item
+
+
+def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
+    """A batch of sentences padded to the longest (labels with :data:`IGNORE`)."""
+    import torch
+
+    batch = {key: torch.tensor(pad([it[key] for it in items], fill))
+             for key, fill in (("input_ids", pad_id), ("attention_mask", 0),
+                               ("token_type_ids", 0), ("labels", IGNORE)) if key in items[0]}
+    if "teacher_logits" in items[0]:
+        n = batch["input_ids"].shape[1]
+        batch["teacher_logits"] = torch.stack([torch.nn.functional.pad(
+            it["teacher_logits"], (0, 0, 0, n - it["teacher_logits"].shape[0]))
+            for it in items])
+    return batch
+
+
+def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float) -> Tensor:
+    """Each real token's label distribution's KL to the teacher's (every sub-token,
+    not only the labelled first ones: the teacher has something to say about all)."""
+    return token_kl(out.logits, batch["teacher_logits"], batch["attention_mask"], temperature)
+
+
+def predict(model, features: NERFeatures, *, batch_size: int = 64,
+            progress: str | None = None) -> list[Tensor]:
+    """Each sentence's ``(tokens, labels)`` logits, in order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in features.features["input_ids"]]
+    out: list[Tensor] = [torch.empty(0)] * len(features)
+    batches = list(by_length(lengths, batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc=progress, unit="batch", disable=not progress,
+                        dynamic_ncols=True):
+            batch = collate([{k: features.features[k][i] for k in features.features}
+                             for i in idx])
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = logits[row, :lengths[i]].clone()
+    return out
+
+
+def evaluate(model, tokenizer, sentences: Sequence[Sentence], labels: Sequence[str], *,
+             max_seq_len: int = MAX_SEQ_LEN) -> tuple[dict[str, float], list[list[str]]]:
+    """Entity precision, recall and F1 of ``model`` on ``sentences``, and its tags."""
+    features = NERFeatures(tokenizer, sentences, labels, max_seq_len=max_seq_len)
+    tags = word_predictions(features, [x.tolist() for x in predict(model, features)], labels)
+    return entity_scores(tags, [s.tags for s in sentences]), tags
 
 
 def word_predictions(features: NERFeatures, logits: Sequence, labels: Sequence[str]

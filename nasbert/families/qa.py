@@ -22,9 +22,15 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
+from nasbert.families import by_length, pad
+from nasbert.losses import position_kl
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 HUB_SQUAD = "rajpurkar/squad"
 MAX_SEQ_LEN, STRIDE, N_BEST, MAX_ANSWER_TOKENS = 384, 128, 20, 30
@@ -141,10 +147,12 @@ class QAFeatures:
     from, the character span of each context token in that example's context (None for
     the question and special tokens) and, with ``train``, ``start_positions`` and
     ``end_positions`` of the first answer (0, the first token, where the window does
-    not hold the whole answer)."""
+    not hold the whole answer). ``teacher``: each window's ``(2, tokens)`` start and end
+    logits of the teacher, for distillation."""
 
     def __init__(self, tokenizer, examples: Sequence[QAExample], *, train: bool = False,
-                 max_seq_len: int = MAX_SEQ_LEN, stride: int = STRIDE):
+                 max_seq_len: int = MAX_SEQ_LEN, stride: int = STRIDE,
+                 teacher: Sequence[Tensor] | None = None):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("is not a fast tokenizer; question answering needs character "
                               "offsets", source=type(tokenizer).__name__)
@@ -168,6 +176,9 @@ class QAFeatures:
         self.features = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")
                          if k in enc}
         self.train = train
+        self.teacher = teacher
+        if teacher is not None and len(teacher) != len(self.example_index):
+            raise ValueError(f"{len(teacher)} teacher outputs for {len(self)} windows")
 
     @staticmethod
     def _positions(offsets: list[tuple[int, int] | None], ex: QAExample) -> tuple[int, int]:
@@ -187,7 +198,72 @@ class QAFeatures:
         item = {k: v[i] for k, v in self.features.items()}
         if self.train:
             item["start_positions"], item["end_positions"] = self.starts[i], self.ends[i]
+        if self.teacher is not None:
+            item["teacher_logits"] = self.teacher[i]
         return item
+
+
+def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
+    """A batch of windows padded to the longest (the teacher's logits with a logit
+    softmax turns into nothing)."""
+    import torch
+
+    batch = {key: torch.tensor(pad([it[key] for it in items], fill))
+             for key, fill in (("input_ids", pad_id), ("attention_mask", 0),
+                               ("token_type_ids", 0)) if key in items[0]}
+    for key in ("start_positions", "end_positions"):
+        if key in items[0]:
+            batch[key] = torch.tensor([it[key] for it in items])
+    if "teacher_logits" in items[0]:
+        n = batch["input_ids"].shape[1]
+        batch["teacher_logits"] = torch.stack([torch.nn.functional.pad(
+            it["teacher_logits"], (0, n - it["teacher_logits"].shape[1]), value=-1e4)
+            for it in items])
+    return batch
+
+
+def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float) -> Tensor:
+    """The mean of the start and end distributions' KL to the teacher's, over each
+    window's real tokens."""
+    teacher, mask = batch["teacher_logits"], batch["attention_mask"]
+    return (position_kl(out.start_logits, teacher[:, 0], mask, temperature)
+            + position_kl(out.end_logits, teacher[:, 1], mask, temperature)) / 2
+
+
+def predict(model, features: QAFeatures, *, batch_size: int = 64,
+            progress: str | None = None) -> list[Tensor]:
+    """Each window's ``(2, tokens)`` start and end logits, in order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in features.features["input_ids"]]
+    out: list[Tensor] = [torch.empty(0)] * len(features)
+    batches = list(by_length(lengths, batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc=progress, unit="batch", disable=not progress,
+                        dynamic_ncols=True):
+            batch = collate([{k: features.features[k][i] for k in features.features}
+                             for i in idx])
+            result = model(**{k: v.to(device) for k, v in batch.items()})
+            logits = torch.stack([result.start_logits, result.end_logits], 1).float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = logits[row, :, :lengths[i]].clone()
+    return out
+
+
+def evaluate(model, tokenizer, examples: Sequence[QAExample], *,
+             max_seq_len: int = MAX_SEQ_LEN, stride: int = STRIDE, n_best: int = N_BEST,
+             max_answer_tokens: int = MAX_ANSWER_TOKENS) -> tuple[dict[str, float],
+                                                                 dict[str, str]]:
+    """Exact match and F1 of ``model`` on ``examples``, and its answer to each."""
+    features = QAFeatures(tokenizer, examples, max_seq_len=max_seq_len, stride=stride)
+    logits = predict(model, features)
+    answers = postprocess(features, [x[0].tolist() for x in logits],
+                          [x[1].tolist() for x in logits], n_best=n_best,
+                          max_answer_tokens=max_answer_tokens)
+    return squad_scores(answers, examples), answers
 
 
 def postprocess(features: QAFeatures, start_logits: Sequence[Sequence[float]],

@@ -112,3 +112,30 @@ def test_the_conll_2003_files_read_whole(shared_data, tokenizer):
                            "B-PER", "I-PER")
     features = NERFeatures(tokenizer, data.split("dev"), data.labels)
     assert features.truncated == 0  # the default 256 sub-tokens hold every dev sentence
+
+
+def test_a_model_distils_nothing_from_its_own_logits_and_is_scored_end_to_end(tokenizer):
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from nasbert.families.ner import collate, distillation_loss, evaluate, predict
+    from nasbert.teacher import resolve
+
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(
+        resolve("minilm-l6"), num_labels=len(LABELS)).eval()
+    features = NERFeatures(tokenizer, SENTENCES, LABELS)
+    logits = predict(model, features, batch_size=1)
+    assert [x.shape for x in logits] == [(len(ids), len(LABELS))
+                                         for ids in features.features["input_ids"]]
+    taught = NERFeatures(tokenizer, SENTENCES, LABELS, teacher=logits)
+    batch = collate([taught[i] for i in range(len(taught))])
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+    teacher = batch.pop("teacher_logits")
+    with torch.no_grad():
+        out = model(**batch)
+        assert float(distillation_loss(out, {**batch, "teacher_logits": teacher}, 2.0)) < 1e-5
+        assert float(distillation_loss(out, {**batch, "teacher_logits": -teacher}, 2.0)) > 1e-3
+    scores, tags = evaluate(model, tokenizer, SENTENCES, LABELS)
+    assert [len(t) for t in tags] == [len(s.words) for s in SENTENCES]
+    assert 0 <= scores["f1"] <= 100

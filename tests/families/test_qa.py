@@ -148,3 +148,35 @@ def test_the_squad_slice_features_cover_every_answer_with_the_fewest_tokens(shar
         exact += normalize_answer(ex.context[offsets[s][0]:offsets[e][1]]) == normalize_answer(text)
         checked += 1
     assert checked >= 390 and exact >= 0.97 * checked, (checked, exact)
+
+
+def test_a_model_distils_nothing_from_its_own_logits_and_is_scored_end_to_end(tokenizer):
+    """Predictions per window, of each window's length; the teacher's logits padded in
+    a batch so that padding weighs nothing: a model's KL to its own logits is 0, to
+    another's it is not; evaluation post-processes and scores every question."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from nasbert.families.qa import collate, distillation_loss, evaluate, predict
+    from nasbert.teacher import resolve
+
+    torch.manual_seed(0)
+    model = AutoModelForQuestionAnswering.from_pretrained(resolve("minilm-l6")).eval()
+    examples = [_example("Duval County", "q0", "Which county?"),
+                _example("1968", "q1", "When did the city consolidate with its county?")]
+    features = QAFeatures(tokenizer, examples, train=True, max_seq_len=48, stride=16)
+    logits = predict(model, features, batch_size=3)
+    assert [x.shape for x in logits] == [(2, len(ids))
+                                         for ids in features.features["input_ids"]]
+    taught = QAFeatures(tokenizer, examples, train=True, max_seq_len=48, stride=16,
+                        teacher=logits)
+    batch = collate([taught[i] for i in range(len(taught))])
+    assert (batch["teacher_logits"][:, 1][batch["attention_mask"] == 0] == -1e4).all()
+    teacher = batch.pop("teacher_logits")
+    with torch.no_grad():
+        out = model(**batch)
+        assert float(distillation_loss(out, {**batch, "teacher_logits": teacher}, 2.0)) < 1e-5
+        shuffled = {**batch, "teacher_logits": teacher.flip(0)}
+        assert float(distillation_loss(out, shuffled, 2.0)) > 1e-3
+    scores, answers = evaluate(model, tokenizer, examples, max_seq_len=48, stride=16)
+    assert set(answers) == {"q0", "q1"} and 0 <= scores["f1"] <= 100
