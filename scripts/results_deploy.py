@@ -189,7 +189,7 @@ def main() -> None:
         # teacher prefixes fine-tuned before baselines were built in nasbert form: the
         # same function on the students' kernels, so that speeds compare architectures
         prefixes = [run.finetune_dir(task, v) / "model" for v in run.finetuned(task)
-                    if v.model_id.startswith("teacher-first-")]
+                    if v.model_id.startswith("teacher-first-") and not v.bi]
         for folder in prefixes:
             if folder.is_dir() and convert_to_nasbert(folder, space):
                 print(f"{folder}: converted to nasbert form (same weights, checked)",

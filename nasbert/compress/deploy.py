@@ -130,8 +130,8 @@ def _students(run: RunDir, task: str, models: list[str] | None) -> list[str]:
     if not folder.is_dir():
         raise ConfigError(f"has no fine-tuned models for {task}; run `nasbert finetune {run} "
                           f"--task {task}` first", source=str(run))
-    have = [v.folder for v in run.finetuned(task)  # not the derived forms
-              if not v.form and v.model_id != TEACHER and not is_ngram(v.model_id)
+    have = [v.folder for v in run.finetuned(task)  # not the derived forms, nor bi-encoders
+              if not v.form and not v.bi and v.model_id != TEACHER and not is_ngram(v.model_id)
               and (run.finetune_dir(task, v) / "model").is_dir()]
     if models:
         missing = [m for m in models if m not in have]
