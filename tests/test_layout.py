@@ -61,7 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "nasbert.static")),
     ("supernet, extract", ("nasbert.supernet", "nasbert.extract")),
     ("export", ("nasbert.export",)),
-    ("data", ("nasbert.data",)),
+    ("data", ("nasbert.data", "nasbert.families")),
     ("measuring", ("nasbert.latency.protocol", "nasbert.latency.measure",
                    "nasbert.latency.predictors", "nasbert.reporting")),
     ("recipe, run", ("nasbert.recipe", "nasbert.run")),

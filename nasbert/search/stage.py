@@ -196,9 +196,10 @@ def search(run: RunDir | str | Path, budgets: Sequence[Budget], *, backend: str 
         for c in rescored:
             everything[str(c.arch)] = c
         best = rescored[0]
-        if export:
-            measured = _measure_until_within(approx.supernet, rescored, budget, protocol,
-                                             measure_top, reference=ref, progress=progress)
+        if export:  # (those kept by measurement above were measured: not again)
+            measured = (rescored if near and all(c.measured_ms for c in rescored) else
+                        _measure_until_within(approx.supernet, rescored, budget, protocol,
+                                              measure_top, reference=ref, progress=progress))
             for c in measured:  # those over budget too: query must not name them
                 everything[str(c.arch)] = c
             best = _first_within(measured, budget)
