@@ -1031,11 +1031,12 @@ def _models(args: argparse.Namespace) -> list[str] | None:
 
 def _finetune(args: argparse.Namespace) -> None:
     from nasbert.data.tasks import task_folder, task_spec
+    from nasbert.finetune.config import task_defaults
     from nasbert.finetune.stage import finetune, student_variant, teacher_variant
     from nasbert.run import TEACHER, RunDir
 
     spec, run = task_spec(args.task), RunDir(args.run)
-    config = _configs(args)[""]
+    config = _configs(args, bases={"": task_defaults(spec.name)})[""]
     results = finetune(run, args.task, data_dir=args.data_dir, models=_models(args),
                        config=config, progress=not args.quiet)
     folder = task_folder(spec.name, config.fold, config.folds)
@@ -1068,9 +1069,11 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from nasbert.data.tasks import task_spec
+    from nasbert.finetune.config import task_defaults
     from nasbert.finetune.sweep import sweep
 
-    base = _configs(args)[""]
+    base = _configs(args, bases={"": task_defaults(task_spec(args.task).name)})[""]
     # the sweep's own seed follows --seed unless --sweep-seed says otherwise, as before
     config = _configs(args, bases={"sweep": {"seed": base.seed}})["sweep"]
     records = sweep(args.run, args.task, data_dir=args.data_dir, models=_models(args),

@@ -156,3 +156,14 @@ def test_a_fold_fine_tunes_into_its_own_folder(run, pairs, tmp_path):
     record = json.loads((folder / "metrics.json").read_text())
     assert record["data"]["fold"] == "2 of 5" and record["train_examples"] == 96
     assert record["dev"]["pearson"] == record["dev"]["pearson"]  # scored on the held-out fold
+
+
+def test_the_cli_fine_tunes_sts_b_as_bi_encoders_unless_told_otherwise(run, pairs, capsys):
+    """STS-B's measured formulation is the CLI's default for it (results/pairs.md);
+    --formulation cross still gives the cross-encoders."""
+    quick = ["--epochs", "1", "--teacher-epochs", "1", "--max-seq-len", "24",
+             "--batch-size", "32", "--teacher-batch-size", "32", "--quiet"]
+    for extra, folder in (([], "teacher-bi"), (["--formulation", "cross"], "teacher")):
+        assert main(["finetune", str(run.path), "--task", "stsb", "--data-dir", str(pairs),
+                     "--subnet", "small", *extra, *quick]) == 0
+        assert f"finetune/stsb/{folder}/" in capsys.readouterr().out
