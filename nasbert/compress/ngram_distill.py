@@ -195,7 +195,7 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     others) and returns its record (the stored one when it was made from the same
     inputs)."""
     from nasbert.finetune.distill import Encoded, evaluate, train_classifier
-    from nasbert.finetune.stage import WorkDir
+    from nasbert.finetune.stage import WorkDir, unit_scale
     from nasbert.hf.quiet import quiet_transformers
 
     if not is_ngram(model_id):
@@ -254,7 +254,9 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
                 progress=f"{task} {name}" if progress else None, seed=config.seed,
                 optimizer=lambda lr: optimizer, max_grad_norm=0.0)
 
-    labelled = Encoded(tokenizer, train, L, teacher=train_logits)
+    scale = unit_scale(data, schedule, train)  # the teacher's logits are on that scale
+    model.config.label_scale = scale
+    labelled = Encoded(tokenizer, train, L, teacher=train_logits, scale=scale)
     if not done and config.unlabelled_epochs > 0:
         everything = torch.utils.data.ConcatDataset(
             [labelled, Encoded(tokenizer, examples, L, teacher=logits)] if len(examples)

@@ -41,14 +41,16 @@ class Encoded(torch.utils.data.Dataset):
     instead of the pair in one sequence."""
 
     def __init__(self, tokenizer, examples: Examples, max_seq_len: int,
-                 teacher: Tensor | None = None, *, apart: bool = False):
+                 teacher: Tensor | None = None, *, apart: bool = False, scale: float = 1.0):
         if apart:
             self.features = encode_apart(tokenizer, examples.texts, max_seq_len)
         else:
             enc = tokenizer(*zip(*examples.texts), truncation=True, max_length=max_seq_len)
             self.features = {k: v for k, v in enc.items()
                              if k in ("input_ids", "attention_mask", "token_type_ids")}
-        self.labels = examples.labels
+        # a regression's labels brought to the scale its model predicts in (config.label_scale)
+        self.labels = ([y / scale for y in examples.labels] if scale != 1.0
+                       else examples.labels)
         self.teacher = teacher
         if teacher is not None and len(teacher) != len(self.labels):
             raise ValueError(f"{len(teacher)} teacher outputs for {len(self.labels)} examples")
@@ -391,7 +393,8 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
         examples = data.split(split).subset(config.max_dev_examples, config.seed)
         logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len,
                                         apart=config.formulation == "bi"))
-        preds[split] = decide(data.spec, logits)
+        preds[split] = decide(data.spec, logits * getattr(model.config, "label_scale", 1.0)
+                              if data.spec.is_regression else logits)
         metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
     return metrics, preds
 

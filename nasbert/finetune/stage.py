@@ -116,9 +116,11 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
     tokenizer = run.tokenizer()
     train_examples = data.split("train").subset(config.max_train_examples, config.seed)
     apart = config.formulation == "bi"
-    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, apart=apart)
+    scale = unit_scale(data, config, train_examples)
+    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, apart=apart, scale=scale)
     model = load_classifier(name, data.spec, config.seed, formulation=config.formulation,
                             pooling=Pooling.of(name), scale=label_scale(train_examples))
+    model.config.label_scale = scale  # what its predictions are multiplied by
     start = time.time()
     with WorkDir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
@@ -128,7 +130,7 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
             checkpoint_seconds=CHECKPOINT_SECONDS)
         metrics, preds = evaluate(model, tokenizer, data, config)
         logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len,
-                                        apart=apart))
+                                        apart=apart))  # on the scale the students learn
         record = FinetunedRecord(
             TEACHER, key, data.spec.name, dataclasses.asdict(config), metrics, extra={
                 "data": data.source, "model": run.recipe().teacher, "params": _params(model),
@@ -255,7 +257,8 @@ def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
                         weights_only=True)
     examples = data.split("train").subset(config.max_train_examples, config.seed)
     return (Encoded(run.tokenizer(), examples, config.max_seq_len, teacher=stored["logits"],
-                    apart=config.formulation == "bi"), examples)
+                    apart=config.formulation == "bi",
+                    scale=unit_scale(data, config, examples)), examples)
 
 
 def student_variant(model_id: str, config: FinetuneConfig) -> Variant:
@@ -276,6 +279,15 @@ def check_formulation(data: TaskData, config: FinetuneConfig) -> None:
         raise ConfigError("reads one sentence; the bi-encoder formulation is for sentence-pair "
                           "tasks (mrpc, stsb, qqp, mnli, qnli, rte, wnli): leave --formulation "
                           "out", source=f"task {data.spec.name}")
+
+
+def unit_scale(data: TaskData, config: FinetuneConfig, examples: Examples) -> float:
+    """What a cross-encoder's regression labels are divided by for training
+    (``config.regression_labels``: the largest, so that they lie in [0, 1]); 1 for
+    classes, raw labels and bi-encoders (which scale their own)."""
+    unit = (data.spec.is_regression and config.formulation == "cross"
+            and config.regression_labels == "unit")
+    return label_scale(examples) if unit else 1.0
 
 
 def label_scale(examples: Examples) -> float:
@@ -322,6 +334,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     model = load_classifier(source, data.spec, seed, formulation=config.formulation,
                             pooling=Pooling.of(run.teacher_name()),
                             scale=label_scale(train_examples))
+    model.config.label_scale = unit_scale(data, config, train_examples)
     teacher = (load_classifier(teacher_dir / "model", data.spec, seed,
                                formulation=config.formulation)
                if config.hidden_epochs > 0 else None)

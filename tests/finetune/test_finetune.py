@@ -180,6 +180,11 @@ def test_stsb_is_regression_end_to_end(run, glue):
     assert stages == {"hidden", "logits"}  # hidden-state distillation came first
     logits = torch.load(run.finetune_dir("stsb", "teacher") / "train_logits.pt")["logits"]
     assert logits.shape == (192, 1)
+    # learnt on labels scaled to [0, 1] (regression_labels "unit"), predicted on theirs
+    top = max(load_task("stsb", glue).split("train").labels)
+    assert model.config.label_scale == pytest.approx(top) and float(logits.max()) < 1.5
+    teacher_preds = (run.finetune_dir("stsb", "teacher") / "predictions_dev.tsv").read_text()
+    assert max(float(line.split("\t")[1]) for line in teacher_preds.splitlines()[1:]) > 2.0
 
 
 def test_sweep_of_two_trials_on_ray_tune(run, glue):
