@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
-from nasbert.families import by_length, pad
+from nasbert.families import pad, predict_rows
 from nasbert.losses import token_kl
 
 if TYPE_CHECKING:
@@ -195,23 +195,8 @@ def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float) -> T
 def predict(model, features: NERFeatures, *, batch_size: int = 64,
             progress: str | None = None) -> list[Tensor]:
     """Each sentence's ``(tokens, labels)`` logits, in order."""
-    import torch
-    from tqdm.auto import tqdm
-
-    model.eval()
-    device = next(model.parameters()).device
-    lengths = [len(ids) for ids in features.features["input_ids"]]
-    out: list[Tensor] = [torch.empty(0)] * len(features)
-    batches = list(by_length(lengths, batch_size))
-    with torch.inference_mode():
-        for idx in tqdm(batches, desc=progress, unit="batch", disable=not progress,
-                        dynamic_ncols=True):
-            batch = collate([{k: features.features[k][i] for k in features.features}
-                             for i in idx])
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-            for row, i in enumerate(idx):
-                out[i] = logits[row, :lengths[i]].clone()
-    return out
+    return predict_rows(model, features.features, collate, lambda r: r.logits.float().cpu(),
+                        batch_size=batch_size, progress=progress)
 
 
 def evaluate(model, tokenizer, sentences: Sequence[Sentence], labels: Sequence[str], *,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
-from nasbert.families import by_length, pad
+from nasbert.families import pad, predict_rows
 from nasbert.losses import position_kl
 
 if TYPE_CHECKING:
@@ -234,23 +234,11 @@ def predict(model, features: QAFeatures, *, batch_size: int = 64,
             progress: str | None = None) -> list[Tensor]:
     """Each window's ``(2, tokens)`` start and end logits, in order."""
     import torch
-    from tqdm.auto import tqdm
 
-    model.eval()
-    device = next(model.parameters()).device
-    lengths = [len(ids) for ids in features.features["input_ids"]]
-    out: list[Tensor] = [torch.empty(0)] * len(features)
-    batches = list(by_length(lengths, batch_size))
-    with torch.inference_mode():
-        for idx in tqdm(batches, desc=progress, unit="batch", disable=not progress,
-                        dynamic_ncols=True):
-            batch = collate([{k: features.features[k][i] for k in features.features}
-                             for i in idx])
-            result = model(**{k: v.to(device) for k, v in batch.items()})
-            logits = torch.stack([result.start_logits, result.end_logits], 1).float().cpu()
-            for row, i in enumerate(idx):
-                out[i] = logits[row, :, :lengths[i]].clone()
-    return out
+    rows = predict_rows(model, features.features, collate,
+                        lambda r: torch.stack([r.start_logits, r.end_logits], -1).float().cpu(),
+                        batch_size=batch_size, progress=progress)
+    return [x.T.contiguous() for x in rows]
 
 
 def evaluate(model, tokenizer, examples: Sequence[QAExample], *,
