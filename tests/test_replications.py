@@ -67,6 +67,13 @@ def test_the_page_judges_each_goal_from_the_records():
     assert re.search(r"8x, mrpc: .* by >= 1 point on average \(-1\.\d\d\): \*\*missed", page)
     # too few to judge: pending, with the figures so far
     assert "**pending**" in render(ahead[:2], "cmd")
+    # a task that joined later (MRPC as a bi-encoder) is judged on its own count
+    for r in ahead[2:]:
+        r["tasks"]["mrpc-bi"] = r["tasks"]["mrpc"]
+    page = render(ahead, "cmd")
+    assert "(fewer than 5: mrpc-bi 3)" in page and "- N >= 5 replications landed (5)" in page
+    assert re.search(r"8x, mrpc-bi: .*: \*\*pending", page)
+    assert re.search(r"8x, tweets: .*: \*\*met", page)
     assert "none yet" in render([], "cmd")
 
 
@@ -95,7 +102,9 @@ def test_a_replication_runs_every_stage_and_records_it(tiny_teacher, tiny_corpus
     config = ReplicationConfig(
         seed=1, data=str(data), recipe=str(recipe), supernet_steps=20, shrink_epoch_steps=5,
         latency_samples=30, speedups=(1.0,), top_k=2, stage_one_tokens=4 * 8 * 32,
-        tasks=("mrpc",), schedules={"mrpc": dataclasses.replace(quick, epochs=2)},
+        tasks=("mrpc", "mrpc-bi"),
+        schedules={"mrpc": dataclasses.replace(quick, epochs=2),
+                   "mrpc-bi": dataclasses.replace(quick, epochs=2, formulation="bi")},
         ablation_group="1x")
     record = replicate(tmp_path / "run", config, protocol=protocol, progress=False)
     group = record["groups"]["1x"]
@@ -105,6 +114,9 @@ def test_a_replication_runs_every_stage_and_records_it(tiny_teacher, tiny_corpus
         assert m["latency_ms"] > 0 and m["stage_one_loss"] > 0 and m["params"] > 0
         assert -100 <= m["sts"]["spearman"] <= 100 and m["blockwise_score"] > 0
     assert record["tasks"]["mrpc"]["models"].keys() == {"teacher", *group.values()}
+    assert record["tasks"]["mrpc-bi"]["models"].keys() == {"teacher", *group.values()}
+    assert record["tasks"]["mrpc-bi"]["formulation"] == "bi"
+    assert (tmp_path / "run" / "finetune" / "mrpc" / "teacher-bi").is_dir()
     ablation = record["tasks"]["mrpc"]["ablation"]  # an odd seed: the ablation ran
     assert {a["kind"] for a in ablation.values()} >= {"searched"}
     assert record["teacher"]["latency_ms"] > 0 and record["seed"] == 1
@@ -126,7 +138,8 @@ def test_a_replication_runs_every_stage_and_records_it(tiny_teacher, tiny_corpus
                                      static_config=quick_static, rounds=1, progress=False)
     for model_id in group.values():
         m = emb["models"][model_id]
-        assert set(m["sts"]) == {"extracted", "stage-one", "embeddings", "int8"}
+        assert set(m["sts"]) == {"extracted", "stage-one", "embeddings", "int8",
+                                 "onnx float32", "onnx int8"}
         assert m["speed"]["float32 b64"] > m["speed"]["float32 b1"] > 0
     assert emb["pairs"] == 40 and emb["teacher"]["sts"]["float32"] > -100
     page = results_embeddings.render([emb])
