@@ -325,10 +325,13 @@ def _add_run(p: argparse.ArgumentParser, *, optional: bool = False, default=None
 def _add_task(p: argparse.ArgumentParser, *, required: bool = True,
               embeddings: bool = False) -> None:
     p.add_argument("--task", required=required, help="cola, sst2, mrpc, stsb, qqp, mnli, "
-                   "qnli, rte, wnli, or tweets (the embedded default)" + (
+                   "qnli, rte, wnli, tweets (the embedded default), squad (extractive question "
+                   "answering) or conll2003 (named entities)" + (
                        "; embeddings: the students after embedding distillation"
                        if embeddings else ""))
-    p.add_argument("--data-dir", help="a local GLUE folder (e.g. glue/SST-2); default: the hub")
+    p.add_argument("--data-dir", help="the task's local folder (a GLUE folder such as "
+                   "glue/SST-2, SQuAD v1.1's train.json and dev.json, CoNLL-2003's train.txt "
+                   "and valid.txt); default: the hub")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
@@ -372,8 +375,15 @@ def _add_timing(p: argparse.ArgumentParser, *, aliases: bool = True) -> None:
     _alias(p, "--gpu", "config:timing:device", "--timing-device cuda", const="cuda")
 
 
-def _protocol(args: argparse.Namespace):
-    protocol = _configs(args)["timing"]
+def _protocol(args: argparse.Namespace, task: str | None = None):
+    """The timing protocol of the flags, over the task family's own defaults (question
+    answering is timed at 384 tokens, as the field times it)."""
+    base = {}
+    if task:
+        from nasbert.families import family_of
+
+        base = family_of(task).timing
+    protocol = _configs(args, bases={"timing": base})["timing"]
     if protocol.device == "cuda":
         import torch
 
@@ -899,20 +909,20 @@ def _query(args: argparse.Namespace) -> None:
 
 def _query_deployment(args: argparse.Namespace, run, budgets: list) -> None:
     from nasbert.compress.deploy import FIDELITY, choose, export
-    from nasbert.data.tasks import task_spec
+    from nasbert.families import spec_of
     from nasbert.latency.stage import teacher_ms
     from nasbert.run import EMBEDDINGS
 
     if args.task == EMBEDDINGS:  # the embedding students: faithfulness to the teacher
         name, metric = EMBEDDINGS, FIDELITY
     else:
-        spec = task_spec(args.task)
+        spec = spec_of(args.task)
         name, metric = spec.name, spec.metric
     if any(b.params_m is not None for b in budgets):
         raise ConfigError("with --task, a budget is --latency-ms alone (the deployable family "
                           "is chosen by measured latency); drop --params-m",
                           source="nasbert query")
-    protocol = _protocol(args)
+    protocol = _protocol(args, None if args.task == EMBEDDINGS else name)
     with _stdout_for(args):
         answers = [(b, choose(run, name, b.latency_ms, protocol)) for b in budgets]
         base = teacher_ms(run, protocol)
@@ -1030,12 +1040,13 @@ def _models(args: argparse.Namespace) -> list[str] | None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from nasbert.data.tasks import task_folder, task_spec
+    from nasbert.data.tasks import task_folder
+    from nasbert.families import spec_of
     from nasbert.finetune.config import task_defaults
     from nasbert.finetune.stage import finetune, student_variant, teacher_variant
     from nasbert.run import TEACHER, RunDir
 
-    spec, run = task_spec(args.task), RunDir(args.run)
+    spec, run = spec_of(args.task), RunDir(args.run)
     config = _configs(args, bases={"": task_defaults(spec.name)})[""]
     results = finetune(run, args.task, data_dir=args.data_dir, models=_models(args),
                        config=config, progress=not args.quiet)
@@ -1069,11 +1080,11 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from nasbert.data.tasks import task_spec
+    from nasbert.families import spec_of
     from nasbert.finetune.config import task_defaults
     from nasbert.finetune.sweep import sweep
 
-    base = _configs(args, bases={"": task_defaults(task_spec(args.task).name)})[""]
+    base = _configs(args, bases={"": task_defaults(spec_of(args.task).name)})[""]
     # the sweep's own seed follows --seed unless --sweep-seed says otherwise, as before
     config = _configs(args, bases={"sweep": {"seed": base.seed}})["sweep"]
     records = sweep(args.run, args.task, data_dir=args.data_dir, models=_models(args),
@@ -1138,11 +1149,11 @@ class _QuantisationAware(argparse.Action):
 
 def _deploy(args: argparse.Namespace) -> None:
     from nasbert.compress.deploy import FIDELITY, prepare_embedding_deployment
-    from nasbert.data.tasks import load_task
+    from nasbert.families import family_of
     from nasbert.run import EMBEDDINGS
 
     configs = _configs(args)
-    protocol = _protocol(args)
+    protocol = _protocol(args, None if args.task == EMBEDDINGS else args.task)
     if args.task == EMBEDDINGS:
         if args.length_adaptive or args.quantisation_aware:
             raise ConfigError("embedding students deploy in float32 and int8 at full length; "
@@ -1152,7 +1163,13 @@ def _deploy(args: argparse.Namespace) -> None:
                                             bounds=configs["bound"], progress=not args.quiet)
         metric = FIDELITY
     else:
-        data = load_task(args.task, args.data_dir)
+        family = family_of(args.task)
+        if family.name != "sentence" and (args.length_adaptive or args.quantisation_aware):
+            raise ConfigError(f"{args.task} deploys in float32 and int8 at full length (its "
+                              "length-adaptive and quantisation-aware forms are not built "
+                              "yet); drop --length-adaptive and --quantisation-aware",
+                              source=f"--task {args.task}")
+        data = family.load(args.task, args.data_dir)
         rows = _deploy_task(args, data, configs, protocol)
         metric = data.spec.metric
     print(f"{'deployable':<52} {metric:>9} {'ms':>8} {'bound':>8}")
@@ -1190,8 +1207,14 @@ def _add_ngram(p: argparse.ArgumentParser) -> None:
 def _ngram(args: argparse.Namespace) -> None:
     from nasbert.compress.ngram_distill import measure_ngram, train_ngram_student
     from nasbert.data.tasks import load_task
+    from nasbert.families import FAMILY_TASKS
 
     config, protocol = _configs(args)[""], _protocol(args)
+    if args.task.lower() in FAMILY_TASKS:
+        raise ConfigError("an n-gram student labels a whole sentence from its n-grams; it "
+                          "does not apply to answer spans or per-token labels: deploy the "
+                          "task's transformer students (nasbert deploy)",
+                          source=f"--task {args.task}")
     data = load_task(args.task, args.data_dir)
     record = train_ngram_student(args.run, data, config, progress=not args.quiet)
     deploy = measure_ngram(args.run, data.spec.name, protocol)

@@ -99,7 +99,7 @@ class Variant:
     # nasbert.compress.length) or "quantisation-aware" (nasbert.compress.qat); "": none
     form: str = ""
     # a sentence-pair task as a bi-encoder (each sentence pooled alone,
-    # nasbert.finetune.pairs), not a cross-encoder (the pair in one sequence)
+    # nasbert.families.pairs), not a cross-encoder (the pair in one sequence)
     bi: bool = False
 
     def __post_init__(self) -> None:

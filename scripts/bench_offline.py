@@ -20,8 +20,8 @@ from pathlib import Path
 
 from nasbert.compress.offline import OfflineConfig, compress
 from nasbert.data.tasks import load_task, task_spec
+from nasbert.families.sentence import evaluate
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import evaluate
 from nasbert.finetune.stage import finetune_teacher
 from nasbert.io import atomic_write_text
 from nasbert.reporting import header

@@ -17,8 +17,8 @@ import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nasbert.data.tasks import load_task
+from nasbert.families.sentence import Encoded
 from nasbert.finetune.config import GLUE_SCHEDULES
-from nasbert.finetune.distill import Encoded
 from nasbert.io import atomic_write_text
 from nasbert.reporting import header
 from nasbert.run import RunDir

@@ -4,7 +4,7 @@ For the teacher and every planned model of a run (``search/plan.json``: the sear
 model and both hand-designed baselines at each budget): STS-B (held-out folds of its
 training file, the only split here: Pearson x 100) and MRPC (its dev split: F1 x 100),
 fine-tuned with distillation as cross-encoders (the pair in one sequence) and as
-bi-encoders (each sentence pooled alone, ``nasbert.finetune.pairs``), each formulation's
+bi-encoders (each sentence pooled alone, ``nasbert.families.pairs``), each formulation's
 students distilled from the teacher fine-tuned the same way.
 
 ``--teacher-study`` adds the teacher's cross-encoder STS-B recipe varied one factor at a

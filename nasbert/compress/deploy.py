@@ -161,12 +161,12 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     same inputs is skipped. Returns the students' deployable forms."""
     import torch
 
-    from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import load_classifier
+    from nasbert.families import family_of
     from nasbert.quantize import quantize
 
     run = RunDir.of(run)
-    protocol = protocol or Protocol()
+    family = family_of(data.spec.name)
+    protocol = protocol or Protocol(**family.timing)
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown or "pytorch" not in runtimes:
         raise ConfigError(f"must include pytorch and be among {', '.join(RUNTIMES)}, not "
@@ -188,9 +188,9 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
                 if p == "float32":
                     metrics = {s: records[m].metrics[s] for s in data.spec.dev_splits}
                 else:
-                    model = quantize(load_classifier(dirs[i], data.spec, schedule.seed))
+                    model = quantize(family.model(dirs[i], data, schedule, schedule.seed))
                     with torch.inference_mode():
-                        metrics, _ = evaluate(model, tokenizer, data, schedule)
+                        metrics, _ = family.evaluate(model, tokenizer, data, schedule)
                 rows.append(MeasuredForm(p, metrics, ms[p][i], device_id(fingerprint(
                     dataclasses.replace(protocol, dtype=p)))))
             if "onnxruntime" in runtimes and json.loads(
@@ -299,8 +299,7 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
     import torch
 
     from nasbert.export import OnnxEncoder, export_onnx
-    from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import load_classifier
+    from nasbert.families import family_of
     from nasbert.latency.measure import measure_clean
 
     folder = run.finetune_dir(data.spec.name, model_id)
@@ -314,11 +313,12 @@ def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneCo
                        dataclasses.replace(protocol, dtype="float32"),
                        rounds=protocol.rounds, reference=reference(run, protocol))
     rows = []
-    model = load_classifier(folder / "model", data.spec, schedule.seed)  # its head, once
+    family = family_of(data.spec.name)
+    model = family.model(folder / "model", data, schedule, schedule.seed)  # its head, once
     for (p, graph), t in zip(graphs.items(), ms):
         model.nasbert = OnnxEncoder(graph)
         with torch.inference_mode():
-            metrics, _ = evaluate(model, tokenizer, data, schedule)
+            metrics, _ = family.evaluate(model, tokenizer, data, schedule)
         rows.append(MeasuredForm(p, metrics, t, device_id(fingerprint(
             dataclasses.replace(protocol, dtype=p))), runtime="onnxruntime"))
     return rows
@@ -504,11 +504,11 @@ def _sources(run: RunDir, task: str) -> list[Path]:
 
 
 def _metric(task: str) -> str:
-    from nasbert.data.tasks import task_spec
+    from nasbert.families import spec_of
 
     if task == EMBEDDINGS:
         return FIDELITY
-    return task_spec(task).metric
+    return spec_of(task).metric
 
 
 def choose(run: RunDir | str | Path, task: str, latency_ms: float,
@@ -549,9 +549,11 @@ def pick(candidates: Sequence[Deployable], latency_ms: float) -> Deployable:
 def export(run: RunDir | str | Path, choice: Deployable, out: str | Path, *,
            onnx: bool = True) -> dict:
     """Write ``choice`` to ``out``: the fine-tuned model folder with its precision and
-    length configuration in ``config.json`` (``AutoModelForSequenceClassification.
-    from_pretrained(out)`` loads it as chosen), and the encoder as ONNX where the
-    exporter can trace it (int8: ONNX Runtime's quantisation beside it); an
+    length configuration in ``config.json`` (the task's Auto class,
+    ``AutoModelForSequenceClassification``, ``...ForQuestionAnswering`` or
+    ``...ForTokenClassification``, loads it as chosen with ``from_pretrained(out)``), and
+    the encoder as ONNX where the exporter can trace it (int8: ONNX Runtime's
+    quantisation beside it); an
     ``onnxruntime`` form, the graph it was measured and evaluated as, copied (its
     ``config.json`` says ``"runtime": "onnxruntime"``; the folder loads in PyTorch too).
     Returns what was written."""

@@ -42,21 +42,14 @@ from nasbert.compress.forms import FormsRecord, MeasuredForm
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
+from nasbert.families.sentence import decide, evaluate, load_classifier, predict
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import (
-    CHECKPOINT_SECONDS,
-    decide,
-    evaluate,
-    predict,
-    seconds_before,
-    train_classifier,
-)
+from nasbert.finetune.distill import CHECKPOINT_SECONDS, seconds_before, train_classifier
 from nasbert.finetune.record import FinetunedRecord
 from nasbert.finetune.stage import (
     WorkDir,
     cached_result,
     distillation_set,
-    load_classifier,
     save_result,
 )
 from nasbert.latency.measure import (

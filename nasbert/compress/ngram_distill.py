@@ -51,7 +51,8 @@ from nasbert.compress.ngram import (
 from nasbert.data.tasks import Examples, TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
-from nasbert.finetune.augment import IGNORE, AugmentConfig
+from nasbert.families import IGNORE
+from nasbert.finetune.augment import AugmentConfig
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.record import FinetunedRecord
 from nasbert.io import atomic_dir, atomic_write_text, cached_record
@@ -194,8 +195,9 @@ def train_ngram_student(run: RunDir | str | Path, data: TaskData,
     ``finetune/<task>/<model_id>/`` (``ngram``, or ``ngram-<variant>`` for a study's
     others) and returns its record (the stored one when it was made from the same
     inputs)."""
-    from nasbert.finetune.distill import Encoded, evaluate, train_classifier
-    from nasbert.finetune.stage import WorkDir, unit_scale
+    from nasbert.families.sentence import Encoded, evaluate, unit_scale
+    from nasbert.finetune.distill import train_classifier
+    from nasbert.finetune.stage import WorkDir
     from nasbert.hf.quiet import quiet_transformers
 
     if not is_ngram(model_id):

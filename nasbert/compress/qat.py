@@ -27,13 +27,13 @@ import torch
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
-from nasbert.finetune.distill import evaluate, train_classifier
+from nasbert.families.sentence import evaluate, load_classifier
+from nasbert.finetune.distill import train_classifier
 from nasbert.finetune.record import FinetunedRecord
 from nasbert.finetune.stage import (
     WorkDir,
     cached_result,
     distillation_set,
-    load_classifier,
     save_result,
 )
 from nasbert.provenance import provenance

@@ -1,46 +1,47 @@
-"""Task families: what differs between kinds of downstream task (reading the data,
-features, post-processing, the metric), one module per family. Sentence-level
-classification and regression live in :mod:`nasbert.data.tasks` and
-:mod:`nasbert.finetune`; :mod:`nasbert.families.qa` is extractive question answering
-(SQuAD v1.1)."""
+"""Task families: what differs between kinds of downstream task, one module per family,
+behind one seam (:class:`Family`) that the fine-tuning stage, its sweeps and the results
+scripts use alike:
+
+- :mod:`~nasbert.families.sentence`: a label per sentence or sentence pair
+  (classification, regression; GLUE, tweets), as cross- or bi-encoders
+  (:mod:`~nasbert.families.pairs`);
+- :mod:`~nasbert.families.qa`: extractive question answering (SQuAD v1.1);
+- :mod:`~nasbert.families.ner`: token classification (CoNLL-2003's named entities).
+
+A family reads its data, makes the model with its head, encodes training examples (with
+the teacher's outputs beside them for distillation), batches them, gives the teacher's
+outputs to cache, the distillation loss, and its metrics on the dev splits (its own
+post-processing included). Adding a family is adding one module and its tests.
+
+>>> family = family_of("squad")                                      # doctest: +SKIP
+>>> data = family.load("squad", "../shared/data/squad")               # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from nasbert.families.base import FAMILY_TASKS, IGNORE, SPECS, Family, FamilySpec, subset
+
+__all__ = ["FAMILY_TASKS", "IGNORE", "SPECS", "Family", "FamilySpec", "family_of", "spec_of",
+           "subset"]
 
 
-def by_length(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of similar lengths (the shortest first), so that padding to
-    each batch's longest pads little when predicting."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+def spec_of(task: str):
+    """A task's spec, whatever its family (:class:`FamilySpec`, or
+    :class:`~nasbert.data.tasks.TaskSpec` for a sentence-level one)."""
+    from nasbert.data.tasks import task_spec
+
+    key = task.lower().replace("_", "-")
+    return SPECS[key] if key in SPECS else task_spec(task)
 
 
-def pad(rows: list[list[int]], fill: int) -> list[list[int]]:
-    """Rows padded with ``fill`` to the longest."""
-    n = max(len(r) for r in rows)
-    return [list(r) + [fill] * (n - len(r)) for r in rows]
-
-
-def predict_rows(model, features: dict[str, list], collate: Callable, logits: Callable, *,
-                 batch_size: int = 64, progress: str | None = None) -> list:
-    """``model``'s output for each row of ``features`` (tokenised columns), in order,
-    computed in batches of similar lengths: ``logits(output)`` gives a batch's tensor,
-    tokens on its last axis but one, and each row is cut to its own length."""
-    import torch
-    from tqdm.auto import tqdm
-
-    model.eval()
-    device = next(model.parameters()).device
-    lengths = [len(ids) for ids in features["input_ids"]]
-    out: list = [None] * len(lengths)
-    batches = list(by_length(lengths, batch_size))
-    with torch.inference_mode():
-        for idx in tqdm(batches, desc=progress, unit="batch", disable=not progress,
-                        dynamic_ncols=True):
-            batch = collate([{k: features[k][i] for k in features} for i in idx])
-            result = logits(model(**{k: v.to(device) for k, v in batch.items()}))
-            for row, i in enumerate(idx):
-                out[i] = result[row].narrow(-2, 0, lengths[i]).clone()
-    return out
+def family_of(task: str) -> Family:
+    """The family a task belongs to (``squad``, ``conll2003``; anything else is a
+    sentence-level task, checked when loaded)."""
+    kind = FAMILY_TASKS.get(task.lower().replace("_", "-"))
+    if kind == "qa":
+        from nasbert.families.qa import FAMILY
+    elif kind == "ner":
+        from nasbert.families.ner import FAMILY
+    else:
+        from nasbert.families.sentence import FAMILY
+    return FAMILY

@@ -17,14 +17,23 @@ from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
-from nasbert.families import pad, predict_rows
+from nasbert.families.base import (
+    IGNORE,
+    SPECS,
+    Family,
+    load_head,
+    pad,
+    predict_rows,
+    refuse_fold,
+    refuse_pairs,
+    subset,
+)
 from nasbert.losses import token_kl
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 HUB_CONLL = "eriktks/conll2003"
-IGNORE = -100  # the label of a sub-token no loss or score reads
 MAX_SEQ_LEN = 256  # every CoNLL-2003 valid sentence fits (128 cuts 19 words)
 SPLITS = (("train", "train.txt", "train"), ("dev", "valid.txt", "validation"))
 
@@ -40,6 +49,8 @@ class NERData:
     splits: dict[str, list[Sentence]]
     labels: tuple[str, ...]  # "O", then B- and I- of each entity type, sorted
     source: dict
+    spec = SPECS["conll2003"]
+    name = "conll2003"  # the folder its models lie in (finetune/conll2003/)
 
     def split(self, name: str) -> list[Sentence]:
         if name not in self.splits:
@@ -186,7 +197,8 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
     return batch
 
 
-def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float) -> Tensor:
+def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float,
+                      model=None) -> Tensor:
     """Each real token's label distribution's KL to the teacher's (every sub-token,
     not only the labelled first ones: the teacher has something to say about all)."""
     return token_kl(out.logits, batch["teacher_logits"], batch["attention_mask"], temperature)
@@ -235,5 +247,51 @@ def entity_scores(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[st
     pred, true = [list(p) for p in predicted], [list(g) for g in gold]
     if [len(p) for p in pred] != [len(g) for g in true]:
         raise ValueError("a prediction per word of every sentence is needed")
-    return {"f1": 100 * f1_score(true, pred), "precision": 100 * precision_score(true, pred),
-            "recall": 100 * recall_score(true, pred)}
+    # an untrained model may predict no entity at all: precision 0 then, not a warning
+    return {"f1": 100 * f1_score(true, pred, zero_division=0),
+            "precision": 100 * precision_score(true, pred, zero_division=0),
+            "recall": 100 * recall_score(true, pred, zero_division=0)}
+
+
+# ------------------------------------------------------------------- the family
+
+
+class NERFamily(Family):
+    """Named entities through the fine-tuning stage: a label per token (on each word's
+    first sub-token), distillation on the teacher's per-token distributions, entity F1,
+    precision and recall (in [0, 1]) on CoNLL-2003's valid split."""
+
+    name = "ner"
+
+    def load(self, task, data_dir=None, *, seed=0, fold=None, folds=5) -> NERData:
+        refuse_fold(task, fold)
+        return load_conll(data_dir)
+
+    def check(self, data, config) -> None:
+        refuse_pairs(data.name, config, "labels the words of one sentence")
+
+    def model(self, path, data, config, seed, *, pooling=None, examples=None):
+        return load_head("AutoModelForTokenClassification", path, seed,
+                         num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+                         label2id={label: i for i, label in enumerate(data.labels)})
+
+    def dataset(self, tokenizer, data, config, examples, *, train=True, teacher=None):
+        return NERFeatures(tokenizer, examples, data.labels, max_seq_len=config.max_seq_len,
+                           teacher=teacher)
+
+    collate = staticmethod(collate)
+    predict = staticmethod(predict)
+    distillation_loss = staticmethod(distillation_loss)
+
+    def evaluate(self, model, tokenizer, data, config, *, splits=None):
+        metrics, preds = {}, {}
+        for split in splits or data.spec.dev_splits:
+            sentences = subset(data.split(split), config.max_dev_examples, config.seed)
+            scores, tags = evaluate(model, tokenizer, sentences, data.labels,
+                                    max_seq_len=config.max_seq_len)
+            metrics[split] = {k: v / 100 for k, v in scores.items()}
+            preds[split] = [" ".join(t) for t in tags]
+        return metrics, preds
+
+
+FAMILY = NERFamily()

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING
 
 from nasbert.digest import digest, file_digest
 from nasbert.errors import ConfigError
-from nasbert.families import pad, predict_rows
+from nasbert.families.base import (
+    SPECS,
+    Family,
+    load_head,
+    pad,
+    predict_rows,
+    refuse_fold,
+    refuse_pairs,
+    subset,
+)
 from nasbert.losses import position_kl
 
 if TYPE_CHECKING:
@@ -53,6 +62,8 @@ class QAData:
     splits: dict[str, list[QAExample]]
     source: dict  # where it was read from, with a digest of the files
     skipped: dict[str, list[str]]  # split -> one line per question left out, and why
+    spec = SPECS["squad"]
+    name = "squad"  # the folder its models lie in (finetune/squad/)
 
     def split(self, name: str) -> list[QAExample]:
         if name not in self.splits:
@@ -222,7 +233,8 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
     return batch
 
 
-def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float) -> Tensor:
+def distillation_loss(out, batch: Mapping[str, Tensor], temperature: float,
+                      model=None) -> Tensor:
     """The mean of the start and end distributions' KL to the teacher's, over each
     window's real tokens."""
     teacher, mask = batch["teacher_logits"], batch["attention_mask"]
@@ -317,3 +329,58 @@ def squad_scores(predictions: Mapping[str, str], examples: Sequence[QAExample]
         em += max(float(normalize_answer(pred) == normalize_answer(t)) for t in truths)
         f1 += max(_f1(pred, t) for t in truths)
     return {"exact_match": 100 * em / len(examples), "f1": 100 * f1 / len(examples)}
+
+
+# ------------------------------------------------------------------- the family
+
+
+def stride(max_seq_len: int) -> int:
+    """The overlap of a context's windows: the field's 128 at sequences of 384, a third
+    of shorter ones (a window must hold the question and more context than overlap)."""
+    return min(STRIDE, max_seq_len // 3)
+
+
+class QAFamily(Family):
+    """Extractive question answering through the fine-tuning stage: a start/end head,
+    distillation on the teacher's start and end logits, exact match and F1 (in [0, 1])
+    after the n-best post-processing, on SQuAD v1.1's dev split."""
+
+    name = "qa"
+    label_names = ("start_positions", "end_positions")
+    timing = {"seq": MAX_SEQ_LEN}  # as the field times question answering
+
+    def load(self, task, data_dir=None, *, seed=0, fold=None, folds=5) -> QAData:
+        refuse_fold(task, fold)
+        return load_squad(data_dir)
+
+    def check(self, data, config) -> None:
+        refuse_pairs(data.name, config, "reads a question and its context in one sequence")
+        if config.max_seq_len < 64:
+            raise ConfigError(f"max_seq_len {config.max_seq_len} leaves no room for a "
+                              "question and its context; give 384 (the field's) or at "
+                              "least 64", source="task squad")
+
+    def model(self, path, data, config, seed, *, pooling=None, examples=None):
+        return load_head("AutoModelForQuestionAnswering", path, seed)
+
+    def dataset(self, tokenizer, data, config, examples, *, train=True, teacher=None):
+        return QAFeatures(tokenizer, examples, train=train, max_seq_len=config.max_seq_len,
+                          stride=stride(config.max_seq_len), teacher=teacher)
+
+    collate = staticmethod(collate)
+    predict = staticmethod(predict)
+    distillation_loss = staticmethod(distillation_loss)
+
+    def evaluate(self, model, tokenizer, data, config, *, splits=None):
+        metrics, preds = {}, {}
+        for split in splits or data.spec.dev_splits:
+            examples = subset(data.split(split), config.max_dev_examples, config.seed)
+            scores, answers = evaluate(model, tokenizer, examples,
+                                       max_seq_len=config.max_seq_len,
+                                       stride=stride(config.max_seq_len))
+            metrics[split] = {k: v / 100 for k, v in scores.items()}
+            preds[split] = [" ".join(answers[ex.id].split()) for ex in examples]
+        return metrics, preds
+
+
+FAMILY = QAFamily()

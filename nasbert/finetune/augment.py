@@ -30,8 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from nasbert.data.tasks import Examples
-
-IGNORE = -100  # the label of an augmented example: the task loss skips it
+from nasbert.families import IGNORE  # the label of an augmented example: no task loss
 
 _WORD = re.compile(r"^[a-z]+$")
 

@@ -48,7 +48,7 @@ class FinetuneConfig:
     augment: AugmentConfig = AugmentConfig()
     # how a sentence-pair task is read: "cross" (the pair in one sequence, a head on the
     # first token) or "bi" (each sentence encoded and pooled alone with the teacher's
-    # pooling, nasbert.finetune.pairs); the teacher and every student alike, each
+    # pooling, nasbert.families.pairs); the teacher and every student alike, each
     # formulation in its own folders (<id>-bi/)
     formulation: Literal["cross", "bi"] = "cross"
     # score on a held-out fold of the training set (1..folds, seeded by seed) instead of
@@ -98,12 +98,18 @@ class FinetuneConfig:
 # teacher 88.9 Pearson against 82.8 as a cross-encoder, every student 77.8-85.8 against
 # 28.1-60.5. The other pair tasks stay cross-encoders until measured.
 PAIR_FORMULATION = {"stsb": "bi"}
+# The sequence length of the span and token families where none is given: question
+# answering as the field times and trains it (384 tokens, contexts cut into windows with a
+# stride of 128), named entities long enough for every CoNLL-2003 valid sentence (256)
+FAMILY_SEQ_LEN = {"squad": 384, "conll2003": 256}
 
 
 def task_defaults(task: str) -> dict:
     """The fine-tuning settings a task takes where none is given: its measured
-    formulation (:data:`PAIR_FORMULATION`)."""
-    return {"formulation": PAIR_FORMULATION[task]} if task in PAIR_FORMULATION else {}
+    formulation (:data:`PAIR_FORMULATION`), its family's sequence length
+    (:data:`FAMILY_SEQ_LEN`)."""
+    out = {"formulation": PAIR_FORMULATION[task]} if task in PAIR_FORMULATION else {}
+    return {**out, **({"max_seq_len": FAMILY_SEQ_LEN[task]} if task in FAMILY_SEQ_LEN else {})}
 
 
 # fields added after keys were first made: left out of a key while at these defaults, so

@@ -1,12 +1,14 @@
-"""Distillation on a task: the data, the losses and ``Trainer`` with them.
+"""The one fine-tuning loop: transformers' ``Trainer`` with distillation, for every task
+family (:mod:`nasbert.families`).
 
-    loss = alpha * task_loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+    loss = alpha * task_loss + (1 - alpha) * distillation_loss(student, teacher)
 
-(MSE to the teacher's output for regression), from cached teacher logits, optionally
-preceded by a stage of hidden-state distillation on the task data (MSE between the
-student's and the teacher's last hidden states): NAS-BERT's second distillation stage.
-Both stages, and the teacher's own fine-tuning, run in transformers' ``Trainer``
-(:func:`train_classifier`) with a custom loss.
+from cached teacher outputs (the family's loss: KL of softened class distributions, MSE
+for regression, KL over start and end positions for question answering, per token for
+named entities), optionally preceded by a stage of hidden-state distillation on the task
+data (MSE between the student's and the teacher's last hidden states): NAS-BERT's second
+distillation stage. Both stages, and the teacher's own fine-tuning, run here
+(:func:`train_classifier`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from nasbert.data.metrics import compute_metrics
-from nasbert.data.tasks import Examples, TaskData, TaskSpec
-from nasbert.finetune.augment import IGNORE
+from nasbert.families import IGNORE, Family, family_of
+from nasbert.families.pairs import BiEncoder, sides
+from nasbert.families.sentence import distillation_loss
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.pairs import SECOND, BiEncoder, encode_apart, sides
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
 
@@ -35,85 +36,22 @@ from nasbert.losses import masked_mse
 CHECKPOINT_SECONDS = 300.0
 
 
-class Encoded(torch.utils.data.Dataset):
-    """Tokenised examples; ``teacher`` adds each one's cached teacher logits. ``apart``:
-    each sentence of a pair alone, for a bi-encoder (:mod:`~nasbert.finetune.pairs`),
-    instead of the pair in one sequence."""
-
-    def __init__(self, tokenizer, examples: Examples, max_seq_len: int,
-                 teacher: Tensor | None = None, *, apart: bool = False, scale: float = 1.0):
-        if apart:
-            self.features = encode_apart(tokenizer, examples.texts, max_seq_len)
-        else:
-            enc = tokenizer(*zip(*examples.texts), truncation=True, max_length=max_seq_len)
-            self.features = {k: v for k, v in enc.items()
-                             if k in ("input_ids", "attention_mask", "token_type_ids")}
-        # a regression's labels brought to the scale its model predicts in (config.label_scale)
-        self.labels = ([y / scale for y in examples.labels] if scale != 1.0
-                       else examples.labels)
-        self.teacher = teacher
-        if teacher is not None and len(teacher) != len(self.labels):
-            raise ValueError(f"{len(teacher)} teacher outputs for {len(self.labels)} examples")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {k: v[i] for k, v in self.features.items()}
-        item["labels"] = self.labels[i]
-        if self.teacher is not None:
-            item["teacher_logits"] = self.teacher[i]
-        return item
-
-
-def collate(items: list[dict], pad_id: int = 0) -> dict[str, Tensor]:
-    """Pad to the longest in the batch (each sentence of a bi-encoder's pairs to the
-    longest on its side)."""
-    batch: dict[str, Tensor] = {}
-    for side in ("", SECOND):
-        if f"input_ids{side}" not in items[0]:
-            continue
-        n = max(len(it[f"input_ids{side}"]) for it in items)
-        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            key += side
-            if key in items[0]:
-                batch[key] = torch.tensor([it[key] + [fill] * (n - len(it[key]))
-                                           for it in items])
-    labels = [it["labels"] for it in items]
-    batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float)
-                                   else torch.long)
-    if "teacher_logits" in items[0]:
-        batch["teacher_logits"] = torch.stack([it["teacher_logits"] for it in items])
-    return batch
-
-
-def distillation_loss(student: Tensor, teacher: Tensor, temperature: float,
-                      regression: bool, model: nn.Module | None = None) -> Tensor:
-    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``; MSE for regression (on the
-    scale its task loss takes, for a bi-encoder ``model``)."""
-    if regression:
-        if isinstance(model, BiEncoder):
-            return model.regression_loss(student, teacher)
-        return nn.functional.mse_loss(student.view(-1), teacher.view(-1).to(student.dtype))
-    t = temperature
-    return nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=-1),
-                                nn.functional.softmax(teacher.to(student.dtype) / t, dim=-1),
-                                reduction="batchmean") * t * t
-
-
 def _trainer_class():
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
         """``Trainer`` with the distillation loss: ``mode='logits'`` mixes the task loss
-        with distillation from cached teacher logits (``alpha`` 1: the task loss alone);
-        ``mode='hidden'`` matches the teacher's last hidden states."""
+        with the ``family``'s distillation loss from cached teacher outputs (``alpha`` 1:
+        the task loss alone); ``mode='hidden'`` matches the teacher's last hidden states.
+        A family whose metrics the Trainer cannot compute is evaluated through its own
+        ``evaluate`` on ``data``'s first dev split."""
 
-        def __init__(self, *args, alpha: float = 1.0, temperature: float = 1.0,
-                     regression: bool = False, mode: str = "logits",
-                     teacher: nn.Module | None = None,
+        def __init__(self, *args, family: Family, data=None, config=None, tok=None,
+                     alpha: float = 1.0, temperature: float = 1.0, regression: bool = False,
+                     mode: str = "logits", teacher: nn.Module | None = None,
                      length_configs: Callable[[], list] | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.family, self.data, self.config, self.tok = family, data, config, tok
             self.alpha, self.temperature, self.regression = alpha, temperature, regression
             self.mode, self.teacher, self.length_configs = mode, teacher, length_configs
 
@@ -126,41 +64,48 @@ def _trainer_class():
                                  for g in grads) ** 0.5)
             return super()._get_grad_norm(model, grad_norm)
 
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if self.family.trainer_metrics:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            split = self.data.spec.dev_splits[0]
+            metrics, _ = self.family.evaluate(self.model, self.tok, self.data, self.config,
+                                              splits=[split])
+            out = {f"{metric_key_prefix}_{k}": v for k, v in metrics[split].items()}
+            self.log(out)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state,
+                                                             self.control, out)
+            return out
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             teacher_logits = inputs.pop("teacher_logits", None)
+            enc = {k: v for k, v in inputs.items() if k not in self.family.label_names}
             if self.mode == "hidden" and isinstance(model, BiEncoder):
                 # the teacher's sentence vectors, each sentence alone: what the head reads
                 loss = 0.0
-                for enc in sides(inputs):
+                for side in sides(inputs):
                     with torch.no_grad():
-                        target = self.teacher.embed(**enc)
-                    loss = loss + nn.functional.mse_loss(model.embed(**enc), target)
+                        target = self.teacher.embed(**side)
+                    loss = loss + nn.functional.mse_loss(model.embed(**side), target)
                 return (loss, None) if return_outputs else loss
             if self.mode == "hidden":
-                labels = inputs.pop("labels")
-                enc = {k: v for k, v in inputs.items() if k != "labels"}
                 with torch.no_grad():
                     target = self.teacher.base_model(**enc).last_hidden_state
                 states = model.base_model(**enc).last_hidden_state
                 loss = masked_mse(states, target, enc["attention_mask"])
-                inputs["labels"] = labels
                 return (loss, None) if return_outputs else loss
             labels = inputs.get("labels")
             # distillation alone when the task loss weighs nothing or the batch holds only
             # teacher-labelled transfer examples (cross-entropy over no label is NaN)
-            kd_only = teacher_logits is not None and labels is not None and (
-                self.alpha == 0 or (not self.regression and bool((labels == IGNORE).all())))
-            enc = {k: v for k, v in inputs.items() if k != "labels"}
+            kd_only = teacher_logits is not None and (self.alpha == 0 or (
+                not self.regression and labels is not None
+                and bool((labels == IGNORE).all())))
             out = model(**(enc if kd_only else inputs))
-            if kd_only:
-                loss = distillation_loss(out.logits, teacher_logits, self.temperature,
-                                         self.regression, model)
+            if teacher_logits is not None and (kd_only or self.alpha < 1):
+                kd = self.family.distillation_loss(
+                    out, {**inputs, "teacher_logits": teacher_logits}, self.temperature, model)
+                loss = kd if kd_only else self.alpha * out.loss + (1 - self.alpha) * kd
             else:
                 loss = out.loss
-                if teacher_logits is not None and self.alpha < 1:
-                    kd = distillation_loss(out.logits, teacher_logits, self.temperature,
-                                           self.regression, model)
-                    loss = self.alpha * loss + (1 - self.alpha) * kd
             if self.length_configs is not None and model.training:
                 # LengthDrop's sandwich: the shorter configurations learn from the full one
                 target = out.logits.detach()
@@ -173,19 +118,8 @@ def _trainer_class():
     return DistillTrainer
 
 
-def _metric_fn(spec: TaskSpec) -> Callable:
-    def fn(pred) -> dict[str, float]:
-        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-        return compute_metrics(spec, decide(spec, torch.as_tensor(logits)), pred.label_ids)
-    return fn
-
-
-def decide(spec: TaskSpec, logits: Tensor) -> list:
-    return logits.view(-1).tolist() if spec.is_regression else logits.argmax(-1).tolist()
-
-
-def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig, *,
-                     train_set: Encoded, lr: float, epochs: float, batch_size: int,
+def train_classifier(model: nn.Module, tokenizer, data, config: FinetuneConfig, *,
+                     train_set: torch.utils.data.Dataset, lr: float, epochs: float, batch_size: int,
                      alpha: float = 1.0, teacher: nn.Module | None = None,
                      hidden_epochs: float = 0.0, on_epoch: Callable[[dict], None] | None = None,
                      workdir: Path, progress: str | None = None, seed: int | None = None,
@@ -193,9 +127,11 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
                      eval_set: torch.utils.data.Dataset | None = None,
                      optimizer: Callable[[float], torch.optim.Optimizer] | None = None,
                      max_grad_norm: float = 1.0,
-                     checkpoint_seconds: float | None = None) -> list[dict]:
+                     checkpoint_seconds: float | None = None,
+                     family: Family | None = None) -> list[dict]:
     """The one fine-tuning loop: ``Trainer`` on the task's training set (with cached
-    teacher logits in ``train_set`` for distillation), evaluated on the first dev split
+    teacher outputs in ``train_set`` for distillation; ``family``, default the task's,
+    says how batches are made and the losses taken), evaluated on the first dev split
     after every epoch (``on_epoch`` gets those metrics, e.g. to report to Ray Tune). With
     ``hidden_epochs``, a stage of hidden-state distillation from ``teacher`` comes
     first. ``seed`` (default ``config.seed``) seeds the data order. ``progress``: the
@@ -215,10 +151,12 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
     from transformers import TrainerCallback, TrainingArguments
 
     spec = data.spec
-    dev_name = spec.dev_splits[0]
-    dev = eval_set if eval_set is not None else Encoded(
-        tokenizer, data.split(dev_name).subset(config.max_dev_examples, config.seed),
-        config.max_seq_len, apart=config.formulation == "bi")
+    family = family or family_of(spec.name)
+    if family.trainer_metrics:
+        dev, metric_fn = family.trainer_eval(tokenizer, data, config)
+    else:  # evaluated through the family (DistillTrainer.evaluate); the dev set is unread
+        dev, metric_fn = train_set, None
+    dev = eval_set if eval_set is not None else dev
     DistillTrainer = _trainer_class()
 
     class Report(TrainerCallback):
@@ -240,7 +178,7 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             disable_tqdm=True, remove_unused_columns=False,
             train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-            label_names=["labels"], max_grad_norm=max_grad_norm, save_total_limit=1)
+            label_names=list(family.label_names), max_grad_norm=max_grad_norm, save_total_limit=1)
 
     class Checkpoints(TrainerCallback):
         """A checkpoint every ``checkpoint_seconds`` of training and at the last step
@@ -278,7 +216,9 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
 
     history: list[dict] = []
     with quiet_transformers():
-        common = {"model": model, "train_dataset": train_set, "data_collator": _collator(tokenizer),
+        pad_id = tokenizer.pad_token_id or 0
+        common = {"model": model, "train_dataset": train_set, "family": family,
+                  "data_collator": lambda items: family.collate(items, pad_id),
                   "regression": spec.is_regression}
         if hidden_epochs > 0:
             if teacher is None:
@@ -289,7 +229,8 @@ def train_classifier(model: nn.Module, tokenizer, data: TaskData, config: Finetu
             _show(t, progress and f"{progress} (hidden states)")
             train(t, "hidden")
         t = DistillTrainer(args=arguments("logits", epochs, lr), eval_dataset=dev, alpha=alpha,
-                           temperature=config.temperature, compute_metrics=_metric_fn(spec),
+                           temperature=config.temperature, compute_metrics=metric_fn,
+                           data=data, config=config, tok=tokenizer,
                            callbacks=[Report()], length_configs=length_configs,
                            optimizers=(optimizer and optimizer(lr), None), **common)
         _show(t, progress)
@@ -356,46 +297,3 @@ def _show(trainer, name: str | None) -> None:
             self.bar.close()
 
     trainer.add_callback(Bar())
-
-
-def _collator(tokenizer) -> Callable:
-    pad_id = tokenizer.pad_token_id or 0
-    return lambda items: collate(items, pad_id)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, dataset: torch.utils.data.Dataset, *, batch_size: int = 128,
-            progress: str | None = None) -> Tensor:
-    """Logits for every example, in order; computed in batches of similar lengths (less
-    padding), with a progress bar named ``progress``."""
-    model.eval()
-    device = next(model.parameters()).device  # where fine-tuning left it (a GPU, say)
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    out = torch.empty(0)
-    for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="batch",
-                      disable=not progress, dynamic_ncols=True):
-        idx = order[start:start + batch_size]
-        batch = collate([dataset[j] for j in idx])
-        batch.pop("labels")
-        batch.pop("teacher_logits", None)
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-        if not out.numel():
-            out = torch.empty(len(dataset), logits.shape[-1])
-        out[idx] = logits
-    return out
-
-
-def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
-             ) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
-    """Metrics and predictions on every dev split."""
-    metrics, preds = {}, {}
-    for split in data.spec.dev_splits:
-        examples = data.split(split).subset(config.max_dev_examples, config.seed)
-        logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len,
-                                        apart=config.formulation == "bi"))
-        preds[split] = decide(data.spec, logits * getattr(model.config, "label_scale", 1.0)
-                              if data.spec.is_regression else logits)
-        metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
-    return metrics, preds
-
-

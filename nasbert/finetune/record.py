@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-from nasbert.data.tasks import task_spec
 from nasbert.errors import ConfigError
+from nasbert.families import spec_of
 from nasbert.io import cached_record, read_record
 
 RECORD = "metrics.json"
@@ -36,7 +36,7 @@ class FinetunedRecord:
 
     def metric(self, name: str | None = None, split: str | None = None) -> float:
         """A metric (default: the task's own) on a dev split (default: its first)."""
-        spec = task_spec(self.task)
+        spec = spec_of(self.task)
         return self.metrics[split or spec.dev_splits[0]][name or spec.metric]
 
     def schedule(self, source: str = RECORD):
@@ -53,7 +53,7 @@ class FinetunedRecord:
     @classmethod
     def from_dict(cls, data: Mapping, *, source: str = RECORD) -> FinetunedRecord:
         try:
-            splits = task_spec(str(data["task"])).dev_splits
+            splits = spec_of(str(data["task"])).dev_splits
             own = {"id", "key", "task", "config", *splits}
             return cls(id=str(data["id"]), key=str(data["key"]), task=str(data["task"]),
                        config=dict(data["config"]),

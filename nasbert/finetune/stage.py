@@ -27,19 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nasbert.data.tasks import Examples, TaskData, TaskSpec, load_task
+from nasbert.data.tasks import Examples, TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
+from nasbert.families import family_of
+from nasbert.families.sentence import Encoded, load_classifier, predict
 from nasbert.finetune.config import FinetuneConfig, key_fields
-from nasbert.finetune.distill import (
-    CHECKPOINT_SECONDS,
-    Encoded,
-    evaluate,
-    predict,
-    seconds_before,
-    train_classifier,
-)
-from nasbert.finetune.pairs import BiEncoder, is_bi_encoder
+from nasbert.finetune.distill import CHECKPOINT_SECONDS, seconds_before, train_classifier
 from nasbert.finetune.record import FinetunedRecord
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.io import atomic_dir, atomic_torch_save, atomic_write_text, cached_record
@@ -47,38 +41,6 @@ from nasbert.model import check_model_dir
 from nasbert.pooling import Pooling
 from nasbert.provenance import provenance
 from nasbert.run import TEACHER, RunDir, Variant
-
-
-def load_classifier(path: str | Path, spec: TaskSpec, seed: int, *,
-                    formulation: str = "cross", pooling: Pooling | None = None,
-                    scale: float = 1.0):
-    """Any encoder folder (a NAS-BERT subnet, a BERT) with a fresh task head; with
-    ``formulation="bi"``, a :class:`~nasbert.finetune.pairs.BiEncoder` (a fine-tuned one
-    as it was saved; else pooling by ``pooling``, a regression's cosine scaled to
-    ``scale``)."""
-    from transformers import AutoModelForSequenceClassification
-
-    import nasbert  # noqa: F401 - registers the nasbert model type
-
-    torch.manual_seed(seed)  # the new head's initialisation
-    if formulation == "bi":
-        if is_bi_encoder(path):
-            return BiEncoder.from_pretrained(path)
-        return BiEncoder.from_encoder(path, num_labels=spec.num_labels, scale=scale,
-                                      pooling=pooling or Pooling.of(path))
-    try:
-        with quiet_transformers():  # "newly initialised head" is what we want
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), num_labels=spec.num_labels,
-                problem_type="regression" if spec.is_regression
-                else "single_label_classification")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:160]}); give a model "
-                          "folder (config.json + weights)", source=str(path)) from None
-    if not spec.is_regression:
-        model.config.id2label = dict(enumerate(spec.classes))
-        model.config.label2id = {c: i for i, c in enumerate(spec.classes)}
-    return model
 
 
 def _params(model: nn.Module) -> int:
@@ -107,20 +69,18 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
     """Fine-tune the run's teacher on the task and cache its training-set logits; a no-op
     when ``finetune/<task>/teacher`` already holds them for the same data and schedule."""
     run = RunDir.of(run)
-    check_formulation(data, config)
+    family = family_of(data.spec.name)
+    family.check(data, config)
     folder = run.finetune_dir(data.name, teacher_variant(config))
     key = config.teacher_key(data)
     if cached_result(folder, key):
         return folder
     name = run.teacher_name()
     tokenizer = run.tokenizer()
-    train_examples = data.split("train").subset(config.max_train_examples, config.seed)
-    apart = config.formulation == "bi"
-    scale = unit_scale(data, config, train_examples)
-    train_set = Encoded(tokenizer, train_examples, config.max_seq_len, apart=apart, scale=scale)
-    model = load_classifier(name, data.spec, config.seed, formulation=config.formulation,
-                            pooling=Pooling.of(name), scale=label_scale(train_examples))
-    model.config.label_scale = scale  # what its predictions are multiplied by
+    train_examples = family.examples(data, config)
+    train_set = family.dataset(tokenizer, data, config, train_examples)
+    model = family.model(name, data, config, config.seed, pooling=Pooling.of(name),
+                         examples=train_examples)
     start = time.time()
     with WorkDir(folder, key) as work:  # kept until the result is written
         history = train_classifier(
@@ -128,9 +88,9 @@ def finetune_teacher(run: RunDir | str | Path, data: TaskData, config: FinetuneC
             batch_size=config.teacher_batch_size, train_set=train_set, workdir=work,
             progress=f"{data.name} {teacher_variant(config).folder}" if progress else None,
             checkpoint_seconds=CHECKPOINT_SECONDS)
-        metrics, preds = evaluate(model, tokenizer, data, config)
-        logits = predict(model, Encoded(tokenizer, train_examples, config.max_seq_len,
-                                        apart=apart))  # on the scale the students learn
+        metrics, preds = family.evaluate(model, tokenizer, data, config)
+        logits = family.predict(model, family.dataset(  # on the scale the students learn
+            tokenizer, data, config, train_examples, train=False))
         record = FinetunedRecord(
             TEACHER, key, data.spec.name, dataclasses.asdict(config), metrics, extra={
                 "data": data.source, "model": run.recipe().teacher, "params": _params(model),
@@ -249,16 +209,16 @@ def student_source(run: RunDir, model_id: str, init: str = "auto") -> tuple[Path
     return run.subnet_dir(model_id), "extracted"
 
 
-def distillation_set(run: RunDir, data: TaskData, config: FinetuneConfig
-                     ) -> tuple[Encoded, Examples]:
+def distillation_set(run: RunDir, data, config: FinetuneConfig
+                     ) -> tuple[torch.utils.data.Dataset, Sequence]:
     """The task's training examples under ``config`` (its subset), encoded with the
-    fine-tuned teacher's cached logits: what every student of the task distils on."""
+    fine-tuned teacher's cached outputs: what every student of the task distils on."""
     stored = torch.load(run.finetune_dir(data.name, teacher_variant(config)) / "train_logits.pt",
                         weights_only=True)
-    examples = data.split("train").subset(config.max_train_examples, config.seed)
-    return (Encoded(run.tokenizer(), examples, config.max_seq_len, teacher=stored["logits"],
-                    apart=config.formulation == "bi",
-                    scale=unit_scale(data, config, examples)), examples)
+    family = family_of(data.spec.name)
+    examples = family.examples(data, config)
+    return family.dataset(run.tokenizer(), data, config, examples,
+                          teacher=stored["logits"]), examples
 
 
 def student_variant(model_id: str, config: FinetuneConfig) -> Variant:
@@ -274,28 +234,6 @@ def teacher_variant(config: FinetuneConfig) -> Variant:
     return Variant(TEACHER, bi=config.formulation == "bi")
 
 
-def check_formulation(data: TaskData, config: FinetuneConfig) -> None:
-    if config.formulation == "bi" and len(data.spec.columns) != 2:
-        raise ConfigError("reads one sentence; the bi-encoder formulation is for sentence-pair "
-                          "tasks (mrpc, stsb, qqp, mnli, qnli, rte, wnli): leave --formulation "
-                          "out", source=f"task {data.spec.name}")
-
-
-def unit_scale(data: TaskData, config: FinetuneConfig, examples: Examples) -> float:
-    """What a cross-encoder's regression labels are divided by for training
-    (``config.regression_labels``: the largest, so that they lie in [0, 1]); 1 for
-    classes, raw labels and bi-encoders (which scale their own)."""
-    unit = (data.spec.is_regression and config.formulation == "cross"
-            and config.regression_labels == "unit")
-    return label_scale(examples) if unit else 1.0
-
-
-def label_scale(examples: Examples) -> float:
-    """A regression's largest absolute label (STS-B: 5), what a bi-encoder's cosine is
-    scaled to; 1 for classes."""
-    return max((abs(float(y)) for y in examples.labels), default=1.0) or 1.0
-
-
 def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
                      config: FinetuneConfig, *, out_dir: Path | None = None,
                      on_epoch: Callable[[dict], None] | None = None,
@@ -307,7 +245,8 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
     one resumes from its last checkpoint (saved every ``checkpoint_seconds``; None: no
     checkpoints)."""
     run = RunDir.of(run)
-    check_formulation(data, config)
+    family = family_of(data.spec.name)
+    family.check(data, config)
     source, identity = student_source(run, run.model_ids([model_id])[0], config.init)
     teacher_dir = run.finetune_dir(data.name, teacher_variant(config))
     tkey = config.teacher_key(data)
@@ -331,12 +270,9 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
         train_set = torch.utils.data.ConcatDataset(
             [train_set, Encoded(tokenizer, examples, config.max_seq_len, teacher=logits,
                                 apart=config.formulation == "bi")])
-    model = load_classifier(source, data.spec, seed, formulation=config.formulation,
-                            pooling=Pooling.of(run.teacher_name()),
-                            scale=label_scale(train_examples))
-    model.config.label_scale = unit_scale(data, config, train_examples)
-    teacher = (load_classifier(teacher_dir / "model", data.spec, seed,
-                               formulation=config.formulation)
+    model = family.model(source, data, config, seed, pooling=Pooling.of(run.teacher_name()),
+                         examples=train_examples)
+    teacher = (family.model(teacher_dir / "model", data, config, seed)
                if config.hidden_epochs > 0 else None)
     start = time.time()
     with WorkDir(folder, key) as work:  # kept until the result is written
@@ -346,7 +282,7 @@ def finetune_student(run: RunDir | str | Path, model_id: str, data: TaskData,
             teacher=teacher, hidden_epochs=config.hidden_epochs, on_epoch=on_epoch,
             workdir=work, progress=f"{data.name} {name}" if progress else None, seed=seed,
             checkpoint_seconds=checkpoint_seconds)
-        metrics, preds = evaluate(model, tokenizer, data, config)
+        metrics, preds = family.evaluate(model, tokenizer, data, config)
         card = {}
         if (source / "nasbert.json").is_file():
             card = json.loads((source / "nasbert.json").read_text())
@@ -371,8 +307,9 @@ def finetune(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None
     (with its loss) and a line with its result."""
     run = RunDir.of(run)
     config = config or FinetuneConfig()
-    data = load_task(task, data_dir, seed=config.seed, fold=config.fold, folds=config.folds)
-    check_formulation(data, config)
+    family = family_of(task)
+    data = family.load(task, data_dir, seed=config.seed, fold=config.fold, folds=config.folds)
+    family.check(data, config)
     ids = run.model_ids(models)
     for model_id in ids:  # before the teacher's fine-tuning: a broken folder fails at once
         check_model_dir(student_source(run, model_id, config.init)[0], any_type=True)

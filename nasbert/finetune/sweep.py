@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from nasbert.data.tasks import TaskData, load_task
+from nasbert.data.tasks import TaskData
 from nasbert.distributed import ray_session
 from nasbert.errors import ConfigError
+from nasbert.families import family_of
 from nasbert.finetune.config import FinetuneConfig, SweepConfig
 from nasbert.finetune.stage import finetune_student, finetune_teacher, student_variant
 from nasbert.io import atomic_write_text
@@ -63,7 +64,8 @@ def sweep(run: RunDir | str | Path, task: str, *, data_dir: str | Path | None = 
     run = RunDir(RunDir.of(run).path.resolve())
     base = base or FinetuneConfig()
     config = config or SweepConfig()
-    data = load_task(task, data_dir, seed=base.seed, fold=base.fold, folds=base.folds)
+    data = family_of(task).load(task, data_dir, seed=base.seed, fold=base.fold,
+                                folds=base.folds)
     ids = run.model_ids(models)
     finetune_teacher(run, data, base, progress=progress)  # once, before the trials
     space = {"lr": tune.loguniform(*config.lr), "epochs": tune.choice(list(config.epochs)),

@@ -249,9 +249,8 @@ def test_int8_that_loses_is_fine_tuned_quantisation_aware(run, glue, protocol):
     record = train_quantization_aware(run, data, "small", QatConfig(epochs=1), progress=False)
     folder = qat_dir(run, "sst2", "small")
     assert record["precision"] == "int8" and 0 <= record["dev"]["accuracy"] <= 1
+    from nasbert.families.sentence import evaluate, load_classifier
     from nasbert.finetune.config import FinetuneConfig
-    from nasbert.finetune.distill import evaluate
-    from nasbert.finetune.stage import load_classifier
     from nasbert.quantize import quantize
     from nasbert.schema import parse
 

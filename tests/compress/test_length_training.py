@@ -22,7 +22,7 @@ from nasbert.compress.length import (
 )
 from nasbert.data.tasks import Examples, TaskData, load_task, task_spec
 from nasbert.extract import save_subnet
-from nasbert.finetune.stage import load_classifier
+from nasbert.families.sentence import load_classifier
 
 from conftest import deploy_schedule
 
@@ -101,7 +101,8 @@ def test_length_drop_makes_short_configurations_agree_with_the_full_one(run, tmp
     other tokens at all, and both gaps were 1e-5)."""
     import dataclasses
 
-    from nasbert.finetune.distill import Encoded, predict, train_classifier
+    from nasbert.families.sentence import Encoded, predict
+    from nasbert.finetune.distill import train_classifier
 
     data = _counting_task()
     tok = run.tokenizer()

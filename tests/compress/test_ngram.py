@@ -99,8 +99,9 @@ def test_a_bigram_rule_is_learnt_exactly(tmp_path):
     """Positive exactly when "not bad" occurs: every word also occurs in negatives, so
     no unigram decides it."""
     from nasbert.data.tasks import TASKS, Examples, TaskData
+    from nasbert.families.sentence import Encoded, evaluate
     from nasbert.finetune.config import FinetuneConfig
-    from nasbert.finetune.distill import Encoded, evaluate, train_classifier
+    from nasbert.finetune.distill import train_classifier
 
     rng = random.Random(0)
     vocab = ["the", "film", "was", "bad", "not", "good", "plot", "very"]

@@ -104,8 +104,9 @@ def test_a_batch_of_transfer_examples_alone_trains_on_distillation(tmp_path):
         mine_ngrams,
     )
     from nasbert.data.tasks import TASKS, TaskData
+    from nasbert.families.sentence import Encoded
     from nasbert.finetune.config import FinetuneConfig
-    from nasbert.finetune.distill import Encoded, train_classifier
+    from nasbert.finetune.distill import train_classifier
 
     texts = [(f"word{i % 7} word{i % 5} word{i % 3}",) for i in range(64)]
     teacher = torch.randn(64, 2)

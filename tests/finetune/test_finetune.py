@@ -13,9 +13,9 @@ from nasbert import ConfigError, RunDir
 from nasbert.cli import main
 from nasbert.data.tasks import load_task
 from nasbert.extract import save_subnet
+from nasbert.families.sentence import Encoded, load_classifier, predict
 from nasbert.finetune.config import SweepConfig
-from nasbert.finetune.distill import Encoded, predict
-from nasbert.finetune.stage import finetune, finetune_student, finetune_teacher, load_classifier
+from nasbert.finetune.stage import finetune, finetune_student, finetune_teacher
 from nasbert.finetune.sweep import sweep
 
 from conftest import quick_finetune

@@ -1,4 +1,4 @@
-"""Sentence-pair tasks as a bi-encoder (nasbert.finetune.pairs) and held-out folds of a
+"""Sentence-pair tasks as a bi-encoder (nasbert.families.pairs) and held-out folds of a
 training set, on the tiny run and generated pair tasks whose rule is about the pair
 (the second sentence repeats the first, or shares some of its words)."""
 
@@ -15,10 +15,10 @@ from nasbert import ConfigError, RunDir
 from nasbert.cli import main
 from nasbert.data.tasks import load_task
 from nasbert.extract import save_subnet
+from nasbert.families.pairs import BiEncoder, is_bi_encoder
+from nasbert.families.sentence import Encoded, collate, load_classifier
 from nasbert.finetune.config import FinetuneConfig
-from nasbert.finetune.distill import Encoded, collate
-from nasbert.finetune.pairs import BiEncoder, is_bi_encoder
-from nasbert.finetune.stage import finetune, finetune_teacher, load_classifier
+from nasbert.finetune.stage import finetune, finetune_teacher
 from nasbert.pooling import Pooling
 
 from conftest import _LAYOUTS, WORDS
