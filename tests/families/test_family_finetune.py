@@ -167,3 +167,18 @@ def test_a_family_s_students_deploy_in_float32_and_int8_on_both_runtimes(run, tm
     # the query answers from them: within a generous budget, the most accurate form
     answer = choose(run, task, max(c.ms for c in rows) * 2, protocol)
     assert answer.metric == max(c.metric for c in rows)
+
+
+@pytest.mark.slow  # Ray and two trials: about a minute
+def test_a_sweep_tunes_a_family_s_student_on_its_own_metric(run, tmp_path):
+    from nasbert.finetune.config import SweepConfig
+    from nasbert.finetune.sweep import sweep
+
+    _conll(tmp_path / "conll")
+    config = SweepConfig(trials=2, epochs=(1, 2), batch_size=(16,), num_cpus=2, seed=0)
+    records = sweep(run, "conll2003", data_dir=tmp_path / "conll", models=["small"],
+                    base=_schedule(), config=config, progress=False)
+    trials = records["small"]["trials"]
+    assert len(trials) == 2 and all(t["error"] is None for t in trials)
+    assert all(0 <= t["best"] <= 1 for t in trials)  # entity F1, reported each epoch
+    assert records["small"]["metric"] == "f1"
