@@ -66,7 +66,7 @@ def test_the_page_judges_each_goal_from_the_records():
     assert "never significantly below: **missed**; below: mrpc 2x" in page
     assert re.search(r"8x, mrpc: .* by >= 1 point on average \(-1\.\d\d\): \*\*missed", page)
     # too few to judge: pending, with the figures so far
-    assert "**pending**" in render(ahead[:2], "cmd")
+    assert "- N >= 5 replications landed (2): **pending**" in render(ahead[:2], "cmd")
     # a task that joined later is judged on its own count; a retired one not at all
     for r in ahead[2:]:
         r["tasks"]["cola"] = r["tasks"]["mrpc"]
