@@ -88,6 +88,8 @@ def test_extract_then_export(tmp_path, capsys):
      "--length-trials: applies with --length-adaptive only; add --length-adaptive"),
     (["sweep", "r", "--task", "sst2", "--sweep-lr", "1e-3", "1e-5"], "sweep.lr: must be"),
     (["train-supernet", "r"], "give the recipe"),
+    (["deploy", "r", "--task", "squad", "--length-adaptive"], "drop --length-adaptive"),
+    (["ngram", "r", "--task", "conll2003"], "does not apply to answer spans or per-token"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(tmp_path)  # in this process: the same main() the console script runs
