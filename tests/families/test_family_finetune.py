@@ -143,6 +143,7 @@ def test_the_cli_fine_tunes_a_family_s_task_and_refuses_what_it_cannot(run, tmp_
     assert len(err) == 1 and "leave --formulation and augment out" in err[0]
 
 
+@pytest.mark.slow  # clean processes time every form: about a minute for both families
 @pytest.mark.parametrize("task, files", [("squad", _squad), ("conll2003", _conll)])
 def test_a_family_s_students_deploy_in_float32_and_int8_on_both_runtimes(run, tmp_path,
                                                                         protocol, task, files):
