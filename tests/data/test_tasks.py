@@ -142,7 +142,7 @@ def test_bad_task_files_are_one_line_exit_2(task, how, words, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--task", "squad"], ["task 'squad'", "is not a known task", "sst2"]),
+    (["--task", "nonsense"], ["task 'nonsense'", "is not a known task", "sst2"]),
     (["--task", "sst2", "--data-dir", "/nonexistent/glue"], ["/nonexistent/glue",
                                                             "does not exist"]),
 ])

@@ -58,9 +58,13 @@ def test_plan_searches_under_its_fastest_baseline_and_leaves_out_a_speedup_witho
     # another run searched at this one's budgets (the supernet trained longer)
     other = RunDir(shutil.copytree(run.path, tmp_path / "other"))
     shutil.rmtree(other.search)
+    # a tenth over the stored budgets: their search measures its candidates again, and a
+    # busy machine (the suite on two workers) measured the same model 7 % slower
+    budgets = {k: 1.1 * v for k, v in stored.budgets_ms.items()}
     given = plan_models(other, [1.0, 1e4], protocol, top_k=2, baselines=False,
-                        budgets_ms=stored.budgets_ms, progress=True)
-    assert given == {"1x": {"searched": group["searched"]}}
+                        budgets_ms=budgets, progress=True)
+    assert list(given) == ["1x"] and list(given["1x"]) == ["searched"]
+    assert Plan.load(other).budgets_ms == {"1x": pytest.approx(budgets["1x"], abs=1e-3)}
     assert "10000x: no budget given" in capsys.readouterr().out
     with pytest.raises(ValueError, match="baselines=False"):
         plan_models(other, [1.0], protocol, budgets_ms=stored.budgets_ms)
