@@ -128,6 +128,7 @@ def test_a_schedule_the_family_cannot_train_is_refused(run, tmp_path, task):
     assert (sorted(root.rglob("*")) if root.is_dir() else []) == before  # nothing written
 
 
+@pytest.mark.slow  # fine-tunes again through the command line (the API test above ran it)
 def test_the_cli_fine_tunes_a_family_s_task_and_refuses_what_it_cannot(run, tmp_path, capsys):
     from nasbert.cli import main
 
