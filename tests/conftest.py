@@ -84,6 +84,95 @@ def _write_tiny_teacher(folder: Path) -> Path:
     return folder
 
 
+# the teacher families (nasbert.hf.teachers), each a tiny random model with its own kind
+# of tokenizer, built here: WordPiece (BERT, ELECTRA, DistilBERT), byte-level BPE
+# (RoBERTa), SentencePiece unigram (XLM-R)
+TEACHER_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+
+
+def _family_tokenizer(family: str):
+    import random
+
+    from transformers import (
+        BertTokenizerFast,
+        DistilBertTokenizerFast,
+        ElectraTokenizerFast,
+        RobertaTokenizerFast,
+        XLMRobertaTokenizerFast,
+    )
+
+    if family in ("bert", "electra", "distilbert"):
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
+        kind = {"bert": BertTokenizerFast, "electra": ElectraTokenizerFast,
+                "distilbert": DistilBertTokenizerFast}[family]
+        return kind(vocab={w: i for i, w in enumerate(vocab)})
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
+
+    rng = random.Random(0)
+    text = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(300)]
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    names = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                 unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    if family == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(text, vocab_size=400, min_frequency=1, special_tokens=special,
+                                show_progress=False)
+        return RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, **names)
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(text, vocab_size=200, special_tokens=special,
+                                unk_token="<unk>", show_progress=False)
+    return XLMRobertaTokenizerFast(tokenizer_object=unigram._tokenizer, **names)
+
+
+def write_family_teacher(folder: Path, family: str, *, seed: int = 0, **overrides) -> Path:
+    """A 2-layer, 32-wide random encoder of ``family`` with its own tokenizer (the tiny
+    space's shape: 4 heads, feed-forward 128; ELECTRA's embeddings 16 wide, projected)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        ElectraConfig,
+        ElectraModel,
+        RobertaConfig,
+        RobertaModel,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _family_tokenizer(family)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+                 pad_token_id=tokenizer.pad_token_id)
+    if family == "distilbert":
+        model = DistilBertModel(DistilBertConfig(
+            vocab_size=shape["vocab_size"], dim=32, n_layers=2, n_heads=4, hidden_dim=128,
+            max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, **overrides))
+    elif family in ("roberta", "xlm-roberta"):
+        kind = (RobertaConfig, RobertaModel) if family == "roberta" else (XLMRobertaConfig,
+                                                                        XLMRobertaModel)
+        # as the published checkpoints: positions from padding_idx + 1, one token type
+        config = kind[0](**{**shape, "max_position_embeddings": 64 + tokenizer.pad_token_id + 1,
+                            "type_vocab_size": 1, "layer_norm_eps": 1e-5, **overrides})
+        model = kind[1](config, add_pooling_layer=False)
+    elif family == "electra":
+        model = ElectraModel(ElectraConfig(**{**shape, "embedding_size": 16, **overrides}))
+    else:
+        model = BertModel(BertConfig(**{**shape, **overrides}), add_pooling_layer=False)
+    # random weights spread out (not the near-zero initialisation), so that a wrong map
+    # shows; the LayerNorms too
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return folder
+
+
 def _write_tiny_corpus(folder: Path, docs: int = 40, words: int = 150) -> Path:
     import random
 

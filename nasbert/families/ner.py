@@ -136,6 +136,26 @@ def _load_hub() -> NERData:
                    {"hub": HUB_CONLL, "fingerprint": dd["train"]._fingerprint})
 
 
+def for_words(tokenizer):
+    """The tokenizer for text already split into words. A byte-level BPE (RoBERTa's)
+    marks a word that follows a space with its own tokens (``Ġword``), and words given
+    one by one are read as if nothing preceded them (``word`` -> ``w``, ``ord``): a copy
+    that prefixes each word with the space it had in running text, as the family's own
+    token-classification scripts load it (``add_prefix_space=True``)."""
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space:
+        return tokenizer
+    out = copy.deepcopy(tokenizer)
+    out.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True,
+                                                                   use_regex=pre.use_regex)
+    return out
+
+
 class NERFeatures:
     """Sentences tokenised word by word (truncated to ``max_seq_len``): per sentence
     ``input_ids``, ``attention_mask`` (and ``token_type_ids``), ``labels`` (the label
@@ -151,8 +171,9 @@ class NERFeatures:
                               "ids", source=type(tokenizer).__name__)
         self.sentences = list(sentences)
         index = {label: i for i, label in enumerate(labels)}
-        enc = tokenizer([list(s.words) for s in self.sentences], is_split_into_words=True,
-                        truncation=True, max_length=max_seq_len)
+        enc = for_words(tokenizer)([list(s.words) for s in self.sentences],
+                                   is_split_into_words=True, truncation=True,
+                                   max_length=max_seq_len)
         self.word_ids: list[list[int | None]] = [enc.word_ids(i)
                                                  for i in range(len(enc["input_ids"]))]
         self.labels: list[list[int]] = []

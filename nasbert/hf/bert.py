@@ -56,8 +56,12 @@ def bert_stack_state(state: dict[str, Tensor], arch: Arch) -> dict[str, Tensor]:
     """A BERT-family encoder's first layers under the names of a
     :class:`~nasbert.model.NasBertModel` of ``arch``, an architecture at the teacher's
     width whose blocks hold only whole layers (``M, F`` pairs, then identities): the
-    teacher's layers fill its blocks in order."""
+    teacher's layers fill its blocks in order (ELECTRA's embedding projection becomes the
+    first block's)."""
     out = {f"embeddings.{k}": v for k, v in bert_embeddings(state).items()}
+    if "embeddings_project.weight" in state:  # ELECTRA's: into the first block's width
+        out.update({f"blocks.0.proj.{p}": state[f"embeddings_project.{p}"]
+                    for p in ("weight", "bias")})
     layer = 0
     for i, block in enumerate(arch.blocks):
         ops = [op for op in block.ops if op != IDENTITY]

@@ -70,21 +70,22 @@ def uniform_archs(space: SearchSpace) -> dict[str, Arch]:
     return out
 
 
-def prefix_arch(space: SearchSpace, k: int) -> Arch | None:
+def prefix_arch(space: SearchSpace, k: int, embed: int | None = None) -> Arch | None:
     """The teacher's first ``k`` layers as an architecture of ``space`` (its own layers
-    as ``M, F`` at full width in the first ``k`` one-layer blocks, identity after), so
-    that the search's estimate can score the prefix baseline too; None when the space
-    cannot express it."""
+    as ``M, F`` at full width in the first ``k`` one-layer blocks, identity after; its
+    embeddings at ``embed``, the hidden size unless given), so that the search's
+    estimate can score the prefix baseline too; None when the space cannot express it."""
     d = space.dims.hidden_size
+    embed = embed or d
     blocks, left = [], k
     for b in space.blocks:
         pairs = min(left, b.teacher_layers) if b.teacher_layers * 2 <= b.layers else 0
         blocks.append(BlockArch(d, ("M", "F") * pairs + (IDENTITY,) * (b.layers - 2 * pairs)))
         left -= pairs
-    if left or d not in space.embed_sizes:
+    if left or embed not in space.embed_sizes:
         return None
     try:
-        return space.validate(Arch(d, tuple(blocks)))
+        return space.validate(Arch(embed, tuple(blocks)))
     except ConfigError:
         return None
 
@@ -93,11 +94,11 @@ def save_teacher_prefix(teacher: str, k: int, out_dir: str | Path,
                         space: SearchSpace | None = None) -> Path:
     """The teacher's embeddings and first ``k`` layers, saved as an ordinary model: in
     nasbert form where ``space`` expresses it (:func:`as_nasbert`), otherwise the
-    teacher's own model type, truncated."""
-    from transformers import AutoModel
+    teacher's encoder in BERT's layout (:mod:`nasbert.hf.teachers`), truncated."""
+    from nasbert.hf.teachers import load_encoder
+    from nasbert.teacher import resolve
 
-    with quiet_transformers():
-        model = AutoModel.from_pretrained(teacher).eval()
+    model = load_encoder(resolve(teacher), source=f"teacher {teacher!r}").eval()
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if layers is None or not 0 < k <= len(layers):
         raise ConfigError(f"has no encoder.layer list with at least {k} layers; a first-k "
@@ -133,6 +134,7 @@ def as_nasbert(model: torch.nn.Module, space: SearchSpace) -> torch.nn.Module | 
     (``results/inference.md``)."""
     from nasbert.extract import check_batch
     from nasbert.hf.bert import bert_classifier_state, bert_stack_state, is_bert_like
+    from nasbert.hf.teachers import embedding_size
     from nasbert.model import NasBertConfig, NasBertForSequenceClassification, NasBertModel
     from nasbert.ops import load_exact
     from nasbert.provenance import provenance
@@ -140,11 +142,13 @@ def as_nasbert(model: torch.nn.Module, space: SearchSpace) -> torch.nn.Module | 
     c = model.config
     classifier = hasattr(model, "classifier") and hasattr(model, "bert")
     encoder = model.bert if classifier else model
-    if c.model_type != "bert" or not is_bert_like(encoder.state_dict()):
+    # BERT, or ELECTRA with its embedding projection (the teacher families' layouts)
+    kind = "bert" if classifier else ("bert", "electra")
+    if c.model_type not in kind or not is_bert_like(encoder.state_dict()):
         return None
     if classifier and getattr(encoder, "pooler", None) is None:  # the head needs BERT's
         return None
-    arch = prefix_arch(space, int(c.num_hidden_layers))
+    arch = prefix_arch(space, int(c.num_hidden_layers), embedding_size(c))
     if arch is None:
         return None
     extra = {"num_labels": c.num_labels, "id2label": c.id2label, "label2id": c.label2id,

@@ -2,7 +2,9 @@
 own corpus), the teacher's heads and neurons permuted by it, then copied into every path
 that can hold them (:meth:`~nasbert.supernet.Supernet.init_from_teacher`); narrower
 hidden sizes run on the principal directions of the teacher's hidden states at their
-block (:func:`hidden_bases`, :meth:`~nasbert.supernet.SuperBlock.set_basis`)."""
+block (:func:`hidden_bases`, :meth:`~nasbert.supernet.SuperBlock.set_basis`). Before
+training, :func:`check_teacher_path` proves the inheritance: the supernet's path of the
+teacher's shape must compute the teacher's block states."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import copy
 
 import torch
 
+from nasbert.errors import ConfigError
+from nasbert.hf.teachers import embedding_size
 from nasbert.importance import Importance, permute, score
 from nasbert.recipe import Recipe
 from nasbert.run import RunDir
-from nasbert.space import SearchSpace
+from nasbert.space import IDENTITY, Arch, BlockArch, SearchSpace
 from nasbert.supernet import Supernet
 from nasbert.teacher import Teacher
 
@@ -96,3 +100,64 @@ def inherit(supernet: Supernet, teacher: Teacher, importance: Importance | None,
             if bool(block.rotated):
                 done.append(f"basis {i}")
     return done
+
+
+# the largest difference allowed between the teacher and the supernet's teacher-shaped
+# path at initialisation (BERT measures about 3e-6 in float32)
+TEACHER_PATH_ATOL = 1e-4
+CHECK_SEQUENCES = 8
+
+
+def teacher_path(space: SearchSpace, embed: int) -> Arch | None:
+    """The supernet path that holds the teacher after
+    :meth:`~nasbert.supernet.Supernet.init_from_teacher`: embedding size ``embed`` and,
+    in every block at the teacher's width, position ``p`` runs teacher layer
+    ``p * t // L``: its attention at the first such position, its feed-forward at the
+    next, identities after. None where the space cannot express it."""
+    d = space.dims.hidden_size
+    blocks = []
+    for spec in space.blocks:
+        placed: dict[int, int] = {}
+        ops = []
+        for p in range(spec.layers):
+            layer = p * spec.teacher_layers // spec.layers
+            n = placed.get(layer, 0)
+            ops.append(("M", "F")[n] if n < 2 else IDENTITY)
+            placed[layer] = min(n + 1, 2)
+        if any(placed.get(j, 0) < 2 for j in range(spec.teacher_layers)):
+            return None
+        blocks.append(BlockArch(d, tuple(ops)))
+    try:
+        return space.validate(Arch(embed, tuple(blocks)))
+    except ConfigError:
+        return None
+
+
+@torch.no_grad()
+def check_teacher_path(supernet: Supernet, teacher: Teacher, ids: torch.Tensor, *,
+                       initialised: list[str], atol: float = TEACHER_PATH_ATOL) -> dict:
+    """The largest difference between the teacher's block states and those of the
+    supernet's teacher-shaped path (:func:`teacher_path`) on ``ids``, as a record for
+    the run's summary; one clear error when it exceeds ``atol`` (a teacher whose weights
+    the supernet did not take exactly would be distilled into something else)."""
+    arch = teacher_path(supernet.space, embedding_size(teacher.config))
+    if arch is None:
+        return {"skipped": "the space has no path of the teacher's shape"}
+    was = supernet.training
+    supernet.eval()
+    device = next(supernet.parameters()).device
+    ids = ids.to(device)
+    mask = torch.ones_like(ids)
+    want = teacher.block_states(ids, mask)
+    got = supernet(ids, mask, arch=arch, output_hidden_states=True).hidden_states
+    supernet.train(was)
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))
+    record = {"sequences": len(ids), "max_abs_diff": diff, "atol": atol, "path": str(arch)}
+    if not diff <= atol:
+        raise ConfigError(
+            f"the supernet's teacher-shaped path {arch} differs from the teacher by "
+            f"{diff:.2e} on {len(ids)} corpus sequences (allowed {atol:g}; inherited: "
+            f"{', '.join(initialised) or 'nothing'}): the space's heads or feed-forward "
+            "size do not match the teacher's; fit the space to the teacher, or set "
+            "train.init: random to train from scratch", source=f"teacher {teacher.name!r}")
+    return record

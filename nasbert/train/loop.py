@@ -52,7 +52,7 @@ from nasbert.run import RunDir
 from nasbert.space import BlockArch, SearchSpace
 from nasbert.supernet import Supernet
 from nasbert.teacher import Teacher
-from nasbert.train.inherit import inherit
+from nasbert.train.inherit import CHECK_SEQUENCES, check_teacher_path, inherit
 from nasbert.train.shrink import Shrinker
 
 log = logging.getLogger(__name__)
@@ -368,9 +368,13 @@ class BlockwiseTrainer(LoopTrainer):
         self.teacher = Teacher.load(recipe.teacher, space, device=worker.device)
         self.space = self.teacher.fitted_space(space)
         self.corpus = run.corpus()
-        self.supernet = Supernet(self.space, dropout=tc.dropout,
-                                 attention_dropout=tc.dropout).to(worker.device)
+        teacher_config = self.teacher.config
+        self.supernet = Supernet(self.space, dropout=tc.dropout, attention_dropout=tc.dropout,
+                                 layer_norm_eps=teacher_config.layer_norm_eps,
+                                 initializer_range=teacher_config.initializer_range
+                                 ).to(worker.device)
         self.initialised_from_teacher: list[str] = []
+        self.teacher_check: dict = {"skipped": "train.init is random"}
         if tc.init != "random":
             importance = (Importance.load(run.importance) if tc.init in ("fisher", "magnitude")
                           else None)
@@ -378,6 +382,10 @@ class BlockwiseTrainer(LoopTrainer):
                 self.supernet, self.teacher, importance,
                 basis_sequences=(self.corpus.train[:tc.init_sequences].to(worker.device)
                                  if tc.basis == "pca" else None))
+            check_ids = self.corpus.dev if len(self.corpus.dev) else self.corpus.train
+            self.teacher_check = check_teacher_path(
+                self.supernet, self.teacher, check_ids[:CHECK_SEQUENCES],
+                initialised=self.initialised_from_teacher)
         # fused: one pass per tensor; the unfused AdamW costs more than the step on a CPU
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=tc.lr, betas=tuple(tc.betas),
                                            fused=True)
@@ -585,6 +593,7 @@ class BlockwiseTrainer(LoopTrainer):
             "dev_loss_start": self.start_losses, "dev_loss_end": self.reference_losses(),
             "first_losses": first, "last_losses": last,
             "initialised_from_teacher": self.initialised_from_teacher,
+            "teacher_path_check": self.teacher_check,
             "teacher": self.teacher.describe(), "corpus": self.corpus.info,
             "epoch_steps": self.epoch_steps, "workers": self.worker.world,
         }

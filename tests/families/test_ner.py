@@ -56,6 +56,22 @@ def test_only_the_first_sub_token_of_a_word_is_labelled(tokenizer):
     assert features.truncated == 0
 
 
+def test_a_byte_level_bpe_reads_each_word_as_running_text_reads_it(tmp_path):
+    """RoBERTa's tokenizer, given words one by one, would split a word that follows a space
+    differently from how running text (and pre-training) splits it: the words get the
+    space back, and the sentence's tokens are the running text's."""
+    from conftest import _family_tokenizer
+
+    tokenizer = _family_tokenizer("roberta")
+    words = ("the", "model", "is", "fast")
+    features = NERFeatures(tokenizer, [Sentence(words, ("O",) * 4)], ("O",))
+    running = tokenizer(" " + " ".join(words))["input_ids"]
+    assert features[0]["input_ids"] == running
+    assert features.word_ids[0][1:-1] == sorted(features.word_ids[0][1:-1])
+    # the tokenizer handed in is not changed
+    assert tokenizer([list(words)], is_split_into_words=True)["input_ids"][0] != running
+
+
 def test_predictions_at_first_sub_tokens_map_back_to_words_and_truncated_words_are_o(
         tokenizer):
     features = NERFeatures(tokenizer, SENTENCES, LABELS, max_seq_len=5)
