@@ -1160,7 +1160,8 @@ def _deploy(args: argparse.Namespace) -> None:
                               "drop --length-adaptive and --quantisation-aware",
                               source="--task embeddings")
         rows = prepare_embedding_deployment(args.run, args.subnet, protocol=protocol,
-                                            bounds=configs["bound"], progress=not args.quiet)
+                                            bounds=configs["bound"], runtimes=_runtimes(args),
+                                            progress=not args.quiet)
         metric = FIDELITY
     else:
         family = family_of(args.task)
@@ -1177,15 +1178,21 @@ def _deploy(args: argparse.Namespace) -> None:
         print(f"{c.describe():<52} {c.metric:>9.4f} {c.ms:>8.2f} {c.ms_bound:>8.2f}")
 
 
+def _runtimes(args: argparse.Namespace) -> tuple[str, ...]:
+    from nasbert.compress.deploy import RUNTIMES
+
+    return ("pytorch",) if args.no_onnxruntime else RUNTIMES
+
+
 def _deploy_task(args: argparse.Namespace, data, configs: dict, protocol) -> list:
-    from nasbert.compress.deploy import RUNTIMES, prepare_deployment
+    from nasbert.compress.deploy import prepare_deployment
 
     return prepare_deployment(
         args.run, data, models=args.subnet, protocol=protocol,
         lengths=configs["length"] if args.length_adaptive else None,
         drop=configs["length_drop"] if args.length_adaptive else None,
         qat=configs["qat"] if args.quantisation_aware else None, bounds=configs["bound"],
-        runtimes=("pytorch",) if args.no_onnxruntime else RUNTIMES, progress=not args.quiet)
+        runtimes=_runtimes(args), progress=not args.quiet)
 
 
 @_verb("ngram", "distil a task's fine-tuned teacher into a sparse n-gram student (far "

@@ -167,10 +167,7 @@ def prepare_deployment(run: RunDir | str | Path, data: TaskData, *,
     run = RunDir.of(run)
     family = family_of(data.spec.name)
     protocol = protocol or Protocol(**family.timing)
-    unknown = sorted(set(runtimes) - set(RUNTIMES))
-    if unknown or "pytorch" not in runtimes:
-        raise ConfigError(f"must include pytorch and be among {', '.join(RUNTIMES)}, not "
-                          f"{', '.join(runtimes)}", source="deployment", field="runtimes")
+    _check_runtimes(runtimes)
     task = data.spec.name
     ids = _students(run, task, models)
     records = {m: FinetunedRecord.load(run.finetune_dir(task, m)) for m in ids}
@@ -226,25 +223,30 @@ FIDELITY = "cosine"  # an embedding form's metric: its mean cosine to the teache
 def prepare_embedding_deployment(run: RunDir | str | Path, models: list[str] | None = None,
                                  *, protocol: Protocol | None = None, texts: int = 256,
                                  bounds: BoundConfig | None = BoundConfig(),
+                                 runtimes: tuple[str, ...] = RUNTIMES,
                                  progress: bool = True) -> list[Deployable]:
     """The embedding students' deployable forms (task ``embeddings``): each model after
     embedding distillation (``embed/<id>/model/``; default all, the static student
     included) in float32 and int8, its fidelity measured (the mean cosine between its
     sentence embeddings and the teacher's, both pooled as the teacher pools, over
     ``texts`` held-out spans of the run's corpus; no labels) and its latency, every
-    model in both precisions side by side in one clean process; each model's figures go
-    to ``embed/<id>/deploy.json``, then, with ``bounds``, every form is timed again for
+    model in both precisions side by side in one clean process; with ONNX Runtime among
+    ``runtimes``, each NAS-BERT student's encoder exported too (float32 and int8 graphs
+    in ``embed/<id>/onnx/``), measured the same way; each model's figures go to
+    ``embed/<id>/deploy.json``, then, with ``bounds``, every form is timed again for
     its latency bound (:func:`measure_bounds`). What is done with the same inputs is
     skipped. ``query --task embeddings`` chooses among them."""
     import torch
 
     from nasbert.data.corpus import spans
     from nasbert.embed import load_encoder, run_encoders
+    from nasbert.export import OnnxEncoder
     from nasbert.pooling import Pooling, pool
     from nasbert.quantize import quantize
 
     run = RunDir.of(run)
     protocol = protocol or Protocol()
+    _check_runtimes(runtimes)
     encoders = {k: Path(v) for k, v in run_encoders(run, models, stage="embeddings").items()
                 if k != TEACHER}
     if not encoders:
@@ -252,7 +254,8 @@ def prepare_embedding_deployment(run: RunDir | str | Path, models: list[str] | N
                           "first", source=str(run.embed))
     records = {m: read_record(folder / "embedding.json") for m, folder in encoders.items()}
     keys = {m: digest([(records[m] or {}).get("key"), dataclasses.asdict(protocol),
-                       device_id(fingerprint(protocol)), texts]) for m in encoders}
+                       device_id(fingerprint(protocol)), texts, sorted(runtimes)])
+            for m in encoders}
     todo = [m for m in encoders if _key(_stored(run, EMBEDDINGS, m)) != keys[m]]
     if todo:
         pooling = Pooling.of(run.teacher_name())
@@ -278,9 +281,17 @@ def prepare_embedding_deployment(run: RunDir | str | Path, models: list[str] | N
                 cosine = float((embeddings(form) * target).sum(-1).mean())
                 rows.append(MeasuredForm(p, {"dev": {FIDELITY: cosine}}, ms[p][i], device_id(
                     fingerprint(dataclasses.replace(protocol, dtype=p)))))
-                if progress:
-                    print(f"{m:<24} {p:<8} cosine to the teacher {cosine:.4f}  "
-                          f"{ms[p][i]:.2f} ms", flush=True)
+            if "onnxruntime" in runtimes and model.config.model_type == "nasbert":
+                graphs = _onnx_graphs(run, dirs[i], run.forms_dir(EMBEDDINGS) / m, protocol)
+                for p, (graph, t) in graphs.items():
+                    cosine = float((embeddings(OnnxEncoder(graph)) * target).sum(-1).mean())
+                    rows.append(MeasuredForm(p, {"dev": {FIDELITY: cosine}}, t, device_id(
+                        fingerprint(dataclasses.replace(protocol, dtype=p))),
+                        runtime="onnxruntime"))
+            if progress:
+                for r in rows:
+                    print(f"{m:<24} {r.precision:<8} {r.runtime:<12} cosine to the teacher "
+                          f"{r.metrics['dev'][FIDELITY]:.4f}  {r.ms:.2f} ms", flush=True)
             FormsRecord(keys[m], m, EMBEDDINGS, dataclasses.asdict(protocol), rows,
                         kind="static" if m == STATIC else "transformer",
                         provenance=provenance(texts=texts)).save(
@@ -290,32 +301,46 @@ def prepare_embedding_deployment(run: RunDir | str | Path, models: list[str] | N
     return [c for c in deployment_candidates(run, EMBEDDINGS, protocol) if c.model_id in encoders]
 
 
-def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
-                protocol: Protocol, tokenizer) -> list[MeasuredForm]:
-    """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
-    that graph) into ``<student>/onnx/``, each graph timed side by side in a clean
-    process and rescaled by the teacher as the PyTorch forms are, and evaluated on dev
-    with the student's own head on top: its ``deploy.json`` rows."""
-    import torch
+def _check_runtimes(runtimes: tuple[str, ...]) -> None:
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown or "pytorch" not in runtimes:
+        raise ConfigError(f"must include pytorch and be among {', '.join(RUNTIMES)}, not "
+                          f"{', '.join(runtimes)}", source="deployment", field="runtimes")
 
-    from nasbert.export import OnnxEncoder, export_onnx
-    from nasbert.families import family_of
+
+def _onnx_graphs(run: RunDir, model_dir: Path, folder: Path, protocol: Protocol
+                 ) -> dict[str, tuple[Path, float]]:
+    """A student's encoder exported (ONNX Runtime's fusions; int8: its quantisation of
+    that graph) into ``folder/onnx/``, each graph timed side by side in a clean process
+    and rescaled by the teacher as the PyTorch forms are: precision -> (graph, ms)."""
+    from nasbert.export import export_onnx
     from nasbert.latency.measure import measure_clean
 
-    folder = run.finetune_dir(data.spec.name, model_id)
     out = folder / ONNX_DIR
     out.mkdir(exist_ok=True)
-    # the int8 graph is judged by its dev metric below, not by export's output check
-    export_onnx(folder / "model", out / "encoder.onnx", precision="int8",
-                int8_rtol=float("inf"))
+    # the int8 graph is judged by its measured quality, not by export's output check
+    export_onnx(model_dir, out / "encoder.onnx", precision="int8", int8_rtol=float("inf"))
     graphs = {"float32": out / "encoder.onnx", "int8": out / "encoder.int8.onnx"}
     ms = measure_clean([str(g) for g in graphs.values()],
                        dataclasses.replace(protocol, dtype="float32"),
                        rounds=protocol.rounds, reference=reference(run, protocol))
+    return {p: (g, t) for (p, g), t in zip(graphs.items(), ms)}
+
+
+def _onnx_forms(run: RunDir, data: TaskData, model_id: str, schedule: FinetuneConfig,
+                protocol: Protocol, tokenizer) -> list[MeasuredForm]:
+    """A student's ONNX graphs (:func:`_onnx_graphs`, in ``<student>/onnx/``), evaluated
+    on dev with the student's own head on top: its ``deploy.json`` rows."""
+    import torch
+
+    from nasbert.export import OnnxEncoder
+    from nasbert.families import family_of
+
+    folder = run.finetune_dir(data.spec.name, model_id)
     rows = []
     family = family_of(data.spec.name)
     model = family.model(folder / "model", data, schedule, schedule.seed)  # its head, once
-    for (p, graph), t in zip(graphs.items(), ms):
+    for p, (graph, t) in _onnx_graphs(run, folder / "model", folder, protocol).items():
         model.nasbert = OnnxEncoder(graph)
         with torch.inference_mode():
             metrics, _ = family.evaluate(model, tokenizer, data, schedule)

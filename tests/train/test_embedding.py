@@ -192,8 +192,9 @@ def test_the_static_student_starts_as_the_teacher_s_token_embeddings_and_learns(
 
 def test_embedding_students_deploy_and_query_answers_the_most_faithful(run, capsys):
     """`deploy --task embeddings` measures every embedding student (the static one too)
-    in float32 and int8: its mean cosine to the teacher's embeddings and its latency;
-    `query --task embeddings` answers the most faithful within a budget."""
+    in float32 and int8, a NAS-BERT one also as ONNX Runtime graphs: its mean cosine to
+    the teacher's embeddings and its latency; `query --task embeddings` answers the most
+    faithful within a budget."""
     import json
 
     distill_embeddings(run, ["narrow"], QUICK, progress=False)
@@ -208,9 +209,16 @@ def test_embedding_students_deploy_and_query_answers_the_most_faithful(run, caps
     out = capsys.readouterr().out
     assert "cosine" in out and "static (a static embedding student, int8)" in out
     record = json.loads((run.embed_dir("narrow") / "deploy.json").read_text())
-    assert {c["precision"] for c in record["candidates"]} == {"float32", "int8"}
-    cosines = {c["precision"]: c["metrics"]["dev"]["cosine"] for c in record["candidates"]}
+    cosines = {(c["precision"], c["runtime"]): c["metrics"]["dev"]["cosine"]
+               for c in record["candidates"]}
+    assert set(cosines) == {(p, r) for p in ("float32", "int8")
+                            for r in ("pytorch", "onnxruntime")}
     assert all(-1 <= v <= 1 for v in cosines.values())
+    # the exported graph computes the PyTorch model's embeddings
+    assert abs(cosines["float32", "onnxruntime"] - cosines["float32", "pytorch"]) < 1e-4
+    assert (run.embed_dir("narrow") / "onnx" / "encoder.int8.onnx").is_file()
+    static = json.loads((run.embed_dir("static") / "deploy.json").read_text())
+    assert {c["runtime"] for c in static["candidates"]} == {"pytorch"}  # no encoder graph
     assert main(["query", str(run.path), "--task", "embeddings", "--latency-ms", "1000",
                  "--json", *timing]) == 0
     answer = json.loads(capsys.readouterr().out)["answers"][0]
