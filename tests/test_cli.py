@@ -88,7 +88,7 @@ def test_extract_then_export(tmp_path, capsys):
      "--length-trials: applies with --length-adaptive only; add --length-adaptive"),
     (["sweep", "r", "--task", "sst2", "--sweep-lr", "1e-3", "1e-5"], "sweep.lr: must be"),
     (["train-supernet", "r"], "give the recipe"),
-    (["deploy", "r", "--task", "squad", "--length-adaptive"], "drop --length-adaptive"),
+    (["deploy", "r", "--task", "squad", "--quantisation-aware"], "drop --quantisation-aware"),
     (["ngram", "r", "--task", "conll2003"], "does not apply to answer spans or per-token"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, words):

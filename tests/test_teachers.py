@@ -117,6 +117,7 @@ def test_a_teacher_the_space_cannot_hold_fails_at_the_check(tiny_corpus, tmp_pat
     """A BERT teacher whose feed-forward (64) is not the space's (128): its blocks cannot
     be inherited, and the run stops before training with one line (the summary of a run
     that passes records the check: see the end-to-end tests)."""
+    from nasbert import RunDir
     from nasbert.recipe import load_recipe
     from nasbert.train import train_supernet
 
@@ -126,6 +127,12 @@ def test_a_teacher_the_space_cannot_hold_fails_at_the_check(tiny_corpus, tmp_pat
     with pytest.raises(ConfigError,
                        match="differs from the teacher by .*inherited: embeddings, basis 0"):
         train_supernet(load_recipe(recipe), tmp_path / "run", progress=False)
+    # on Ray's workers too: checked in this process before any worker starts
+    recipe.write_text(tiny_recipe_text(folder, tiny_corpus, max_steps=4)
+                      + "scaling:\n  workers: 2\n")
+    with pytest.raises(ConfigError, match="differs from the teacher by"):
+        train_supernet(load_recipe(recipe), tmp_path / "ray", progress=False)
+    assert not RunDir(tmp_path / "ray").ray_storage.exists()
     # train.init: random skips the check, and says so in the summary
     recipe.write_text(tiny_recipe_text(folder, tiny_corpus, max_steps=4, init="random"))
     summary = train_supernet(load_recipe(recipe), tmp_path / "run2", progress=False)

@@ -42,7 +42,8 @@ from nasbert.compress.forms import FormsRecord, MeasuredForm
 from nasbert.data.tasks import TaskData
 from nasbert.digest import digest
 from nasbert.errors import ConfigError
-from nasbert.families.sentence import decide, evaluate, load_classifier, predict
+from nasbert.families import family_of
+from nasbert.families.base import pick
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.finetune.distill import CHECKPOINT_SECONDS, seconds_before, train_classifier
 from nasbert.finetune.record import FinetunedRecord
@@ -160,10 +161,14 @@ def lat_dir(run: RunDir, task: str, model_id: str) -> Path:
 
 
 def _sets(run: RunDir, data: TaskData, schedule: FinetuneConfig, config: LengthDropConfig):
+    """The schedule's training examples split seeded: (what LengthDrop trains on, the
+    held-out ones encoded, the held-out examples the search scores), each example's
+    items (a question's windows) on its side."""
+    family = family_of(data.spec.name)
     full, examples = distillation_set(run, data, schedule)
-    train, held = _split(len(full), config)
-    return (torch.utils.data.Subset(full, train), torch.utils.data.Subset(full, held),
-            [examples.labels[i] for i in held])
+    train, held = _split(len(examples), config)
+    return (torch.utils.data.Subset(full, family.items(full, train)),
+            torch.utils.data.Subset(full, family.items(full, held)), pick(examples, held))
 
 
 def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: str,
@@ -187,7 +192,8 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
     cached = cached_result(folder, key)
     if cached:
         return cached
-    model = load_classifier(source / "model", data.spec, schedule.seed)
+    family = family_of(task)
+    model = family.model(source / "model", data, schedule, schedule.seed)
     if model.config.model_type != "nasbert":
         raise ConfigError("is not a NAS-BERT model; length-adaptive inference is built into "
                           "the extracted subnets (nasbert model type)", source=str(source))
@@ -199,9 +205,12 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
             model, run.tokenizer(), data, schedule, train_set=train, lr=config.lr,
             epochs=config.epochs, batch_size=schedule.batch_size, alpha=schedule.alpha,
             workdir=work, progress=f"{task} {model_id} (LengthDrop)" if progress else None,
-            seed=config.seed, length_configs=sandwich(blocks, config), eval_set=held,
+            seed=config.seed, length_configs=sandwich(blocks, config),
+            # scored after each epoch on the held-out slice where the Trainer can score
+            # it (else the family scores dev): never what the search reads
+            eval_set=held if family.trainer_metrics else None,
             checkpoint_seconds=CHECKPOINT_SECONDS)
-        metrics, preds = evaluate(model, run.tokenizer(), data, schedule)
+        metrics, preds = family.evaluate(model, run.tokenizer(), data, schedule)
         record = FinetunedRecord(model_id, key, task, dataclasses.asdict(config), metrics, extra={
             "student_key": student.key, "source": str(source), "arch": model.config.arch,
             "droppable": blocks, "train_examples": len(train), "heldout_examples": len(held),
@@ -215,20 +224,13 @@ def train_length_adaptive(run: RunDir | str | Path, data: TaskData, model_id: st
 # ----------------------------------------------------------------------------- search
 
 
-def _score(model: nn.Module, dataset, labels: list, data: TaskData,
-           length_config: Sequence[float] | None) -> dict[str, float]:
-    from nasbert.data.metrics import compute_metrics
-
-    logits = predict(_Configured(model, length_config), dataset)
-    return compute_metrics(data.spec, decide(data.spec, logits), labels)
-
-
 class _Configured(nn.Module):
-    """A classifier that always runs with one length configuration."""
+    """A task model that always runs with one length configuration."""
 
     def __init__(self, model: nn.Module, length_config: Sequence[float] | None):
         super().__init__()
         self.model, self.length_config = model, length_config
+        self.config = model.config
 
     def forward(self, **batch):
         return self.model(**batch, length_config=self.length_config)
@@ -270,10 +272,15 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
     stored = FormsRecord.load(out)
     if stored is not None and stored.key == key:
         return stored.candidates
-    model = load_classifier(folder / "model", data.spec, schedule.seed).eval()
+    family = family_of(task)
+    model = family.model(folder / "model", data, schedule, schedule.seed).eval()
+    tokenizer = run.tokenizer()
     blocks = record["droppable"]
-    _, held, labels = _sets(run, data, schedule, drop)
+    _, _, held = _sets(run, data, schedule, drop)
     metric = data.spec.metric
+
+    def score(m: nn.Module, length: Sequence[float]) -> dict[str, float]:
+        return family.score(_Configured(m, length), tokenizer, data, schedule, held)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -286,10 +293,10 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
         length = tuple(trial.suggest_categorical(f"block{i}", grid) if d else 1.0
                        for i, d in enumerate(blocks))
         with torch.inference_mode():
-            score = _score(model, held, labels, data, length)[metric]
+            value = score(model, length)[metric]
             ratio = _ratio(model, length, protocol, config.rounds)
         trial.set_user_attr("length_config", list(length))
-        return score, ratio
+        return value, ratio
 
     complete = optuna.trial.TrialState.COMPLETE
     if not any(t.state == complete for t in study.trials):
@@ -304,21 +311,21 @@ def search_lengths(run: RunDir | str | Path, data: TaskData, model_id: str,
     full = tuple(1.0 for _ in blocks)
     chosen = list(dict.fromkeys([full, *chosen]))  # the full length is always a candidate
 
-    candidates = _measure_candidates(model, run.tokenizer(), data, schedule, chosen, held,
-                                     labels, protocol, reference(run, protocol),
-                                     progress=progress)
+    candidates = _measure_candidates(model, tokenizer, data, schedule, chosen, score,
+                                     protocol, reference(run, protocol), progress=progress)
     FormsRecord(key, model_id, task, dataclasses.asdict(protocol), candidates,
                 provenance=provenance()).save(out)
     return candidates
 
 
 def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: FinetuneConfig,
-                        chosen: list[tuple[float, ...]], held, labels: list,
+                        chosen: list[tuple[float, ...]],
+                        score: Callable[[nn.Module, Sequence[float]], dict[str, float]],
                         protocol: Protocol, ref: Reference | None, *,
                         progress: bool) -> list[MeasuredForm]:
-    """Every chosen configuration at every precision: metrics on the held-out slice and
-    on dev, and latency, every configuration and precision side by side in one clean
-    process."""
+    """Every chosen configuration at every precision: metrics on the held-out slice
+    (``score``) and on dev, and latency, every configuration and precision side by side
+    in one clean process."""
     import copy
 
     encoders = []
@@ -327,14 +334,16 @@ def _measure_candidates(model: nn.Module, tokenizer, data: TaskData, schedule: F
         encoder.config.length_config = list(length)
         encoders.append(encoder)
     times = measure_precisions(encoders, protocol, reference=ref)
+    family = family_of(data.spec.name)
     out = []
     for precision in PRECISIONS:
         p = dataclasses.replace(protocol, dtype=precision)
         runnable = prepare(model, p)
         for length, latency in zip(chosen, times[precision]):
             with torch.inference_mode():
-                heldout = _score(runnable, held, labels, data, length)
-                dev, _ = evaluate(_Configured(runnable, length), tokenizer, data, schedule)
+                heldout = score(runnable, length)
+                dev, _ = family.evaluate(_Configured(runnable, length), tokenizer, data,
+                                         schedule)
             out.append(MeasuredForm(precision, dev, latency, device_id(fingerprint(p)),
                                     length_config=tuple(length),
                                     tokens_kept=tokens_kept(length, protocol.seq),

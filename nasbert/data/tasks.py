@@ -119,8 +119,11 @@ class Examples:
         """A seeded random ``n`` of them (all if ``n`` is None or not smaller)."""
         if n is None or n >= len(self):
             return self
-        idx = sorted(random.Random(seed).sample(range(len(self)), n))
-        return Examples([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+        return self.take(sorted(random.Random(seed).sample(range(len(self)), n)))
+
+    def take(self, indices) -> Examples:
+        """The examples at ``indices``, in that order."""
+        return Examples([self.texts[i] for i in indices], [self.labels[i] for i in indices])
 
 
 def task_folder(task: str, fold: int | None = None, folds: int = 5) -> str:

@@ -90,6 +90,23 @@ class Family:
         """The student's output ``out`` against the teacher's, ``batch["teacher_logits"]``."""
         raise NotImplementedError
 
+    def targets(self, out) -> Tensor:
+        """A model's output (detached) as :meth:`predict` gives it batched: what
+        :meth:`distillation_loss` reads as ``teacher_logits``, so that a model can teach
+        (LengthDrop's shorter configurations learn from the full-length model)."""
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, tokenizer, data, config: FinetuneConfig,
+              examples: Sequence) -> dict[str, float]:
+        """Metrics (each in [0, 1]) of ``model`` on ``examples`` of the task (e.g. a
+        held-out slice of its training examples)."""
+        raise NotImplementedError
+
+    def items(self, dataset, indices: Sequence[int]) -> list[int]:
+        """The items of :meth:`dataset` that encode the examples at ``indices`` (one
+        each, unless a family cuts an example into several)."""
+        return list(indices)
+
     def evaluate(self, model: nn.Module, tokenizer, data, config: FinetuneConfig, *,
                  splits: Sequence[str] | None = None) -> tuple[dict[str, dict], dict[str, list]]:
         """Metrics (each in [0, 1]) and predictions on each dev split (default: all)."""
@@ -141,6 +158,13 @@ def load_head(auto_class: str, path: str | Path, seed: int, **kwargs) -> nn.Modu
     except (OSError, ValueError) as e:
         raise ConfigError(f"could not be loaded ({str(e).splitlines()[0][:160]}); give a model "
                           "folder (config.json + weights)", source=str(path)) from None
+
+
+def pick(items: Sequence, indices: Sequence[int]) -> Sequence:
+    """The examples at ``indices``, of the same kind as ``items``."""
+    if hasattr(items, "take"):
+        return items.take(indices)
+    return [items[i] for i in indices]
 
 
 def subset(items: Sequence, n: int | None, seed: int = 0) -> Sequence:

@@ -304,6 +304,14 @@ class NERFamily(Family):
     predict = staticmethod(predict)
     distillation_loss = staticmethod(distillation_loss)
 
+    def targets(self, out):
+        return out.logits.detach()
+
+    def score(self, model, tokenizer, data, config, examples):
+        scores, _ = evaluate(model, tokenizer, examples, data.labels,
+                             max_seq_len=config.max_seq_len)
+        return {k: v / 100 for k, v in scores.items()}
+
     def evaluate(self, model, tokenizer, data, config, *, splits=None):
         metrics, preds = {}, {}
         for split in splits or data.spec.dev_splits:

@@ -371,6 +371,20 @@ class QAFamily(Family):
     predict = staticmethod(predict)
     distillation_loss = staticmethod(distillation_loss)
 
+    def targets(self, out):
+        import torch
+
+        return torch.stack([out.start_logits, out.end_logits], 1).detach()
+
+    def score(self, model, tokenizer, data, config, examples):
+        scores, _ = evaluate(model, tokenizer, examples, max_seq_len=config.max_seq_len,
+                             stride=stride(config.max_seq_len))
+        return {k: v / 100 for k, v in scores.items()}
+
+    def items(self, dataset, indices):
+        wanted = set(indices)  # an example's windows
+        return [i for i, e in enumerate(dataset.example_index) if e in wanted]
+
     def evaluate(self, model, tokenizer, data, config, *, splits=None):
         metrics, preds = {}, {}
         for split in splits or data.spec.dev_splits:

@@ -136,12 +136,18 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig
     metrics, preds = {}, {}
     for split in splits or data.spec.dev_splits:
         examples = data.split(split).subset(config.max_dev_examples, config.seed)
-        logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len,
-                                        apart=config.formulation == "bi"))
-        preds[split] = decide(data.spec, logits * getattr(model.config, "label_scale", 1.0)
-                              if data.spec.is_regression else logits)
-        metrics[split] = compute_metrics(data.spec, preds[split], examples.labels)
+        metrics[split], preds[split] = scored(model, tokenizer, data, config, examples)
     return metrics, preds
+
+
+def scored(model: nn.Module, tokenizer, data: TaskData, config: FinetuneConfig,
+           examples: Examples) -> tuple[dict[str, float], list]:
+    """Metrics and predictions of ``model`` on ``examples``."""
+    logits = predict(model, Encoded(tokenizer, examples, config.max_seq_len,
+                                    apart=config.formulation == "bi"))
+    preds = decide(data.spec, logits * getattr(model.config, "label_scale", 1.0)
+                   if data.spec.is_regression else logits)
+    return compute_metrics(data.spec, preds, examples.labels), preds
 
 
 def load_classifier(path: str | Path, spec: TaskSpec, seed: int, *,
@@ -236,6 +242,13 @@ class SentenceFamily(Family):
         # one output is a regression's (every classification has two classes or more)
         return distillation_loss(out.logits, batch["teacher_logits"], temperature,
                                  out.logits.shape[-1] == 1, model)
+
+    def targets(self, out) -> Tensor:
+        return out.logits.detach()
+
+    def score(self, model, tokenizer, data: TaskData, config: FinetuneConfig,
+              examples: Examples) -> dict[str, float]:
+        return scored(model, tokenizer, data, config, examples)[0]
 
     def evaluate(self, model, tokenizer, data: TaskData, config: FinetuneConfig, *,
                  splits: Sequence[str] | None = None):

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from nasbert.families import IGNORE, Family, family_of
 from nasbert.families.pairs import BiEncoder, sides
-from nasbert.families.sentence import distillation_loss
 from nasbert.finetune.config import FinetuneConfig
 from nasbert.hf.quiet import quiet_transformers
 from nasbert.losses import masked_mse
@@ -108,11 +107,11 @@ def _trainer_class():
                 loss = out.loss
             if self.length_configs is not None and model.training:
                 # LengthDrop's sandwich: the shorter configurations learn from the full one
-                target = out.logits.detach()
+                target = {**inputs, "teacher_logits": self.family.targets(out)}
                 for config in self.length_configs():
-                    short = model(**enc, length_config=config).logits
-                    loss = loss + distillation_loss(short, target, self.temperature,
-                                                    self.regression)
+                    short = model(**enc, length_config=config)
+                    loss = loss + self.family.distillation_loss(short, target,
+                                                                self.temperature, model)
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer

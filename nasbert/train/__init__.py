@@ -113,7 +113,11 @@ def train_supernet(recipe: Recipe, run: RunDir | str | Path, *, progress: bool =
     config = {"recipe": recipe.to_dict(), "run_dir": str(run.path.resolve()),
               "progress": progress, "callbacks": list(callbacks)}
     if recipe.scaling.workers == 1 and recipe.scaling.address is None:
-        return train_loop(config)
+        return train_loop(config)  # checks the teacher's path before its first step
+    if recipe.train.init != "random":
+        from nasbert.train.inherit import preflight
+
+        preflight(recipe, run)
     run_on_ray(config, recipe.scaling, run.path, run.ray_storage, name="supernet",
                resume_from=run.checkpoints, keep=recipe.train.keep_checkpoints)
     return json.loads(run.summary.read_text())

@@ -161,3 +161,20 @@ def check_teacher_path(supernet: Supernet, teacher: Teacher, ids: torch.Tensor, 
             "size do not match the teacher's; fit the space to the teacher, or set "
             "train.init: random to train from scratch", source=f"teacher {teacher.name!r}")
     return record
+
+
+def preflight(recipe: Recipe, run: RunDir) -> dict:
+    """:func:`check_teacher_path` in this process, on a supernet initialised as the
+    training's workers initialise theirs (without the narrower widths' bases, which the
+    teacher's path does not use): run before Ray starts workers, so that a teacher the
+    supernet cannot reproduce is one line here rather than a worker's traceback."""
+    space = SearchSpace.from_yaml(recipe.space)
+    teacher = Teacher.load(recipe.teacher, space)
+    net = Supernet(teacher.fitted_space(space), dropout=0.0, attention_dropout=0.0,
+                   layer_norm_eps=teacher.config.layer_norm_eps)
+    importance = (Importance.load(run.importance)
+                  if recipe.train.init in ("fisher", "magnitude") else None)
+    done = inherit(net, teacher, importance)
+    corpus = run.corpus()
+    ids = corpus.dev if len(corpus.dev) else corpus.train
+    return check_teacher_path(net, teacher, ids[:CHECK_SEQUENCES], initialised=done)

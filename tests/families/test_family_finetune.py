@@ -144,13 +144,16 @@ def test_the_cli_fine_tunes_a_family_s_task_and_refuses_what_it_cannot(run, tmp_
     assert len(err) == 1 and "leave --formulation and augment out" in err[0]
 
 
-@pytest.mark.slow  # clean processes time every form: about a minute for both families
+@pytest.mark.slow  # clean processes time every form: about two minutes for both families
 @pytest.mark.parametrize("task, files", [("squad", _squad), ("conll2003", _conll)])
 def test_a_family_s_students_deploy_in_float32_and_int8_on_both_runtimes(run, tmp_path,
                                                                         protocol, task, files):
     """Each form scored by the family's own metric: the exported ONNX graph under the
-    student's head scores what the PyTorch model scores, int8 forms are measured too."""
+    student's head scores what the PyTorch model scores, int8 forms are measured too;
+    length-adaptive forms (LengthDrop with drop-and-restore, then the search on held-out
+    training examples) beside them."""
     from nasbert.compress.deploy import choose, prepare_deployment
+    from nasbert.compress.length import LengthDropConfig, LengthSearchConfig, lat_dir
     from nasbert.families import family_of
     from nasbert.finetune.stage import finetune
 
@@ -159,11 +162,18 @@ def test_a_family_s_students_deploy_in_float32_and_int8_on_both_runtimes(run, tm
              progress=False)
     data = family_of(task).load(task, tmp_path / task)
     rows = prepare_deployment(run, data, models=["small"], protocol=protocol, bounds=None,
-                              progress=False)
-    forms = {(c.precision, c.runtime): c for c in rows}
+                              lengths=LengthSearchConfig(trials=4, rounds=1, keep=2),
+                              drop=LengthDropConfig(epochs=1, lr=1e-3), progress=False)
+    forms = {(c.precision, c.runtime): c for c in rows if c.length_config is None}
     assert set(forms) == {(p, r) for p in ("float32", "int8")
                           for r in ("pytorch", "onnxruntime")}
     assert all(0 <= c.metric <= 1 and c.ms > 0 for c in rows)
+    shorter = [c for c in rows if c.length_config is not None]
+    assert shorter and all(min(c.length_config) < 1 for c in shorter)
+    assert {c.precision for c in shorter} == {"float32", "int8"}
+    record = json.loads((lat_dir(run, task, "small") / "lengths.json").read_text())
+    held = [c["heldout"] for c in record["candidates"]]
+    assert all(0 <= h["f1"] <= 1 for h in held)  # scored by the family, off dev
     assert forms[("float32", "onnxruntime")].metric == pytest.approx(
         forms[("float32", "pytorch")].metric, abs=0.05)
     # the query answers from them: within a generous budget, the most accurate form
