@@ -164,16 +164,23 @@ def test_a_family_s_students_deploy_in_float32_and_int8_on_both_runtimes(run, tm
     rows = prepare_deployment(run, data, models=["small"], protocol=protocol, bounds=None,
                               lengths=LengthSearchConfig(trials=4, rounds=1, keep=2),
                               drop=LengthDropConfig(epochs=1, lr=1e-3), progress=False)
-    forms = {(c.precision, c.runtime): c for c in rows if c.length_config is None}
+    lat = lat_dir(run, task, "small")
+    forms = {(c.precision, c.runtime): c for c in rows
+             if c.folder != str(lat.relative_to(run.path))}
     assert set(forms) == {(p, r) for p in ("float32", "int8")
                           for r in ("pytorch", "onnxruntime")}
     assert all(0 <= c.metric <= 1 and c.ms > 0 for c in rows)
-    shorter = [c for c in rows if c.length_config is not None]
-    assert shorter and all(min(c.length_config) < 1 for c in shorter)
-    assert {c.precision for c in shorter} == {"float32", "int8"}
-    record = json.loads((lat_dir(run, task, "small") / "lengths.json").read_text())
-    held = [c["heldout"] for c in record["candidates"]]
-    assert all(0 <= h["f1"] <= 1 for h in held)  # scored by the family, off dev
+    # the LengthDrop model's candidates, each scored by the family on held-out training
+    # examples (off dev); the search tried shorter configurations, scored the same way
+    # (whether one is on the Pareto front depends on timing a tiny model)
+    record = json.loads((lat / "lengths.json").read_text())
+    assert {c["precision"] for c in record["candidates"]} == {"float32", "int8"}
+    assert all(0 <= c["heldout"]["f1"] <= 1 for c in record["candidates"])
+    import optuna
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{lat / 'lengths.db'}")
+    tried = [t for t in study.trials if min(t.user_attrs["length_config"]) < 1]
+    assert tried and all(0 <= t.values[0] <= 1 for t in tried)
     assert forms[("float32", "onnxruntime")].metric == pytest.approx(
         forms[("float32", "pytorch")].metric, abs=0.05)
     # the query answers from them: within a generous budget, the most accurate form
