@@ -4,8 +4,6 @@ supernet and in an extracted model; the rest are refused before any work."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -94,8 +92,11 @@ def test_unsupported_families_are_refused_naming_the_supported(kind):
     assert "BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT" in str(e.value) or "GELU" in str(e.value)
 
 
-def test_the_cli_refuses_an_unsupported_teacher_before_any_work(tiny_corpus, tmp_path):
+def test_the_cli_refuses_an_unsupported_teacher_before_any_work(tiny_corpus, tmp_path,
+                                                                capsys):
     from transformers import AlbertConfig, AlbertModel
+
+    from nasbert.cli import main
 
     folder = tmp_path / "albert"
     AlbertModel(AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32,
@@ -104,10 +105,10 @@ def test_the_cli_refuses_an_unsupported_teacher_before_any_work(tiny_corpus, tmp
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_text(folder, tiny_corpus))
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "nasbert", "train-supernet", str(run),
-                           "--recipe", str(recipe)], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    capsys.readouterr()  # what saving the teacher printed
+    # in this process: the same main() the console script runs
+    assert main(["train-supernet", str(run), "--recipe", str(recipe)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "'albert' model (layers shared across depth)" in lines[0]
     assert "DistilBERT" in lines[0]
     assert not run.exists()
