@@ -7,8 +7,10 @@ recipe), the task fine-tuned with distillation through its family (``nasbert.fam
 then every student deployed (``nasbert.compress.deploy.prepare_deployment``): float32 and
 int8, on PyTorch and on ONNX Runtime, each form evaluated by the family's own metric and
 timed side by side with the others in one clean process (question answering at 384
-tokens, as the field times it); then every PyTorch form timed again beside the
-teacher's in one more clean process: the speed-ups are those side-by-side ratios.
+tokens, as the field times it); with ``--length-adaptive``, each NAS-BERT student's
+length-adaptive forms too (LengthDrop, drop-and-restore, the search over length
+configurations); then every PyTorch form timed again beside the teacher's in one more
+clean process: the speed-ups are those side-by-side ratios.
 Published anchors sit beside the figures, marked as other data sizes.
 
 Each task's figures go to ``results/<task>/<cpu>-<run>.json`` as soon as they are done
@@ -16,7 +18,7 @@ Each task's figures go to ``results/<task>/<cpu>-<run>.json`` as soon as they ar
 from every record:
 
     python scripts/results_families.py --run runs/replication-seed2 --task conll2003 \\
-        --data ../shared/data
+        --data ../shared/data [--length-adaptive]
 """
 
 from __future__ import annotations
@@ -78,10 +80,13 @@ def record_path(record: dict) -> Path:
 
 
 def measure(run_path: Path, task: str, data_dir: Path | None, *,
-            max_train_examples: int | None = None, protocol=None,
+            max_train_examples: int | None = None, protocol=None, lengths=None,
             progress: bool = True) -> dict:
-    """Fine-tune, deploy and time the teacher and every planned model; the record."""
+    """Fine-tune, deploy and time the teacher and every planned model; the record. With
+    ``lengths`` (a :class:`~nasbert.compress.length.LengthSearchConfig`), each NAS-BERT
+    student's length-adaptive forms too (LengthDrop, drop-and-restore, the search)."""
     from nasbert.compress.deploy import prepare_deployment
+    from nasbert.compress.length import lat_dir
     from nasbert.families import family_of
     from nasbert.finetune.stage import finetune
     from nasbert.latency.measure import Protocol, cpu_name, measure_precisions
@@ -104,7 +109,7 @@ def measure(run_path: Path, task: str, data_dir: Path | None, *,
     tuned = time.time() - start
     data = family.load(task, data_dir)
     rows = prepare_deployment(run, data, models=plan.ids(), protocol=protocol, bounds=None,
-                              progress=progress)
+                              lengths=lengths, progress=progress)
     ids = [TEACHER, *plan.ids()]
     side = measure_precisions([run.finetune_dir(task, m) / "model" for m in ids], protocol)
     beside = {m: {p: side[p][i] for p in side} for i, m in enumerate(ids)}
@@ -114,16 +119,22 @@ def measure(run_path: Path, task: str, data_dir: Path | None, *,
             forms = {f"{c.precision} {c.runtime}": {"metric": c.metric, "ms": c.ms}
                      for c in rows if c.model_id == model_id and c.length_config is None
                      and not c.quantisation_aware and c.kind == "transformer"}
+            # the LengthDrop model's forms (its full length: length_config None)
+            lat = str(lat_dir(run, task, model_id).relative_to(run.path))
+            shorter = [{"precision": c.precision, "metric": c.metric, "ms": c.ms,
+                        "length_config": list(c.length_config) if c.length_config else None}
+                       for c in rows if c.folder == lat and c.runtime == "pytorch"]
             models[model_id] = {"group": group, "kind": kind,
                                 "metrics": results[model_id]["dev"],
                                 "params": results[model_id]["params"], "forms": forms,
-                                "beside_teacher_ms": beside[model_id]}
+                                "lengths": shorter, "beside_teacher_ms": beside[model_id]}
     return {"task": task, "run": run.path.name, "cpu": cpu_name(), "commit": git_commit(),
             "schedule": dataclasses.asdict(config), "protocol": dataclasses.asdict(protocol),
             "teacher": {"metrics": results[TEACHER]["dev"],
                         "params": results[TEACHER]["params"],
                         "beside_teacher_ms": beside[TEACHER]},
             "models": models, "budgets_ms": plan.budgets_ms,
+            "length_search": dataclasses.asdict(lengths) if lengths is not None else None,
             "seconds": {"fine-tuning": round(tuned, 1),
                         "deployment": round(time.time() - start - tuned, 1)},
             **provenance()}
@@ -185,9 +196,36 @@ def render(records: list[dict], task: str, command: str) -> str:
                              + (f" (goal {keep:.0%})" if keep else "")
                              + f" and beats {sum(s > o for o in others)} of {len(others)} "
                              f"baselines: {'**met**' if met else '**missed**'}")
-        lines.append("")
+        lines += ["", *_length_lines(r, base), ""]
     lines += ["## Goals", "", *goals, "", "## Published anchors", "", *ANCHORS[task], ""]
     return "\n".join(lines)
+
+
+def _length_lines(r: dict, base: float) -> list[str]:
+    """Per NAS-BERT student, its fastest length-adaptive float32 form within 1 F1 point of
+    its own full-length F1 (the forms' latencies are measured beside the student at full
+    length in one clean process, not beside the teacher)."""
+    if not r.get("length_search"):
+        return ["Length-adaptive forms: not measured in this record (`--length-adaptive`)."]
+    out = ["Length-adaptive (LengthDrop, drop-and-restore; the search scores held-out "
+           "training examples): each student's fastest float32 length configuration "
+           "within 1 F1 point of its full-length F1, on dev.", "",
+           "| budget | student | length configuration | F1 | share | ms (full length) | "
+           "speed-up over full length |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for m in sorted(r["models"].values(), key=lambda m: (float(m["group"].rstrip("x")),
+                                                         m["kind"])):
+        forms = [f for f in m.get("lengths", []) if f["precision"] == "float32"]
+        full = next((f for f in forms if f["length_config"] is None), None)
+        if full is None:
+            continue  # not a NAS-BERT student (a teacher prefix): no token dropping
+        near = [f for f in forms if f["metric"] >= full["metric"] - 0.01
+                and f["length_config"] is not None] or [full]
+        best = min(near, key=lambda f: f["ms"])
+        out.append(f"| {m['group']} | {m['kind']} | "
+                   f"{', '.join(f'{x:g}' for x in best['length_config'] or [1])} | "
+                   f"{100 * best['metric']:.2f} | {best['metric'] / base:.1%} | "
+                   f"{best['ms']:.2f} ({full['ms']:.2f}) | {full['ms'] / best['ms']:.2f}x |")
+    return out
 
 
 def _f1(forms: dict, key: str) -> str:
@@ -218,13 +256,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="the data root: squad/ or conll2003/ below it")
     parser.add_argument("--max-train-examples", type=int,
                         help="a seeded subset of the training set (what fits a session)")
+    parser.add_argument("--length-adaptive", action="store_true",
+                        help="also each NAS-BERT student's length-adaptive forms")
+    parser.add_argument("--length-trials", type=int, default=30,
+                        help="length configurations the search tries per student")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.render_only:
         if not args.run:
             parser.exit(2, "error: give --run (or --render-only)\n")
+        from nasbert.compress.length import LengthSearchConfig
+
+        lengths = (LengthSearchConfig(trials=args.length_trials) if args.length_adaptive
+                   else None)
         record = measure(Path(args.run), args.task, Path(args.data) / args.task,
-                         max_train_examples=args.max_train_examples)
+                         max_train_examples=args.max_train_examples, lengths=lengths)
         path = record_path(record)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=1))

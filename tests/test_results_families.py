@@ -39,10 +39,25 @@ def test_the_page_judges_each_budget_against_its_goal_and_the_baselines():
     assert "| 4x | searched | 5.0M | 84.00 | 98.8% |" in page
     assert "4.00x / 8.00x" in page  # the side-by-side speed-ups, float32 and int8
     assert "TextBrewer" in page  # the anchors, marked as other data
+    assert "not measured in this record" in page  # no length-adaptive forms asked for
     behind = results_families.render([_record(0.79)], "conll2003", "cmd")
     assert "2x: the searched student keeps 92.9%" in behind and "**missed**" in behind
     assert "beats 1 of 2 baselines" in behind
     assert "None yet" in results_families.render([], "squad", "cmd")
+
+
+def test_the_page_shows_each_student_s_fastest_length_within_a_point():
+    record = _record(0.84)
+    record["length_search"] = {"trials": 30}
+    full = {"precision": "float32", "length_config": None, "metric": 0.84, "ms": 2.0}
+    for m in record["models"].values():
+        m["lengths"] = [full, {**full, "length_config": [0.5, 1.0], "metric": 0.835,
+                               "ms": 1.2},  # within a point: chosen
+                        {**full, "length_config": [0.5, 0.5], "metric": 0.80, "ms": 0.9},
+                        {**full, "precision": "int8", "length_config": [0.5, 0.5],
+                         "ms": 0.5}]
+    page = results_families.render([record], "conll2003", "cmd")
+    assert "| 2x | searched | 0.5, 1 | 83.50 | 98.2% | 1.20 (2.00) | 1.67x |" in page
 
 
 @pytest.mark.slow  # a plan on the tiny run, then both families fine-tuned and deployed
@@ -60,13 +75,19 @@ def test_a_family_s_figures_are_measured_on_a_planned_run(tiny_run, tmp_path, pr
     quick = _schedule()  # the tiny teacher's schedule in place of the real one
     monkeypatch.setattr(results_families, "schedule", lambda task, **kw: dataclasses.replace(
         quick, **{k: v for k, v in kw.items() if v is not None}))
+    from nasbert.compress.length import LengthSearchConfig
+
     record = results_families.measure(tiny_run, "conll2003", tmp_path / "conll2003",
-                                      protocol=protocol, progress=False)
+                                      protocol=protocol, progress=False,
+                                      lengths=LengthSearchConfig(trials=3, rounds=1, keep=2))
     assert set(record["teacher"]["beside_teacher_ms"]) == {"float32", "int8"}
     kinds = {m["kind"] for m in record["models"].values()}
     assert kinds == {"searched", "uniform", "teacher-first-k"}
     for m in record["models"].values():
         assert 0 <= m["metrics"]["f1"] <= 1 and m["beside_teacher_ms"]["float32"] > 0
         assert set(m["forms"]) >= {"float32 pytorch", "int8 pytorch"}
+    searched = next(m for m in record["models"].values() if m["kind"] == "searched")
+    assert {f["precision"] for f in searched["lengths"]} == {"float32", "int8"}
     page = results_families.render([record], "conll2003", "cmd")
     assert "| 1x | searched |" in page
+    assert "Length-adaptive (LengthDrop" in page
